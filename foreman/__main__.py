@@ -1,0 +1,5 @@
+"""``python -m foreman`` is the ``foreman`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,271 @@
+"""foreman's HTTP surface: native Ollama, byte for byte, plus /healthz and /readyz.
+
+Routes (reference §2):
+
+* ``POST /api/chat``, ``POST /api/generate``: the model is checked against the
+  inventory (one re-poll on a miss), then the request waits at the gate and is
+  relayed; NDJSON streams line by line, ``"stream": false`` answers whole.
+* ``POST /api/embed``, ``POST /api/embeddings``: relayed at once, no gate.
+* ``GET /api/tags``: relayed; while the target is unreachable, the last
+  inventory is served instead.
+* ``/`` and every other ``/api/*`` path and method: relayed as is, no gate.
+* ``GET /healthz`` (liveness) and ``GET /readyz`` (503 while degraded): foreman's own.
+
+The target's status, content type and body bytes are passed through untouched.
+foreman's own errors use Ollama's shape, ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+from quart import Response, g, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from .errors import ForemanError, TargetUnreachable
+from .jsonwire import JSON_CONTENT_TYPE, dumps, error_body
+from .names import is_cloud, normalize
+from .relay import Reply, relay
+from .service import Gateway
+
+__all__ = ["create_app"]
+
+ACCESS = logging.getLogger("foreman.access")
+LOGGER = logging.getLogger("foreman.app")
+
+#: Request headers passed on to the target. Never Host or Origin: Ollama bound to
+#: loopback answers 403 to a foreign Host or Origin (reference §1). Never the
+#: client's Authorization: foreman sends its own (FOREMAN_OLLAMA_TOKEN).
+FORWARDED_HEADERS = ("content-type", "accept", "user-agent")
+
+UNAUTHENTICATED = frozenset({"/healthz", "/readyz"})
+
+
+@dataclass
+class Exchange:
+    """One request, for the access log. Times are ``trio.current_time()`` seconds."""
+
+    method: str
+    path: str
+    started: float
+    model: str | None = None
+    status: int | None = None
+    gate_wait: float | None = None
+    outcome: str = ""
+    streaming: bool = False
+    logged: bool = False
+
+    def log(self) -> None:
+        if self.logged:
+            return
+        self.logged = True
+        ACCESS.info(
+            "%s %s model=%s status=%s gate_wait=%s duration=%.3fs%s",
+            self.method, self.path, self.model or "-", self.status,
+            "-" if self.gate_wait is None else f"{self.gate_wait:.3f}s",
+            trio.current_time() - self.started,
+            f" outcome={self.outcome}" if self.outcome else "",
+        )
+
+
+def json_response(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response as Ollama writes one (see :mod:`foreman.jsonwire`)."""
+    return Response(dumps(value), status=status, content_type=JSON_CONTENT_TYPE, headers=headers)
+
+
+def create_app(gw: Gateway) -> QuartTrio:
+    """Build the Quart-trio app for ``gw``. No globals: everything comes from the gateway."""
+    app = QuartTrio("foreman")
+    app.config.update(
+        RESPONSE_TIMEOUT=None,  # streams run as long as the target keeps talking
+        MAX_CONTENT_LENGTH=None,  # chat requests may carry images
+        PROVIDE_AUTOMATIC_OPTIONS=False,
+    )
+    settings = gw.settings
+    token = settings.token.encode() if settings.token else None
+
+    @app.before_request
+    async def begin() -> Response | None:
+        g.exchange = Exchange(request.method, request.path, trio.current_time())
+        if token is None or request.path in UNAUTHENTICATED:
+            return None
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token):
+            return None
+        return json_response({"error": "unauthorized"}, 401, {"WWW-Authenticate": "Bearer"})
+
+    @app.after_request
+    async def finish(response: Response) -> Response:
+        exchange: Exchange = g.exchange
+        exchange.status = response.status_code
+        if not exchange.streaming:
+            exchange.log()
+        return response
+
+    @app.errorhandler(ForemanError)
+    async def foreman_error(exc: ForemanError) -> Response:
+        headers = None
+        if isinstance(exc, TargetUnreachable):
+            headers = {"Retry-After": str(math.ceil(min(settings.poll_interval, 30)))}
+        return json_response({"error": exc.message}, exc.status_code, headers)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        # gin's own texts for an unknown route or a wrong method
+        text = {404: "404 page not found", 405: "405 method not allowed"}.get(
+            exc.code or 500, f"{exc.code} {exc.name}".lower()
+        )
+        return Response(text, status=exc.code or 500, content_type="text/plain")
+
+    @app.errorhandler(Exception)
+    async def internal_error(exc: Exception) -> Response:
+        LOGGER.exception("unhandled error in %s %s", request.method, request.path)
+        return json_response({"error": f"foreman: internal error: {exc}"}, 500)
+
+    async def forward(*, body: bytes | None = None, gated: bool = False) -> Response:
+        """Relay the current request to the target and answer with its reply."""
+        if body is None:
+            body = await request.get_data(cache=False)
+        headers = {k: v for k in FORWARDED_HEADERS if (v := request.headers.get(k)) is not None}
+        reply = await relay(
+            gw.nursery, gw.target, request.method, request.path,
+            content=body or None, headers=headers,
+            params=request.query_string.decode() or None,
+            gate=gw.gate if gated else None,
+        )
+        return respond(reply)
+
+    def respond(reply: Reply) -> Response:
+        exchange: Exchange = g.exchange
+        exchange.gate_wait = reply.gate_wait
+        if reply.body is not None:
+            return Response(reply.body, status=reply.status, content_type=reply.content_type)
+        exchange.streaming = True
+
+        async def body() -> Any:
+            try:
+                async for line in reply.stream():
+                    yield line
+            finally:
+                exchange.outcome = reply.outcome
+                exchange.log()
+
+        return Response(body(), status=reply.status, content_type=reply.content_type)
+
+    @app.route("/api/chat", methods=["POST"])
+    @app.route("/api/generate", methods=["POST"])
+    async def chat() -> Response:
+        body = await request.get_data(cache=False)
+        model = _model_of(body)
+        g.exchange.model = model
+        if model is None or normalize(model) is None:
+            # Ollama rejects these before it schedules anything (400/404): no gate needed.
+            return await forward(body=body)
+        if not is_cloud(model):
+            await gw.inventory.require(model)
+        return await forward(body=body, gated=True)
+
+    @app.route("/api/embed", methods=["POST"])
+    @app.route("/api/embeddings", methods=["POST"])
+    async def embed() -> Response:
+        body = await request.get_data(cache=False)
+        g.exchange.model = _model_of(body)
+        gw.embeds_in_flight += 1
+        try:
+            return await forward(body=body)
+        finally:
+            gw.embeds_in_flight -= 1
+
+    @app.route("/api/tags", methods=["GET"])
+    async def tags() -> Response:
+        try:
+            return await forward()
+        except TargetUnreachable:
+            if gw.inventory.body is None:
+                raise
+            LOGGER.info("target unreachable: answering /api/tags from the last inventory")
+            return Response(gw.inventory.body, content_type=JSON_CONTENT_TYPE)
+
+    @app.route("/", methods=["GET", "HEAD"])
+    @app.route("/api/<path:rest>", methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"])
+    async def passthrough(rest: str = "") -> Response:
+        return await forward()
+
+    @app.route("/healthz", methods=["GET"])
+    async def healthz() -> Response:
+        return json_response(health(gw))
+
+    @app.route("/readyz", methods=["GET"])
+    async def readyz() -> Response:
+        report = health(gw)
+        return json_response(report, 503 if gw.inventory.degraded.value else 200)
+
+    return app
+
+
+def _model_of(body: bytes) -> str | None:
+    """The ``model`` of a JSON request body, matched case-insensitively as Go does; else None."""
+    try:
+        request_json = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(request_json, dict):
+        return None
+    model = request_json.get("model")
+    if model is None:
+        model = next((v for k, v in request_json.items() if k.lower() == "model"), None)
+    return model if isinstance(model, str) and model else None
+
+
+def _timestamp(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def health(gw: Gateway) -> dict[str, Any]:
+    """foreman's health report (the body of /healthz and /readyz).
+
+    Shape::
+
+        {"status": "ok" | "degraded", "target": URL, "error": str | None,
+         "last_poll": RFC 3339 UTC | None, "last_poll_age_seconds": float | None,
+         "models": int, "resident": [name, ...] | None,
+         "embedder": {"model", "resident", "warmups", "last_warmup", "last_error"} | None,
+         "chats": {"in_flight": 0 | 1, "waiting": int, "max_waiting": int},
+         "embeds_in_flight": int}
+    """
+    inventory, residency = gw.inventory, gw.residency
+    gate = gw.gate.statistics()
+    last = inventory.last_success
+    embedder = None
+    if residency.embed_model is not None:
+        embedder = {
+            "model": residency.embed_model,
+            "resident": residency.embedder_resident(),
+            "warmups": residency.warmups,
+            "last_warmup": _timestamp(residency.last_warmup),
+            "last_error": residency.last_warmup_error,
+        }
+    return {
+        "status": "degraded" if inventory.degraded.value else "ok",
+        "target": gw.target.url,
+        "error": str(inventory.last_error) if inventory.degraded.value else None,
+        "last_poll": _timestamp(last),
+        "last_poll_age_seconds": None if last is None else round(time.time() - last, 3),
+        "models": len(inventory.models),
+        "resident": None if residency.resident is None else list(residency.resident),
+        "embedder": embedder,
+        "chats": {"in_flight": gate.in_flight, "waiting": gate.waiting,
+                  "max_waiting": gw.gate.max_waiting},
+        "embeds_in_flight": gw.embeds_in_flight,
+    }

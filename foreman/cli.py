@@ -1,0 +1,151 @@
+"""The ``foreman`` command: ``serve``, ``demo`` and ``standin``.
+
+Every ``serve`` flag is also an environment variable (see :data:`foreman.settings.OPTIONS`);
+a flag wins over its variable. An invalid value exits with status 2 and one line
+naming the variable.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import click
+import trio
+
+from .settings import OPTIONS, ConfigError, Settings
+
+__all__ = ["main"]
+
+LOGGER = logging.getLogger("foreman")
+
+DEMO_PROMPT = """\
+foreman demo: the stand-in Ollama target is at {target}, foreman at http://{listen}
+Try, in another terminal:
+  curl -N http://{listen}/api/chat -d '{{"model":"llama3.2","messages":[{{"role":"user","content":"why is the sky blue?"}}]}}'
+  curl http://{listen}/api/tags
+  curl http://{listen}/healthz
+Stop with Ctrl-C."""
+
+
+def _settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(OPTIONS):
+        command = click.option(
+            option.flag,
+            option.field,
+            envvar=option.env,
+            show_envvar=True,
+            default=option.default,
+            show_default=option.default is not None and not option.secret,
+            metavar=option.metavar,
+            help=option.help,
+        )(command)
+    return command
+
+
+def _load(values: dict[str, str | None]) -> Settings:
+    try:
+        settings = Settings.from_strings(values)
+    except ConfigError as exc:
+        click.echo(f"foreman: {exc}", err=True)
+        sys.exit(2)
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # foreman logs each request itself
+    return settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="foreman")
+def main() -> None:
+    """foreman: a transparent gateway in front of one Ollama server.
+
+    Ollama clients point at foreman and see native Ollama; chats are
+    serialised through one fair gate, embeddings run in parallel, the
+    embedder is kept warm, and an outage of the target degrades foreman
+    instead of breaking it.
+    """
+
+
+@main.command()
+@_settings_options
+def serve(**values: str | None) -> None:
+    """Serve the Ollama API in front of FOREMAN_OLLAMA_URL until SIGINT/SIGTERM."""
+    from .service import serve_until_signalled
+
+    settings = _load(values)
+    trio.run(serve_until_signalled, settings)
+
+
+@main.command()
+@click.option("--standin-listen", default="127.0.0.1:0", show_default=True,
+              help="HOST:PORT for the stand-in target (port 0: any free port).")
+@click.option("--token-rate", default=8.0, show_default=True, type=float,
+              help="Tokens per second the stand-in streams.")
+@_settings_options
+def demo(standin_listen: str, token_rate: float, **values: str | None) -> None:
+    """Serve foreman in front of the built-in stand-in target, to try it without Ollama."""
+    settings = _load(values)
+    if settings.embed_model is None:
+        settings = settings.replace(embed_model="nomic-embed-text")
+    trio.run(_demo, settings, standin_listen, token_rate)
+
+
+async def _demo(settings: Settings, standin_listen: str, token_rate: float) -> None:
+    from .service import serve_until_signalled
+    from .standin import StandIn
+    from .standin import serve as serve_standin
+
+    standin = StandIn(token_rate=token_rate, load_delay=0.5)
+    async with trio.open_nursery() as nursery:
+        urls: list[str] = await nursery.start(partial(serve_standin, standin, standin_listen))
+        settings = settings.replace(ollama_url=urls[0])
+        click.echo(DEMO_PROMPT.format(target=urls[0], listen=settings.listen), err=True)
+        await serve_until_signalled(settings)
+        nursery.cancel_scope.cancel()
+
+
+@main.command()
+@click.option("--listen", default="127.0.0.1:11434", show_default=True, help="HOST:PORT to serve on.")
+@click.option("--token-rate", default=20.0, show_default=True, type=float,
+              help="Tokens (NDJSON lines) per second.")
+@click.option("--max-loaded-models", default=2, show_default=True, type=int,
+              help="OLLAMA_MAX_LOADED_MODELS: runners resident at once.")
+@click.option("--load-delay", default=0.0, show_default=True, type=float,
+              help="Seconds to load a model that is not resident.")
+@click.option("--token", default=None, envvar="STANDIN_TOKEN",
+              help="Require this bearer token, as a target behind an auth proxy would.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+def standin(listen: str, token_rate: float, max_loaded_models: int, load_delay: float,
+            token: str | None, log_level: str) -> None:
+    """Run the stand-in Ollama target (for tests and demos) until SIGINT/SIGTERM."""
+    from .standin import StandIn
+    from .standin import serve as serve_standin
+
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    target = StandIn(token_rate=token_rate, max_loaded_models=max_loaded_models,
+                     load_delay=load_delay, token=token)
+
+    async def until_signal() -> None:
+        import signal
+
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                return
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            urls: list[str] = await nursery.start(
+                partial(serve_standin, target, listen, shutdown_trigger=until_signal)
+            )
+            LOGGER.info("stand-in Ollama target serving on %s", ", ".join(urls))
+
+    trio.run(run)

@@ -1,0 +1,140 @@
+"""Two-slot residency: the ps watcher and the embedder warm-up supervisor.
+
+The target runs ``OLLAMA_MAX_LOADED_MODELS=2``: one slot for the worker model,
+one for the embedder, which foreman loads with ``keep_alive: -1`` so that it is
+evicted only when nothing else can be (reference §8). The watcher reads
+``/api/ps``; the supervisor (re-)loads the embedder on start, after every
+unreachable → reachable transition, and whenever the watcher finds it gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import trio
+from trio_util import AsyncBool
+
+from .errors import TargetError
+from .names import normalize
+from .target import Target
+
+__all__ = ["BACKOFF_MAX", "BACKOFF_MIN", "Residency"]
+
+LOGGER = logging.getLogger("foreman.residency")
+
+#: Seconds between failed warm-ups: doubling from BACKOFF_MIN up to BACKOFF_MAX.
+BACKOFF_MIN = 1.0
+BACKOFF_MAX = 30.0
+
+
+class Residency:
+    """Which models the target has loaded, and the embedder kept warm among them.
+
+    Attributes:
+        resident: display names from the last successful ``/api/ps`` (None
+            before the first one).
+        warm_wanted: True while a warm-up of the embedder is due.
+        warmups: successful warm-ups so far.
+        last_warmup: wall-clock time (Unix seconds) of the last successful warm-up.
+        last_warmup_error: why the last warm-up failed, or None.
+
+    Args:
+        target: the Ollama target.
+        embed_model: the model to keep warm; None turns warm-up off.
+        interval: seconds between ``/api/ps`` polls.
+        chats_in_flight: how many chats hold the gate right now.
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        embed_model: str | None,
+        interval: float,
+        *,
+        chats_in_flight: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self._target = target
+        self.embed_model = embed_model
+        self._interval = interval
+        self._chats_in_flight = chats_in_flight
+        self.resident: tuple[str, ...] | None = None
+        self.warm_wanted = AsyncBool(embed_model is not None)
+        self.warmups = 0
+        self.last_warmup: float | None = None
+        self.last_warmup_error: str | None = None
+        self._warned = False
+
+    def embedder_resident(self) -> bool | None:
+        """Whether the embedder is loaded, per the last ``/api/ps``; None if unknown."""
+        if self.embed_model is None or self.resident is None:
+            return None
+        key = normalize(self.embed_model)
+        return any(normalize(name) == key for name in self.resident)
+
+    def request_warmup(self, reason: str) -> None:
+        """Ask the supervisor to load the embedder again (requests coalesce)."""
+        if self.embed_model is not None and not self.warm_wanted.value:
+            LOGGER.info("warm-up of %s requested: %s", self.embed_model, reason)
+            self.warm_wanted.value = True
+
+    async def watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Poll ``/api/ps`` every ``interval`` seconds; never returns.
+
+        A failed poll is left to the tags poller to report (it owns the
+        degraded flag) and keeps the last known residency.
+        """
+        task_status.started()
+        while True:
+            try:
+                _, answer = await self._target.get_json("/api/ps")
+                self.resident = tuple(m.get("model") or m["name"] for m in answer["models"])
+            except (TargetError, KeyError, TypeError, AttributeError) as exc:
+                LOGGER.debug("/api/ps failed: %s", exc)
+            else:
+                self._check()
+            await trio.sleep(self._interval)
+
+    def _check(self) -> None:
+        if self.embed_model is None or self.embedder_resident():
+            self._warned = False
+            return
+        if self._chats_in_flight() and not self._warned:
+            LOGGER.warning(
+                "only %d model(s) resident while a chat is in flight and the embedder %s "
+                "is not among them: run the target with OLLAMA_MAX_LOADED_MODELS=2 "
+                "(resident: %s)", len(self.resident or ()), self.embed_model,
+                ", ".join(self.resident or ()) or "none",
+            )
+            self._warned = True
+        self.request_warmup("the embedder is not resident")
+
+    async def supervise(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Warm the embedder whenever :attr:`warm_wanted` is set; never returns.
+
+        Each warm-up is ``POST /api/embed`` with ``keep_alive: -1``; a failure
+        is retried after a back-off (:data:`BACKOFF_MIN` doubling to
+        :data:`BACKOFF_MAX`). Runs beside the server and never blocks serving.
+        """
+        task_status.started()
+        if self.embed_model is None:
+            await trio.sleep_forever()
+        delay = BACKOFF_MIN
+        while True:
+            await self.warm_wanted.wait_value(True)
+            self.warm_wanted.value = False
+            try:
+                await self._target.warm(self.embed_model)
+            except TargetError as exc:
+                self.last_warmup_error = str(exc)
+                LOGGER.warning("warm-up of %s failed, retrying in %.0fs: %s",
+                               self.embed_model, delay, exc)
+                self.warm_wanted.value = True
+                await trio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+            else:
+                self.warmups += 1
+                self.last_warmup, self.last_warmup_error = time.time(), None
+                delay = BACKOFF_MIN
+                LOGGER.info("embedder %s is warm (keep_alive -1)", self.embed_model)

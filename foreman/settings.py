@@ -1,0 +1,189 @@
+"""Configuration: environment variables, each also a ``foreman serve`` flag.
+
+:data:`OPTIONS` is the single table of settings; the CLI builds its flags from it
+and the README's configuration table mirrors it. Values arrive as strings (from
+the environment or a flag) and are checked here, so that a bad value stops
+start-up with one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from hypercorn.config import Config as HypercornConfig
+
+from .names import normalize
+
+__all__ = ["OPTIONS", "ConfigError", "Option", "Settings"]
+
+
+class ConfigError(ValueError):
+    """A setting has an invalid value. ``str()`` is the one-line message for the user."""
+
+    def __init__(self, option: Option, value: str, problem: str) -> None:
+        super().__init__(f"invalid {option.env} ({option.flag}) {value!r}: {problem}")
+        self.option = option
+
+
+def _url(value: str) -> str:
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL as exc:
+        raise ValueError(str(exc)) from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("expected an http:// or https:// URL with a host")
+    return str(url).rstrip("/")
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError("expected a positive, finite number of seconds")
+    return seconds
+
+
+def _count(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+    if count < 0:
+        raise ValueError("expected zero or more")
+    return count
+
+
+def _listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080")
+    return value
+
+
+def _model(value: str) -> str:
+    if normalize(value) is None:
+        raise ValueError("not a valid Ollama model name")
+    return value
+
+
+def _secret(value: str) -> str:
+    if not value.strip() or any(c.isspace() for c in value):
+        raise ValueError("a bearer token must be non-empty and contain no spaces")
+    return value
+
+
+def _level(value: str) -> str:
+    level = value.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("expected debug, info, warning or error")
+    return level
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its field on :class:`Settings`, variable, flag, default and parser."""
+
+    field: str
+    env: str
+    flag: str
+    default: str | None
+    parse: Callable[[str], Any]
+    help: str
+    secret: bool = False
+
+    @property
+    def metavar(self) -> str:
+        return {
+            _url: "URL", _secret: "TOKEN", _model: "MODEL", _seconds: "SECONDS",
+            _listen: "HOST:PORT", _count: "N", _level: "LEVEL",
+        }[self.parse]
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("ollama_url", "FOREMAN_OLLAMA_URL", "--ollama-url", "http://127.0.0.1:11434", _url,
+           "Base URL of the Ollama target."),
+    Option("ollama_token", "FOREMAN_OLLAMA_TOKEN", "--ollama-token", None, _secret,
+           "Bearer token sent to the target (if it sits behind an auth proxy).", secret=True),
+    Option("token", "FOREMAN_TOKEN", "--token", None, _secret,
+           "Bearer token clients must send; every endpoint but /healthz and /readyz "
+           "then needs it.", secret=True),
+    Option("embed_model", "FOREMAN_EMBED_MODEL", "--embed-model", None, _model,
+           "Embedding model kept warm in the second slot (keep_alive -1); unset: no warm-up."),
+    Option("poll_interval", "FOREMAN_POLL_INTERVAL", "--poll-interval", "30", _seconds,
+           "Seconds between /api/tags polls."),
+    Option("ps_interval", "FOREMAN_PS_INTERVAL", "--ps-interval", "10", _seconds,
+           "Seconds between /api/ps residency checks."),
+    Option("listen", "FOREMAN_LISTEN", "--listen", "127.0.0.1:8080", _listen,
+           "HOST:PORT to serve on."),
+    Option("max_queue", "FOREMAN_MAX_QUEUE", "--max-queue", "512", _count,
+           "Chat/generate requests allowed to wait at the gate; one more gets 503."),
+    Option("idle_timeout", "FOREMAN_IDLE_TIMEOUT", "--idle-timeout", "300", _seconds,
+           "Seconds the target may stay silent (model load, between stream chunks) "
+           "before foreman gives up on the request."),
+    Option("connect_timeout", "FOREMAN_CONNECT_TIMEOUT", "--connect-timeout", "5", _seconds,
+           "Seconds to wait for a connection to the target."),
+    Option("grace", "FOREMAN_GRACE", "--grace", "30", _seconds,
+           "On SIGINT/SIGTERM, seconds in-flight requests get to finish before they are cut."),
+    Option("log_level", "FOREMAN_LOG_LEVEL", "--log-level", "info", _level,
+           "debug, info, warning or error."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """foreman's configuration. Times are in seconds; ``listen`` is ``HOST:PORT``."""
+
+    ollama_url: str = "http://127.0.0.1:11434"
+    ollama_token: str | None = None
+    token: str | None = None
+    embed_model: str | None = None
+    poll_interval: float = 30.0
+    ps_interval: float = 10.0
+    listen: str = "127.0.0.1:8080"
+    max_queue: int = 512
+    idle_timeout: float = 300.0
+    connect_timeout: float = 5.0
+    grace: float = 30.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_strings(cls, values: Mapping[str, str | None]) -> Settings:
+        """Build settings from raw strings keyed by field name; None or absent means default.
+
+        Raises:
+            ConfigError: a value does not parse; the message names the variable and flag.
+        """
+        parsed: dict[str, Any] = {}
+        for option in OPTIONS:
+            raw = values.get(option.field)
+            if raw is None or (raw == "" and option.default is None):
+                continue
+            try:
+                parsed[option.field] = option.parse(raw)
+            except ValueError as exc:
+                shown = "<hidden>" if option.secret else raw
+                raise ConfigError(option, shown, str(exc)) from None
+        return cls(**parsed)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Settings from ``FOREMAN_*`` variables (see :data:`OPTIONS`)."""
+        return cls.from_strings({o.field: environ.get(o.env) for o in OPTIONS})
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def hypercorn(self) -> HypercornConfig:
+        """The hypercorn config: bind ``listen``, grace period, no access log (foreman logs its own)."""
+        config = HypercornConfig()
+        config.bind = [self.listen]
+        config.graceful_timeout = self.grace
+        config.accesslog = None
+        config.errorlog = "-"
+        return config

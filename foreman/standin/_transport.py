@@ -1,0 +1,151 @@
+"""An httpx transport that calls an ASGI app in-process and streams its body.
+
+``httpx.ASGITransport`` buffers the whole response body and so cannot show
+streaming; this one hands each ``http.response.body`` message to the client as
+it is sent, which keeps chunk-by-chunk tests honest and lets them run on trio's
+``MockClock`` (no sockets, so autojump is safe).
+
+It behaves like a socket where that matters to foreman:
+
+* ``reachable()`` returning False raises :class:`httpx.ConnectError`, as a
+  refused connection does;
+* an app that raises after its response started ends the body with
+  :class:`httpx.RemoteProtocolError` (``incomplete chunked read``), as a
+  server that dies mid-stream does; before it started, with
+  ``Server disconnected without sending a response.``;
+* closing the response early delivers ``http.disconnect`` to the app, as a
+  client that hangs up does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import trio
+
+__all__ = ["ASGIStreamTransport"]
+
+_END = object()
+
+
+class _Died(Exception):
+    """Marker put on the channel when the app raised."""
+
+
+class ASGIStreamTransport(httpx.AsyncBaseTransport):
+    """Serve httpx requests from ``app`` inside ``nursery``.
+
+    Args:
+        app: an ASGI 3 application.
+        nursery: where each request's app task runs; it must outlive the
+            responses (a test's ``nursery`` fixture does).
+        reachable: called on every request; False means "connection refused".
+        client: the ``(host, port)`` the app sees as its peer.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        nursery: trio.Nursery,
+        *,
+        reachable: Callable[[], bool] = lambda: True,
+        client: tuple[str, int] = ("127.0.0.1", 50000),
+    ) -> None:
+        self._app = app
+        self._nursery = nursery
+        self._reachable = reachable
+        self._client = client
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not self._reachable():
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        body = await request.aread()
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": request.method,
+            "scheme": request.url.scheme,
+            "path": request.url.path,
+            "raw_path": request.url.raw_path.split(b"?")[0],
+            "query_string": request.url.query,
+            "root_path": "",
+            "headers": [(k.lower(), v) for k, v in request.headers.raw],
+            "client": self._client,
+            "server": (request.url.host, request.url.port or 80),
+            "extensions": {},
+        }
+        send_messages, messages = trio.open_memory_channel[Any](math.inf)
+        disconnected = trio.Event()
+        body_sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal body_sent
+            if not body_sent:
+                body_sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await disconnected.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if not disconnected.is_set():
+                send_messages.send_nowait(message)
+
+        async def run_app() -> None:
+            with send_messages:
+                try:
+                    await self._app(scope, receive, send)
+                except Exception as exc:  # the server died: the client sees a broken stream
+                    if not disconnected.is_set():
+                        send_messages.send_nowait(_Died(repr(exc)))
+                else:
+                    if not disconnected.is_set():
+                        send_messages.send_nowait(_END)
+
+        self._nursery.start_soon(run_app)
+        start = await messages.receive()
+        if isinstance(start, _Died) or start is _END:
+            disconnected.set()
+            raise httpx.RemoteProtocolError(
+                "Server disconnected without sending a response.", request=request
+            )
+        assert start["type"] == "http.response.start", start
+        return httpx.Response(
+            start["status"],
+            headers=start.get("headers", []),
+            stream=_BodyStream(messages, disconnected, request),
+            request=request,
+        )
+
+
+class _BodyStream(httpx.AsyncByteStream):
+    def __init__(
+        self, messages: trio.MemoryReceiveChannel[Any], disconnected: trio.Event, request: httpx.Request
+    ) -> None:
+        self._messages = messages
+        self._disconnected = disconnected
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for message in self._messages:
+            if message is _END:
+                return
+            if isinstance(message, _Died):
+                raise httpx.RemoteProtocolError(
+                    "peer closed connection without sending complete message body "
+                    "(incomplete chunked read)",
+                    request=self._request,
+                )
+            if message["type"] != "http.response.body":
+                continue
+            if message.get("body"):
+                yield message["body"]
+            if not message.get("more_body", False):
+                return
+
+    async def aclose(self) -> None:
+        self._disconnected.set()
+        self._messages.close()

@@ -1,0 +1,30 @@
+# foreman's everyday commands. `just` itself ships in the dev extras (rust-just):
+# after the first scripts/test or scripts/foreman run, use .venv/bin/just.
+
+# list the recipes
+default:
+    @just --list
+
+# run foreman against FOREMAN_OLLAMA_URL (flags pass through: just serve --help)
+serve *ARGS:
+    scripts/foreman serve {{ARGS}}
+
+# run foreman in front of the built-in stand-in target
+demo *ARGS:
+    scripts/foreman demo {{ARGS}}
+
+# run the stand-in Ollama target on its own
+standin *ARGS:
+    scripts/foreman standin {{ARGS}}
+
+# the whole test suite, acceptance script included
+test *ARGS:
+    scripts/test {{ARGS}}
+
+# only the end-to-end acceptance script (real processes, official ollama client)
+acceptance:
+    scripts/bootstrap && .venv/bin/python scripts/acceptance.py
+
+# gate throughput and streaming overhead against the stand-in
+bench *ARGS:
+    scripts/bootstrap && .venv/bin/python scripts/bench.py {{ARGS}}

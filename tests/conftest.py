@@ -1,0 +1,71 @@
+"""Fixtures: foreman in front of the stand-in target, all in-process.
+
+foreman's app and the stand-in both run as ASGI apps behind
+:class:`~foreman.standin.ASGIStreamTransport`, so there are no sockets and
+trio's ``MockClock`` with autojump makes time-based tests exact and fast.
+Tests that need real sockets (graceful shutdown, the acceptance script) use
+the default clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from foreman import Gateway, Settings, create_app, open_gateway
+from foreman.standin import ASGIStreamTransport, StandIn
+
+TARGET = "http://127.0.0.1:11434"
+
+
+@dataclass
+class Foreman:
+    gw: Gateway
+    client: httpx.AsyncClient  # talks to foreman
+    standin: StandIn
+    target: httpx.AsyncClient  # talks to the stand-in directly, bypassing foreman
+
+
+def settings(**changes: Any) -> Settings:
+    base = Settings(
+        ollama_url=TARGET,
+        embed_model="nomic-embed-text",
+        poll_interval=30.0,
+        ps_interval=10.0,
+        idle_timeout=60.0,
+    )
+    return base.replace(**changes)
+
+
+@asynccontextmanager
+async def open_foreman(nursery: trio.Nursery, standin: StandIn, **changes: Any) -> AsyncIterator[Foreman]:
+    """foreman with ``settings(**changes)`` in front of ``standin``."""
+    async with (
+        open_gateway(settings(**changes), transport=standin.transport(nursery)) as gw,
+        httpx.AsyncClient(
+            transport=ASGIStreamTransport(create_app(gw), nursery), base_url="http://foreman"
+        ) as client,
+        httpx.AsyncClient(transport=standin.transport(nursery), base_url=TARGET) as target,
+    ):
+        yield Foreman(gw, client, standin, target)
+
+
+@pytest.fixture
+def standin() -> StandIn:
+    return StandIn(token_rate=10.0)
+
+
+@pytest.fixture
+async def fm(nursery: trio.Nursery, standin: StandIn) -> AsyncIterator[Foreman]:
+    async with open_foreman(nursery, standin) as foreman:
+        yield foreman
+
+
+def chat_body(model: str = "llama3.2", text: str = "hello there", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": text}], **extra}

@@ -1,0 +1,223 @@
+"""The gate and the streaming path: one chat at a time, lines as they come, nothing left locked."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import trio
+import trio.testing
+
+from foreman.standin import Faults, StandIn
+
+from .conftest import Foreman, chat_body, open_foreman
+
+
+async def read_lines(response: httpx.Response) -> list[tuple[float, dict]]:
+    """(mock time of arrival, parsed line) for each NDJSON line, as the client sees them."""
+    lines = []
+    async for raw in response.aiter_raw():
+        for line in raw.splitlines():
+            lines.append((trio.current_time(), json.loads(line)))
+    return lines
+
+
+async def test_ndjson_lines_arrive_one_by_one_as_the_target_sends_them(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    standin = StandIn(token_rate=1.0)  # one line a second
+    async with open_foreman(nursery, standin) as fm:
+        start = trio.current_time()
+        async with fm.client.stream("POST", "/api/chat", json=chat_body()) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"] == "application/x-ndjson"
+            chunks = []
+            async for raw in response.aiter_raw():
+                chunks.append((trio.current_time() - start, raw))
+    # one chunk per line, each ending in a newline, none merged or split
+    assert all(raw.endswith(b"\n") and raw.count(b"\n") == 1 for _, raw in chunks)
+    times = [t for t, _ in chunks]
+    # the first line is at the client a whole second before the target sends the second
+    assert times[1] - times[0] >= 1.0
+    assert all(b - a >= 1.0 for a, b in zip(times, times[1:], strict=False))
+    lines = [json.loads(raw) for _, raw in chunks]
+    assert [line["done"] for line in lines] == [False] * (len(lines) - 1) + [True]
+    assert lines[-1]["done_reason"] == "stop" and "eval_count" in lines[-1]
+
+
+async def test_stream_bytes_are_the_targets_bytes(fm: Foreman, autojump_clock: trio.abc.Clock) -> None:
+    body = chat_body(options={"seed": 1})
+    direct = await fm.target.post("/api/generate", json={"model": "llama3.2", "prompt": "hi"})
+    via = await fm.client.post("/api/generate", json={"model": "llama3.2", "prompt": "hi"})
+    strip = lambda content: [  # noqa: E731 - created_at and durations differ per run
+        {k: v for k, v in json.loads(line).items() if k != "created_at" and "duration" not in k}
+        for line in content.splitlines()
+    ]
+    assert strip(via.content) == strip(direct.content)
+    assert via.content.count(b"\n") == direct.content.count(b"\n")
+    assert body
+
+
+async def test_ten_concurrent_chats_never_overlap_at_the_target(
+    fm: Foreman, autojump_clock: trio.abc.Clock
+) -> None:
+    finished: list[list[dict]] = []
+
+    async def one_chat(i: int) -> None:
+        async with fm.client.stream("POST", "/api/chat", json=chat_body(text=f"q{i}")) as response:
+            assert response.status_code == 200
+            finished.append([line for _, line in await read_lines(response)])
+
+    async def one_generate() -> None:
+        response = await fm.client.post("/api/generate", json={"model": "llama3.2", "prompt": "p", "stream": False})
+        assert response.status_code == 200
+
+    async with trio.open_nursery() as nursery:
+        for i in range(10):
+            nursery.start_soon(one_chat, i)
+        nursery.start_soon(one_generate)
+        await trio.sleep(0.5)
+        assert fm.gw.gate.statistics().in_flight == 1
+        assert fm.gw.gate.statistics().waiting == 10
+    assert len(finished) == 10
+    assert all(lines[-1]["done"] for lines in finished)
+    assert fm.standin.chats_total == 11
+    assert fm.standin.max_chats_in_flight == 1
+
+
+async def test_embeds_bypass_the_gate_and_overlap_at_the_target(
+    fm: Foreman, autojump_clock: trio.abc.Clock
+) -> None:
+    async def embed(i: int) -> None:
+        response = await fm.client.post("/api/embed", json={"model": "nomic-embed-text", "input": [f"t{i}"]})
+        assert response.status_code == 200
+        assert len(response.json()["embeddings"]) == 1
+
+    async with trio.open_nursery() as nursery:
+        # a long chat holds the gate the whole time
+        nursery.start_soon(fm.client.post, "/api/chat", json=chat_body())
+        await trio.sleep(0.2)
+        assert fm.gw.gate.statistics().in_flight == 1
+        before = fm.standin.embeds_total
+        for i in range(10):
+            nursery.start_soon(embed, i)
+        await trio.testing.wait_all_tasks_blocked()
+    assert fm.standin.embeds_total - before == 10
+    assert fm.standin.max_embeds_in_flight > 1
+    assert fm.standin.max_chats_in_flight == 1
+
+
+async def test_the_gate_is_fair(fm: Foreman, autojump_clock: trio.abc.Clock) -> None:
+    order: list[int] = []
+
+    async def chat(i: int) -> None:
+        response = await fm.client.post("/api/chat", json=chat_body(text=f"q{i}", stream=False))
+        assert response.status_code == 200
+        order.append(i)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(5):
+            nursery.start_soon(chat, i)
+            await trio.sleep(0.01)  # arrive in order
+    assert order == [0, 1, 2, 3, 4]
+
+
+async def test_a_full_waiting_line_gets_ollamas_503(nursery: trio.Nursery, standin: StandIn, autojump_clock: trio.abc.Clock) -> None:
+    async with open_foreman(nursery, standin, max_queue=2) as fm:
+        statuses: list[int] = []
+
+        async def chat() -> None:
+            statuses.append((await fm.client.post("/api/chat", json=chat_body())).status_code)
+
+        async with trio.open_nursery() as inner:
+            for _ in range(3):  # one holds the gate, two wait
+                inner.start_soon(chat)
+            await trio.sleep(0.1)
+            busy = await fm.client.post("/api/chat", json=chat_body())
+            assert busy.status_code == 503
+            assert busy.content == (
+                b'{"error":"server busy, please try again.  maximum pending requests exceeded"}'
+            )
+        assert statuses == [200, 200, 200]
+
+
+async def test_client_disconnect_mid_stream_frees_the_gate_at_once(
+    fm: Foreman, autojump_clock: trio.abc.Clock
+) -> None:
+    async with fm.client.stream("POST", "/api/chat", json=chat_body()) as response:
+        async for _ in response.aiter_raw():
+            break  # one line, then hang up
+        assert fm.gw.gate.statistics().in_flight == 1
+    left = trio.current_time()
+    await trio.testing.wait_all_tasks_blocked()
+    assert fm.gw.gate.statistics().in_flight == 0
+    assert fm.standin.chats_in_flight == 0  # the upstream request was aborted too
+    assert trio.current_time() == left  # at once: no timeout was involved
+    response = await fm.client.post("/api/chat", json=chat_body(stream=False))
+    assert response.status_code == 200
+
+
+async def test_client_leaving_the_waiting_line_does_not_hold_it(
+    fm: Foreman, autojump_clock: trio.abc.Clock
+) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fm.client.post, "/api/chat", json=chat_body())
+        await trio.sleep(0.1)
+        with trio.move_on_after(0.1):  # gives up while waiting at the gate
+            await fm.client.post("/api/chat", json=chat_body())
+        await trio.testing.wait_all_tasks_blocked()
+        assert fm.gw.gate.statistics().waiting == 0
+    assert fm.standin.chats_total == 1
+
+
+async def test_target_dying_mid_stream_ends_with_an_error_line(
+    fm: Foreman, autojump_clock: trio.abc.Clock
+) -> None:
+    fm.standin.faults = Faults(die_after=2)
+    response = await fm.client.post("/api/chat", json=chat_body())
+    assert response.status_code == 200
+    lines = [json.loads(line) for line in response.content.splitlines()]
+    assert len(lines) == 3
+    assert all(not line.get("done") for line in lines[:2])
+    assert "broke the connection" in lines[-1]["error"]
+    assert fm.gw.gate.statistics().in_flight == 0
+    fm.standin.faults = Faults()
+    assert (await fm.client.post("/api/chat", json=chat_body(stream=False))).status_code == 200
+
+
+async def test_target_stalling_mid_stream_times_out_with_an_error_line(
+    nursery: trio.Nursery, standin: StandIn, autojump_clock: trio.abc.Clock
+) -> None:
+    async with open_foreman(nursery, standin, idle_timeout=5.0) as fm:
+        fm.standin.faults = Faults(stall_after=1)
+        start = trio.current_time()
+        response = await fm.client.post("/api/chat", json=chat_body())
+        lines = [json.loads(line) for line in response.content.splitlines()]
+        assert len(lines) == 2
+        assert "timed out" in lines[-1]["error"]
+        assert 5.0 <= trio.current_time() - start < 6.0
+        await trio.testing.wait_all_tasks_blocked()
+        assert fm.gw.gate.statistics().in_flight == 0
+        assert fm.standin.chats_in_flight == 0
+
+
+async def test_runner_error_line_passes_through(fm: Foreman, autojump_clock: trio.abc.Clock) -> None:
+    fm.standin.faults = Faults(runner_error_after=1)
+    response = await fm.client.post("/api/chat", json=chat_body())
+    lines = [json.loads(line) for line in response.content.splitlines()]
+    assert lines[-1]["error"].startswith("model runner has unexpectedly stopped")
+    assert not any(line.get("done") for line in lines)
+
+
+async def test_target_unreachable_is_503_with_retry_after(
+    fm: Foreman, autojump_clock: trio.abc.Clock
+) -> None:
+    fm.standin.go_down()
+    response = await fm.client.post("/api/chat", json=chat_body())
+    assert response.status_code == 503
+    assert response.headers["retry-after"].isdigit()
+    assert response.headers["content-type"] == "application/json; charset=utf-8"
+    assert "http://127.0.0.1:11434 is unreachable" in response.json()["error"]
+    embed = await fm.client.post("/api/embed", json={"model": "nomic-embed-text", "input": "x"})
+    assert embed.status_code == 503
+    assert fm.gw.gate.statistics().in_flight == 0
