@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +33,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from .errors import ForemanError, TargetUnreachable
-from .jsonwire import JSON_CONTENT_TYPE, dumps, error_body
+from .jsonwire import JSON_CONTENT_TYPE, dumps
 from .names import is_cloud, normalize
 from .relay import Reply, relay
 from .service import Gateway
@@ -70,7 +71,10 @@ class Exchange:
         self.logged = True
         ACCESS.info(
             "%s %s model=%s status=%s gate_wait=%s duration=%.3fs%s",
-            self.method, self.path, self.model or "-", self.status,
+            self.method,
+            self.path,
+            self.model or "-",
+            self.status,
             "-" if self.gate_wait is None else f"{self.gate_wait:.3f}s",
             trio.current_time() - self.started,
             f" outcome={self.outcome}" if self.outcome else "",
@@ -137,8 +141,12 @@ def create_app(gw: Gateway) -> QuartTrio:
             body = await request.get_data(cache=False)
         headers = {k: v for k in FORWARDED_HEADERS if (v := request.headers.get(k)) is not None}
         reply = await relay(
-            gw.nursery, gw.target, request.method, request.path,
-            content=body or None, headers=headers,
+            gw.nursery,
+            gw.target,
+            request.method,
+            request.path,
+            content=body or None,
+            headers=headers,
             params=request.query_string.decode() or None,
             gate=gw.gate if gated else None,
         )
@@ -151,11 +159,13 @@ def create_app(gw: Gateway) -> QuartTrio:
             return Response(reply.body, status=reply.status, content_type=reply.content_type)
         exchange.streaming = True
 
-        async def body() -> Any:
+        async def body() -> AsyncIterator[bytes]:
+            assert reply.lines is not None
             try:
-                async for line in reply.stream():
+                async for line in reply.lines:
                     yield line
             finally:
+                reply.close()
                 exchange.outcome = reply.outcome
                 exchange.log()
 
@@ -265,7 +275,10 @@ def health(gw: Gateway) -> dict[str, Any]:
         "models": len(inventory.models),
         "resident": None if residency.resident is None else list(residency.resident),
         "embedder": embedder,
-        "chats": {"in_flight": gate.in_flight, "waiting": gate.waiting,
-                  "max_waiting": gw.gate.max_waiting},
+        "chats": {
+            "in_flight": gate.in_flight,
+            "waiting": gate.waiting,
+            "max_waiting": gw.gate.max_waiting,
+        },
         "embeds_in_flight": gw.embeds_in_flight,
     }

@@ -25,7 +25,8 @@ LOGGER = logging.getLogger("foreman")
 DEMO_PROMPT = """\
 foreman demo: the stand-in Ollama target is at {target}, foreman at http://{listen}
 Try, in another terminal:
-  curl -N http://{listen}/api/chat -d '{{"model":"llama3.2","messages":[{{"role":"user","content":"why is the sky blue?"}}]}}'
+  curl -N http://{listen}/api/chat \\
+    -d '{{"model":"llama3.2","messages":[{{"role":"user","content":"why is the sky blue?"}}]}}'
   curl http://{listen}/api/tags
   curl http://{listen}/healthz
 Stop with Ctrl-C."""
@@ -84,10 +85,19 @@ def serve(**values: str | None) -> None:
 
 
 @main.command()
-@click.option("--standin-listen", default="127.0.0.1:0", show_default=True,
-              help="HOST:PORT for the stand-in target (port 0: any free port).")
-@click.option("--token-rate", default=8.0, show_default=True, type=float,
-              help="Tokens per second the stand-in streams.")
+@click.option(
+    "--standin-listen",
+    default="127.0.0.1:0",
+    show_default=True,
+    help="HOST:PORT for the stand-in target (port 0: any free port).",
+)
+@click.option(
+    "--token-rate",
+    default=8.0,
+    show_default=True,
+    type=float,
+    help="Tokens per second the stand-in streams.",
+)
 @_settings_options
 def demo(standin_listen: str, token_rate: float, **values: str | None) -> None:
     """Serve foreman in front of the built-in stand-in target, to try it without Ollama."""
@@ -112,27 +122,63 @@ async def _demo(settings: Settings, standin_listen: str, token_rate: float) -> N
 
 
 @main.command()
-@click.option("--listen", default="127.0.0.1:11434", show_default=True, help="HOST:PORT to serve on.")
-@click.option("--token-rate", default=20.0, show_default=True, type=float,
-              help="Tokens (NDJSON lines) per second.")
-@click.option("--max-loaded-models", default=2, show_default=True, type=int,
-              help="OLLAMA_MAX_LOADED_MODELS: runners resident at once.")
-@click.option("--load-delay", default=0.0, show_default=True, type=float,
-              help="Seconds to load a model that is not resident.")
-@click.option("--token", default=None, envvar="STANDIN_TOKEN",
-              help="Require this bearer token, as a target behind an auth proxy would.")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
-def standin(listen: str, token_rate: float, max_loaded_models: int, load_delay: float,
-            token: str | None, log_level: str) -> None:
+@click.option(
+    "--listen", default="127.0.0.1:11434", show_default=True, help="HOST:PORT to serve on."
+)
+@click.option(
+    "--token-rate",
+    default=20.0,
+    show_default=True,
+    type=float,
+    help="Tokens (NDJSON lines) per second.",
+)
+@click.option(
+    "--max-loaded-models",
+    default=2,
+    show_default=True,
+    type=int,
+    help="OLLAMA_MAX_LOADED_MODELS: runners resident at once.",
+)
+@click.option(
+    "--load-delay",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Seconds to load a model that is not resident.",
+)
+@click.option(
+    "--token",
+    default=None,
+    envvar="STANDIN_TOKEN",
+    help="Require this bearer token, as a target behind an auth proxy would.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
+def standin(
+    listen: str,
+    token_rate: float,
+    max_loaded_models: int,
+    load_delay: float,
+    token: str | None,
+    log_level: str,
+) -> None:
     """Run the stand-in Ollama target (for tests and demos) until SIGINT/SIGTERM."""
     from .standin import StandIn
     from .standin import serve as serve_standin
 
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    target = StandIn(token_rate=token_rate, max_loaded_models=max_loaded_models,
-                     load_delay=load_delay, token=token)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
+    target = StandIn(
+        token_rate=token_rate,
+        max_loaded_models=max_loaded_models,
+        load_delay=load_delay,
+        token=token,
+    )
 
     async def until_signal() -> None:
         import signal

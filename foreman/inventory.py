@@ -79,12 +79,17 @@ class Inventory:
                 if key is not None:
                     models[key] = name
         except (TargetError, KeyError, TypeError, AttributeError) as exc:
-            error = exc if isinstance(exc, TargetError) else TargetError(
-                self._target.url, f"/api/tags answered an unexpected shape ({exc!r})"
+            error = (
+                exc
+                if isinstance(exc, TargetError)
+                else TargetError(
+                    self._target.url, f"/api/tags answered an unexpected shape ({exc!r})"
+                )
             )
             if not self.degraded.value or str(error) != str(self.last_error):
-                LOGGER.warning("target degraded: %s (keeping %d known models)", error,
-                               len(self.models))
+                LOGGER.warning(
+                    "target degraded: %s (keeping %d known models)", error, len(self.models)
+                )
             self.last_error = error
             self.degraded.value = True
         else:

@@ -15,8 +15,9 @@ __all__ = ["JSON_CONTENT_TYPE", "dumps", "error_body"]
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 
-_GO_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
-                             "\u2028": "\\u2028", "\u2029": "\\u2029"})
+_GO_ESCAPES = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
 
 
 def dumps(value: Any) -> bytes:

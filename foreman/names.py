@@ -67,7 +67,10 @@ def normalize(name: str) -> str | None:
 
 
 def is_cloud(name: str) -> bool:
-    """True for names Ollama proxies to ollama.com itself: ``x:cloud`` or a tag ending ``-cloud``."""
+    """True for names Ollama proxies to ollama.com itself: ``x:cloud``, or a tag ending ``-cloud``.
+
+    Such models are not in ``/api/tags`` unless pulled as stubs.
+    """
     parts = _split(name)
     if parts is None:
         return False

@@ -18,7 +18,7 @@ and releases the gate at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass
 
@@ -43,8 +43,9 @@ class Reply:
 
     Exactly one of ``body`` (a whole, non-streaming answer) and ``lines`` (an
     NDJSON stream, each item one ``\\n``-terminated line) is set.
-    ``gate_wait`` is in seconds (None when no gate was passed). ``outcome`` is filled in as the stream ends:
-    ``"done"``, ``"error"`` (an error line was sent) or ``"cancelled"``.
+    ``gate_wait`` is in seconds (None when no gate was passed). ``outcome`` is
+    filled in as a stream ends: ``"done"``, ``"error"`` (an error line was
+    sent) or ``"cancelled"``.
     """
 
     status: int
@@ -55,15 +56,11 @@ class Reply:
     outcome: str = "done"
     _pump_scope: trio.CancelScope | None = None
 
-    async def stream(self) -> AsyncIterator[bytes]:
-        """The response body for a streaming reply; closing it stops the pump."""
+    def close(self) -> None:
+        """End a streaming reply early or late: stops the pump, which frees the gate at once."""
         assert self.lines is not None and self._pump_scope is not None
-        try:
-            async for line in self.lines:
-                yield line
-        finally:
-            self._pump_scope.cancel()  # first: stop the pump and free the gate
-            self.lines.close()  # then: the pump never sees BrokenResourceError
+        self._pump_scope.cancel()  # first: stop the pump and free the gate
+        self.lines.close()  # then: the pump never sees BrokenResourceError
 
 
 async def relay(
@@ -115,7 +112,8 @@ async def relay(
 
 
 async def _pump_lines(
-    target: Target, response: httpx.Response, send: trio.MemorySendChannel[bytes]) -> str:
+    target: Target, response: httpx.Response, send: trio.MemorySendChannel[bytes]
+) -> str:
     """Forward complete lines as they arrive; on a target failure, one error line."""
     buffer = b""
     try:

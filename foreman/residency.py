@@ -104,13 +104,17 @@ class Residency:
             LOGGER.warning(
                 "only %d model(s) resident while a chat is in flight and the embedder %s "
                 "is not among them: run the target with OLLAMA_MAX_LOADED_MODELS=2 "
-                "(resident: %s)", len(self.resident or ()), self.embed_model,
+                "(resident: %s)",
+                len(self.resident or ()),
+                self.embed_model,
                 ", ".join(self.resident or ()) or "none",
             )
             self._warned = True
         self.request_warmup("the embedder is not resident")
 
-    async def supervise(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def supervise(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Warm the embedder whenever :attr:`warm_wanted` is set; never returns.
 
         Each warm-up is ``POST /api/embed`` with ``keep_alive: -1``; a failure
@@ -128,8 +132,9 @@ class Residency:
                 await self._target.warm(self.embed_model)
             except TargetError as exc:
                 self.last_warmup_error = str(exc)
-                LOGGER.warning("warm-up of %s failed, retrying in %.0fs: %s",
-                               self.embed_model, delay, exc)
+                LOGGER.warning(
+                    "warm-up of %s failed, retrying in %.0fs: %s", self.embed_model, delay, exc
+                )
                 self.warm_wanted.value = True
                 await trio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)

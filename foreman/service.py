@@ -63,11 +63,14 @@ async def open_gateway(
     async with open_target(settings, transport=transport) as target, trio.open_nursery() as nursery:
         gate = Gate(settings.max_queue)
         residency = Residency(
-            target, settings.embed_model, settings.ps_interval,
+            target,
+            settings.embed_model,
+            settings.ps_interval,
             chats_in_flight=lambda: gate.statistics().in_flight,
         )
         inventory = Inventory(
-            target, settings.poll_interval,
+            target,
+            settings.poll_interval,
             on_reachable=lambda: residency.request_warmup("the target is reachable"),
         )
         await nursery.start(inventory.run)
@@ -127,7 +130,9 @@ async def serve_until_signalled(settings: Settings) -> None:
                 async for signum in signals:
                     name = signal.Signals(signum).name
                     if not first.is_set():
-                        LOGGER.info("%s: draining, in-flight requests get %gs", name, settings.grace)
+                        LOGGER.info(
+                            "%s: draining, in-flight requests get %gs", name, settings.grace
+                        )
                         first.set()
                     else:
                         LOGGER.warning("%s again: stopping now", name)

@@ -100,38 +100,111 @@ class Option:
     @property
     def metavar(self) -> str:
         return {
-            _url: "URL", _secret: "TOKEN", _model: "MODEL", _seconds: "SECONDS",
-            _listen: "HOST:PORT", _count: "N", _level: "LEVEL",
+            _url: "URL",
+            _secret: "TOKEN",
+            _model: "MODEL",
+            _seconds: "SECONDS",
+            _listen: "HOST:PORT",
+            _count: "N",
+            _level: "LEVEL",
         }[self.parse]
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("ollama_url", "FOREMAN_OLLAMA_URL", "--ollama-url", "http://127.0.0.1:11434", _url,
-           "Base URL of the Ollama target."),
-    Option("ollama_token", "FOREMAN_OLLAMA_TOKEN", "--ollama-token", None, _secret,
-           "Bearer token sent to the target (if it sits behind an auth proxy).", secret=True),
-    Option("token", "FOREMAN_TOKEN", "--token", None, _secret,
-           "Bearer token clients must send; every endpoint but /healthz and /readyz "
-           "then needs it.", secret=True),
-    Option("embed_model", "FOREMAN_EMBED_MODEL", "--embed-model", None, _model,
-           "Embedding model kept warm in the second slot (keep_alive -1); unset: no warm-up."),
-    Option("poll_interval", "FOREMAN_POLL_INTERVAL", "--poll-interval", "30", _seconds,
-           "Seconds between /api/tags polls."),
-    Option("ps_interval", "FOREMAN_PS_INTERVAL", "--ps-interval", "10", _seconds,
-           "Seconds between /api/ps residency checks."),
-    Option("listen", "FOREMAN_LISTEN", "--listen", "127.0.0.1:8080", _listen,
-           "HOST:PORT to serve on."),
-    Option("max_queue", "FOREMAN_MAX_QUEUE", "--max-queue", "512", _count,
-           "Chat/generate requests allowed to wait at the gate; one more gets 503."),
-    Option("idle_timeout", "FOREMAN_IDLE_TIMEOUT", "--idle-timeout", "300", _seconds,
-           "Seconds the target may stay silent (model load, between stream chunks) "
-           "before foreman gives up on the request."),
-    Option("connect_timeout", "FOREMAN_CONNECT_TIMEOUT", "--connect-timeout", "5", _seconds,
-           "Seconds to wait for a connection to the target."),
-    Option("grace", "FOREMAN_GRACE", "--grace", "30", _seconds,
-           "On SIGINT/SIGTERM, seconds in-flight requests get to finish before they are cut."),
-    Option("log_level", "FOREMAN_LOG_LEVEL", "--log-level", "info", _level,
-           "debug, info, warning or error."),
+    Option(
+        "ollama_url",
+        "FOREMAN_OLLAMA_URL",
+        "--ollama-url",
+        "http://127.0.0.1:11434",
+        _url,
+        "Base URL of the Ollama target.",
+    ),
+    Option(
+        "ollama_token",
+        "FOREMAN_OLLAMA_TOKEN",
+        "--ollama-token",
+        None,
+        _secret,
+        "Bearer token sent to the target (if it sits behind an auth proxy).",
+        secret=True,
+    ),
+    Option(
+        "token",
+        "FOREMAN_TOKEN",
+        "--token",
+        None,
+        _secret,
+        "Bearer token clients must send; every endpoint but /healthz and /readyz then needs it.",
+        secret=True,
+    ),
+    Option(
+        "embed_model",
+        "FOREMAN_EMBED_MODEL",
+        "--embed-model",
+        None,
+        _model,
+        "Embedding model kept warm in the second slot (keep_alive -1); unset: no warm-up.",
+    ),
+    Option(
+        "poll_interval",
+        "FOREMAN_POLL_INTERVAL",
+        "--poll-interval",
+        "30",
+        _seconds,
+        "Seconds between /api/tags polls.",
+    ),
+    Option(
+        "ps_interval",
+        "FOREMAN_PS_INTERVAL",
+        "--ps-interval",
+        "10",
+        _seconds,
+        "Seconds between /api/ps residency checks.",
+    ),
+    Option(
+        "listen", "FOREMAN_LISTEN", "--listen", "127.0.0.1:8080", _listen, "HOST:PORT to serve on."
+    ),
+    Option(
+        "max_queue",
+        "FOREMAN_MAX_QUEUE",
+        "--max-queue",
+        "512",
+        _count,
+        "Chat/generate requests allowed to wait at the gate; one more gets 503.",
+    ),
+    Option(
+        "idle_timeout",
+        "FOREMAN_IDLE_TIMEOUT",
+        "--idle-timeout",
+        "300",
+        _seconds,
+        "Seconds the target may stay silent (model load, between stream chunks) "
+        "before foreman gives up on the request.",
+    ),
+    Option(
+        "connect_timeout",
+        "FOREMAN_CONNECT_TIMEOUT",
+        "--connect-timeout",
+        "5",
+        _seconds,
+        "Seconds to wait for a connection to the target.",
+    ),
+    Option(
+        "grace",
+        "FOREMAN_GRACE",
+        "--grace",
+        "30",
+        _seconds,
+        "On SIGINT/SIGTERM, seconds in-flight requests get to finish before they are cut.",
+    ),
+    Option(
+        "log_level",
+        "FOREMAN_LOG_LEVEL",
+        "--log-level",
+        "info",
+        _level,
+        "debug, info, warning or error.",
+    ),
 )
 
 
@@ -180,7 +253,7 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def hypercorn(self) -> HypercornConfig:
-        """The hypercorn config: bind ``listen``, grace period, no access log (foreman logs its own)."""
+        """The hypercorn config: bind ``listen``, the grace period, no access log."""
         config = HypercornConfig()
         config.bind = [self.listen]
         config.graceful_timeout = self.grace

@@ -129,8 +129,11 @@ class Target:
         except httpx.HTTPError as exc:
             raise classify(exc, self.url) from exc
         if response.status_code != 200:
-            raise TargetError(self.url, f"warm-up of {model!r} answered "
-                              f"{response.status_code}: {_error_text(response.content)}")
+            raise TargetError(
+                self.url,
+                f"warm-up of {model!r} answered "
+                f"{response.status_code}: {_error_text(response.content)}",
+            )
 
     def _control_timeout(self) -> httpx.Timeout:
         connect = self.client.timeout.connect

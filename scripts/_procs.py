@@ -36,9 +36,13 @@ def wait_http(url: str, seconds: float = 30) -> None:
 
 
 @contextlib.contextmanager
-def foreman_process(args: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def foreman_process(
+    args: list[str], env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """``python -m foreman ARGS`` as a child process, terminated on exit."""
-    proc = subprocess.Popen([sys.executable, "-m", "foreman", *args], env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "foreman", *args], env={**os.environ, **(env or {})}
+    )
     try:
         yield proc
     finally:

@@ -25,8 +25,11 @@ from _procs import foreman_process, free_port, wait_http
 
 
 async def one_chat(client: httpx.AsyncClient, tokens: int) -> tuple[float, float]:
-    body = {"model": "llama3.2", "messages": [{"role": "user", "content": "bench"}],
-            "options": {"num_predict": tokens}}
+    body = {
+        "model": "llama3.2",
+        "messages": [{"role": "user", "content": "bench"}],
+        "options": {"num_predict": tokens},
+    }
     start = time.perf_counter()
     first = None
     async with client.stream("POST", "/api/chat", json=body) as response:
@@ -54,7 +57,9 @@ def stats(target: str) -> dict:
 
 
 def reset(target: str) -> None:
-    urllib.request.urlopen(urllib.request.Request(f"{target}/_standin/reset", method="POST")).close()
+    urllib.request.urlopen(
+        urllib.request.Request(f"{target}/_standin/reset", method="POST")
+    ).close()
 
 
 async def measure(base: str, target: str, args: argparse.Namespace) -> dict[str, float]:
@@ -87,10 +92,22 @@ def main() -> int:
     args = parser.parse_args()
     target_port, foreman_port = free_port(), free_port()
     target, url = f"http://127.0.0.1:{target_port}", f"http://127.0.0.1:{foreman_port}"
-    env = {"FOREMAN_OLLAMA_URL": target, "FOREMAN_LISTEN": f"127.0.0.1:{foreman_port}",
-           "FOREMAN_LOG_LEVEL": "warning"}
-    with foreman_process(["standin", "--listen", f"127.0.0.1:{target_port}", "--token-rate",
-                          str(args.rate), "--log-level", "warning"]):
+    env = {
+        "FOREMAN_OLLAMA_URL": target,
+        "FOREMAN_LISTEN": f"127.0.0.1:{foreman_port}",
+        "FOREMAN_LOG_LEVEL": "warning",
+    }
+    with foreman_process(
+        [
+            "standin",
+            "--listen",
+            f"127.0.0.1:{target_port}",
+            "--token-rate",
+            str(args.rate),
+            "--log-level",
+            "warning",
+        ]
+    ):
         wait_http(f"{target}/api/version")
         with foreman_process(["serve"], env):
             wait_http(f"{url}/healthz")

@@ -44,7 +44,9 @@ def settings(**changes: Any) -> Settings:
 
 
 @asynccontextmanager
-async def open_foreman(nursery: trio.Nursery, standin: StandIn, **changes: Any) -> AsyncIterator[Foreman]:
+async def open_foreman(
+    nursery: trio.Nursery, standin: StandIn, **changes: Any
+) -> AsyncIterator[Foreman]:
     """foreman with ``settings(**changes)`` in front of ``standin``."""
     async with (
         open_gateway(settings(**changes), transport=standin.transport(nursery)) as gw,

@@ -22,7 +22,9 @@ from .conftest import chat_body, settings
 
 
 @asynccontextmanager
-async def real_foreman(standin: StandIn, **changes: object) -> AsyncIterator[tuple[str, trio.Event, trio.Event]]:
+async def real_foreman(
+    standin: StandIn, **changes: object
+) -> AsyncIterator[tuple[str, trio.Event, trio.Event]]:
     """foreman and the stand-in on 127.0.0.1:0; yields (foreman URL, shutdown trigger, stopped)."""
     shutdown, stopped = trio.Event(), trio.Event()
     async with trio.open_nursery() as nursery:
@@ -75,7 +77,11 @@ async def test_shutdown_cuts_streams_after_the_grace_period() -> None:
 def foreman_command(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "foreman", *args],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=30, check=False,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
 
 

@@ -45,7 +45,9 @@ async def test_ndjson_lines_arrive_one_by_one_as_the_target_sends_them(
     assert lines[-1]["done_reason"] == "stop" and "eval_count" in lines[-1]
 
 
-async def test_stream_bytes_are_the_targets_bytes(fm: Foreman, autojump_clock: trio.abc.Clock) -> None:
+async def test_stream_bytes_are_the_targets_bytes(
+    fm: Foreman, autojump_clock: trio.abc.Clock
+) -> None:
     body = chat_body(options={"seed": 1})
     direct = await fm.target.post("/api/generate", json={"model": "llama3.2", "prompt": "hi"})
     via = await fm.client.post("/api/generate", json={"model": "llama3.2", "prompt": "hi"})
@@ -69,7 +71,9 @@ async def test_ten_concurrent_chats_never_overlap_at_the_target(
             finished.append([line for _, line in await read_lines(response)])
 
     async def one_generate() -> None:
-        response = await fm.client.post("/api/generate", json={"model": "llama3.2", "prompt": "p", "stream": False})
+        response = await fm.client.post(
+            "/api/generate", json={"model": "llama3.2", "prompt": "p", "stream": False}
+        )
         assert response.status_code == 200
 
     async with trio.open_nursery() as nursery:
@@ -89,7 +93,9 @@ async def test_embeds_bypass_the_gate_and_overlap_at_the_target(
     fm: Foreman, autojump_clock: trio.abc.Clock
 ) -> None:
     async def embed(i: int) -> None:
-        response = await fm.client.post("/api/embed", json={"model": "nomic-embed-text", "input": [f"t{i}"]})
+        response = await fm.client.post(
+            "/api/embed", json={"model": "nomic-embed-text", "input": [f"t{i}"]}
+        )
         assert response.status_code == 200
         assert len(response.json()["embeddings"]) == 1
 
@@ -122,7 +128,9 @@ async def test_the_gate_is_fair(fm: Foreman, autojump_clock: trio.abc.Clock) -> 
     assert order == [0, 1, 2, 3, 4]
 
 
-async def test_a_full_waiting_line_gets_ollamas_503(nursery: trio.Nursery, standin: StandIn, autojump_clock: trio.abc.Clock) -> None:
+async def test_a_full_waiting_line_gets_ollamas_503(
+    nursery: trio.Nursery, standin: StandIn, autojump_clock: trio.abc.Clock
+) -> None:
     async with open_foreman(nursery, standin, max_queue=2) as fm:
         statuses: list[int] = []
 
@@ -201,7 +209,9 @@ async def test_target_stalling_mid_stream_times_out_with_an_error_line(
         assert fm.standin.chats_in_flight == 0
 
 
-async def test_runner_error_line_passes_through(fm: Foreman, autojump_clock: trio.abc.Clock) -> None:
+async def test_runner_error_line_passes_through(
+    fm: Foreman, autojump_clock: trio.abc.Clock
+) -> None:
     fm.standin.faults = Faults(runner_error_after=1)
     response = await fm.client.post("/api/chat", json=chat_body())
     lines = [json.loads(line) for line in response.content.splitlines()]

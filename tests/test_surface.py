@@ -26,7 +26,9 @@ from .conftest import Foreman, chat_body, open_foreman
 async def test_passthrough_is_byte_for_byte(
     fm: Foreman, method: str, path: str, body: dict | None, autojump_clock: trio.abc.Clock
 ) -> None:
-    await fm.client.post("/api/embed", json={"model": "nomic-embed-text", "input": "x"})  # /api/ps not empty
+    await fm.client.post(
+        "/api/embed", json={"model": "nomic-embed-text", "input": "x"}
+    )  # /api/ps not empty
     direct = await fm.target.request(method, path, json=body)
     via = await fm.client.request(method, path, json=body)
     assert via.status_code == direct.status_code
@@ -92,8 +94,13 @@ async def test_concurrent_misses_share_one_repoll(fm: Foreman) -> None:
 
 
 async def test_model_names_resolve_as_ollama_does(fm: Foreman) -> None:
-    for name in ("llama3.2", "llama3.2:latest", "Llama3.2:LATEST", "library/llama3.2",
-                 "registry.ollama.ai/library/llama3.2:latest"):
+    for name in (
+        "llama3.2",
+        "llama3.2:latest",
+        "Llama3.2:LATEST",
+        "library/llama3.2",
+        "registry.ollama.ai/library/llama3.2:latest",
+    ):
         response = await fm.client.post("/api/chat", json=chat_body(name, stream=False))
         assert response.status_code == 200, name
         assert response.json()["model"] == name  # the request string, verbatim
@@ -118,7 +125,9 @@ async def test_non_streaming_chat_is_one_json_object(fm: Foreman) -> None:
 
 
 async def test_embeddings_legacy_endpoint(fm: Foreman) -> None:
-    response = await fm.client.post("/api/embeddings", json={"model": "nomic-embed-text", "prompt": "hi"})
+    response = await fm.client.post(
+        "/api/embeddings", json={"model": "nomic-embed-text", "prompt": "hi"}
+    )
     assert response.status_code == 200
     assert isinstance(response.json()["embedding"], list)
 

@@ -45,15 +45,32 @@ def test_is_cloud() -> None:
 
 def test_settings_defaults_and_parsing() -> None:
     assert Settings.from_env({}) == Settings()
-    s = Settings.from_env({"FOREMAN_POLL_INTERVAL": "2.5", "FOREMAN_MAX_QUEUE": "0",
-                           "FOREMAN_OLLAMA_URL": "http://gpu.lan:11434/", "FOREMAN_TOKEN": ""})
-    assert (s.poll_interval, s.max_queue, s.ollama_url, s.token) == (2.5, 0, "http://gpu.lan:11434", None)
+    s = Settings.from_env(
+        {
+            "FOREMAN_POLL_INTERVAL": "2.5",
+            "FOREMAN_MAX_QUEUE": "0",
+            "FOREMAN_OLLAMA_URL": "http://gpu.lan:11434/",
+            "FOREMAN_TOKEN": "",
+        }
+    )
+    assert (s.poll_interval, s.max_queue, s.ollama_url, s.token) == (
+        2.5,
+        0,
+        "http://gpu.lan:11434",
+        None,
+    )
 
 
 @pytest.mark.parametrize(
     ("env", "value"),
-    [("FOREMAN_POLL_INTERVAL", "0"), ("FOREMAN_POLL_INTERVAL", "nan"), ("FOREMAN_LISTEN", "host"),
-     ("FOREMAN_LISTEN", "h:99999"), ("FOREMAN_MAX_QUEUE", "1.5"), ("FOREMAN_TOKEN", "a b")],
+    [
+        ("FOREMAN_POLL_INTERVAL", "0"),
+        ("FOREMAN_POLL_INTERVAL", "nan"),
+        ("FOREMAN_LISTEN", "host"),
+        ("FOREMAN_LISTEN", "h:99999"),
+        ("FOREMAN_MAX_QUEUE", "1.5"),
+        ("FOREMAN_TOKEN", "a b"),
+    ],
 )
 def test_settings_errors_name_the_variable(env: str, value: str) -> None:
     with pytest.raises(ConfigError, match=env):
