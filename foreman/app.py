@@ -135,7 +135,9 @@ def create_app(gw: Gateway) -> QuartTrio:
         LOGGER.exception("unhandled error in %s %s", request.method, request.path)
         return json_response({"error": f"foreman: internal error: {exc}"}, 500)
 
-    async def forward(*, body: bytes | None = None, gated: bool = False) -> Response:
+    async def forward(
+        *, body: bytes | None = None, gated: bool = False, header_timeout: float | None = None
+    ) -> Response:
         """Relay the current request to the target and answer with its reply."""
         if body is None:
             body = await request.get_data(cache=False)
@@ -148,6 +150,7 @@ def create_app(gw: Gateway) -> QuartTrio:
             content=body or None,
             headers=headers,
             params=request.query_string.decode() or None,
+            header_timeout=header_timeout,
             gate=gw.gate if gated else None,
         )
         return respond(reply)
@@ -175,20 +178,26 @@ def create_app(gw: Gateway) -> QuartTrio:
     @app.route("/api/generate", methods=["POST"])
     async def chat() -> Response:
         body = await request.get_data(cache=False)
-        model = _model_of(body)
+        fields = _fields(body)
+        model = fields.get("model")
         g.exchange.model = model
-        if model is None or normalize(model) is None:
+        if not isinstance(model, str) or normalize(model) is None:
             # Ollama rejects these before it schedules anything (400/404): no gate needed.
             return await forward(body=body)
         if not is_cloud(model):
             await gw.inventory.require(model)
-        return await forward(body=body, gated=True)
+        # A stream's first line must come within the idle timeout (model load included);
+        # a "stream": false answer comes whole at the end, however long that takes.
+        streams = fields.get("stream") is not False
+        timeout = settings.idle_timeout if streams else None
+        return await forward(body=body, gated=True, header_timeout=timeout)
 
     @app.route("/api/embed", methods=["POST"])
     @app.route("/api/embeddings", methods=["POST"])
     async def embed() -> Response:
         body = await request.get_data(cache=False)
-        g.exchange.model = _model_of(body)
+        model = _fields(body).get("model")
+        g.exchange.model = model if isinstance(model, str) else None
         gw.embeds_in_flight += 1
         try:
             return await forward(body=body)
@@ -222,18 +231,15 @@ def create_app(gw: Gateway) -> QuartTrio:
     return app
 
 
-def _model_of(body: bytes) -> str | None:
-    """The ``model`` of a JSON request body, matched case-insensitively as Go does; else None."""
+def _fields(body: bytes) -> dict[str, Any]:
+    """A JSON request body's top-level fields, keys lower-cased (Go matches them so); else {}."""
     try:
         request_json = json.loads(body)
     except ValueError:
-        return None
+        return {}
     if not isinstance(request_json, dict):
-        return None
-    model = request_json.get("model")
-    if model is None:
-        model = next((v for k, v in request_json.items() if k.lower() == "model"), None)
-    return model if isinstance(model, str) and model else None
+        return {}
+    return {key.lower(): value for key, value in request_json.items()}
 
 
 def _timestamp(seconds: float | None) -> str | None:

@@ -35,7 +35,6 @@ class Gate:
     def __init__(self, max_waiting: int) -> None:
         self.max_waiting = max_waiting
         self._lock = trio.Lock()
-        self._waiting = 0
 
     @asynccontextmanager
     async def hold(self) -> AsyncIterator[float]:
@@ -47,18 +46,17 @@ class Gate:
         Raises:
             GateFull: ``max_waiting`` requests are already waiting.
         """
-        if self._lock.locked() and self._waiting >= self.max_waiting:
+        if self._lock.locked() and self._waiting() >= self.max_waiting:
             raise GateFull()
         start = trio.current_time()
-        self._waiting += 1
-        try:
-            await self._lock.acquire()
-        finally:
-            self._waiting -= 1
+        await self._lock.acquire()
         try:
             yield trio.current_time() - start
         finally:
             self._lock.release()
 
+    def _waiting(self) -> int:
+        return self._lock.statistics().tasks_waiting
+
     def statistics(self) -> GateStatistics:
-        return GateStatistics(in_flight=int(self._lock.locked()), waiting=self._waiting)
+        return GateStatistics(in_flight=int(self._lock.locked()), waiting=self._waiting())

@@ -72,12 +72,14 @@ async def relay(
     content: bytes | None = None,
     headers: Mapping[str, str] | None = None,
     params: str | None = None,
+    header_timeout: float | None = None,
     gate: Gate | None = None,
 ) -> Reply:
     """Send a request to the target, through ``gate`` if given, and return its reply.
 
     The pump runs in ``nursery`` (the gateway's), so that the task holding the
-    gate outlives this call while the body streams.
+    gate outlives this call while the body streams. ``header_timeout`` bounds
+    the wait for the target's status line (counted after the gate).
 
     Returns:
         a :class:`Reply` with the target's status and content type, holding the
@@ -94,7 +96,10 @@ async def relay(
             async with AsyncExitStack() as stack:
                 waited = await stack.enter_async_context(gate.hold()) if gate else None
                 response = await stack.enter_async_context(
-                    target.stream(method, path, content=content, headers=headers, params=params)
+                    target.stream(
+                        method, path, content=content, headers=headers, params=params,
+                        header_timeout=header_timeout,
+                    )
                 )
                 status, ctype = response.status_code, response.headers.get("content-type")
                 if not (ctype or "").startswith(NDJSON):

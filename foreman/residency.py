@@ -10,6 +10,7 @@ unreachable → reachable transition, and whenever the watcher finds it gone.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -65,6 +66,8 @@ class Residency:
         self.last_warmup: float | None = None
         self.last_warmup_error: str | None = None
         self._warned = False
+        self._warming = False
+        self._warmed_at = -math.inf  # trio time the last warm-up ended
 
     def embedder_resident(self) -> bool | None:
         """Whether the embedder is loaded, per the last ``/api/ps``; None if unknown."""
@@ -87,16 +90,17 @@ class Residency:
         """
         task_status.started()
         while True:
+            asked = trio.current_time()
             try:
                 _, answer = await self._target.get_json("/api/ps")
                 self.resident = tuple(m.get("model") or m["name"] for m in answer["models"])
             except (TargetError, KeyError, TypeError, AttributeError) as exc:
                 LOGGER.debug("/api/ps failed: %s", exc)
             else:
-                self._check()
+                self._check(asked)
             await trio.sleep(self._interval)
 
-    def _check(self) -> None:
+    def _check(self, asked: float) -> None:
         if self.embed_model is None or self.embedder_resident():
             self._warned = False
             return
@@ -110,7 +114,8 @@ class Residency:
                 ", ".join(self.resident or ()) or "none",
             )
             self._warned = True
-        self.request_warmup("the embedder is not resident")
+        if not self._warming and asked >= self._warmed_at:  # else: stale, a warm-up is newer
+            self.request_warmup("the embedder is not resident")
 
     async def supervise(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -128,9 +133,11 @@ class Residency:
         while True:
             await self.warm_wanted.wait_value(True)
             self.warm_wanted.value = False
+            self._warming = True
             try:
                 await self._target.warm(self.embed_model)
             except TargetError as exc:
+                self._warming = False
                 self.last_warmup_error = str(exc)
                 LOGGER.warning(
                     "warm-up of %s failed, retrying in %.0fs: %s", self.embed_model, delay, exc
@@ -139,7 +146,9 @@ class Residency:
                 await trio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
             else:
+                self._warming = False
                 self.warmups += 1
+                self._warmed_at = trio.current_time()
                 self.last_warmup, self.last_warmup_error = time.time(), None
                 delay = BACKOFF_MIN
                 LOGGER.info("embedder %s is warm (keep_alive -1)", self.embed_model)

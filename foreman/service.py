@@ -13,10 +13,12 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import trio
 from hypercorn.trio import serve
+from trio_util import AsyncValue
 
 from .gate import Gate
 from .inventory import Inventory
@@ -95,7 +97,9 @@ async def run(
 
     After the trigger, hypercorn stops accepting connections and gives
     in-flight requests ``settings.grace`` seconds to finish before cancelling
-    them; then the watchers are cancelled and this returns.
+    them; as soon as none is left the server stops (idle keep-alive
+    connections do not hold it up); then the watchers are cancelled and this
+    returns.
 
     Supports ``urls = await nursery.start(partial(run, settings, shutdown_trigger=...))``:
     ``started()`` passes the bound URLs (with the real port when ``listen`` ends in ``:0``).
@@ -103,21 +107,52 @@ async def run(
     from .app import create_app  # the app imports Gateway from here
 
     async with open_gateway(settings, transport=transport) as gateway:
-        app = create_app(gateway)
+        app = _InFlight(create_app(gateway))
         config = settings.hypercorn()
-        server_done = trio.Event()
+        server_done, draining = trio.Event(), trio.Event()
+
+        async def trigger() -> None:
+            await shutdown_trigger()
+            draining.set()
 
         async def serve_app(*, task_status: trio.TaskStatus[list[str]]) -> None:
-            try:
-                await serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)
-            finally:
-                server_done.set()
+            with trio.CancelScope() as scope:
+                gateway.nursery.start_soon(_stop_when_drained, draining, app.in_flight, scope)
+                await serve(app, config, shutdown_trigger=trigger, task_status=task_status)
+            server_done.set()
 
         urls: list[str] = await gateway.nursery.start(serve_app)
         LOGGER.info("serving on %s, target %s", ", ".join(urls), settings.ollama_url)
         task_status.started(urls)
         await server_done.wait()
     LOGGER.info("stopped")
+
+
+class _InFlight:
+    """ASGI middleware counting HTTP requests from their start until their last byte is sent."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.in_flight = AsyncValue(0)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        self.in_flight.value += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight.value -= 1
+
+
+async def _stop_when_drained(
+    draining: trio.Event, in_flight: AsyncValue[int], server: trio.CancelScope
+) -> None:
+    # hypercorn waits out the grace period for idle keep-alive connections of
+    # quart apps too; once no request is in flight there is nothing to wait for.
+    await draining.wait()
+    await in_flight.wait_value(0)
+    server.cancel()
 
 
 async def serve_until_signalled(settings: Settings) -> None:

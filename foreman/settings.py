@@ -9,6 +9,7 @@ start-up with one line naming the variable.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -258,5 +259,5 @@ class Settings:
         config.bind = [self.listen]
         config.graceful_timeout = self.grace
         config.accesslog = None
-        config.errorlog = "-"
+        config.errorlog = logging.getLogger("hypercorn.error")  # through foreman's handlers
         return config

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+import math
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import httpx
+import trio
 
-from .errors import TargetBroken, TargetError, classify
+from .errors import TargetBroken, TargetError, TargetTimeout, classify
 from .settings import Settings
 
 __all__ = ["CONTROL_TIMEOUT", "Target", "open_target"]
@@ -34,14 +36,29 @@ LIMITS = httpx.Limits(max_connections=128, max_keepalive_connections=32, keepali
 class Target:
     """A connection pool to one Ollama server.
 
+    Timeouts are trio deadlines around each wait, so they hold whatever the
+    transport and run on trio's clock (``MockClock`` in tests).
+
     Args:
         client: an :class:`httpx.AsyncClient` whose ``base_url`` is the target.
         url: the target's base URL, for messages.
+        idle_timeout: seconds the target may stay silent within a stream
+            before the request fails with :class:`~foreman.errors.TargetTimeout`.
     """
 
-    def __init__(self, client: httpx.AsyncClient, url: str) -> None:
+    def __init__(self, client: httpx.AsyncClient, url: str, *, idle_timeout: float) -> None:
         self.client = client
         self.url = url
+        self.idle_timeout = idle_timeout
+
+    @contextmanager
+    def _deadline(self, seconds: float | None, what: str) -> Iterator[None]:
+        """Raise :class:`TargetTimeout` if the body takes longer than ``seconds`` (None: no limit)."""
+        try:
+            with trio.fail_after(math.inf if seconds is None else seconds):
+                yield
+        except trio.TooSlowError:
+            raise TargetTimeout(self.url, f"nothing for {seconds:g}s ({what})") from None
 
     @asynccontextmanager
     async def stream(
@@ -52,22 +69,27 @@ class Target:
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         params: str | None = None,
+        header_timeout: float | None = None,
     ) -> AsyncIterator[httpx.Response]:
         """Send one request and yield the response with its body still unread.
 
         Any status is returned as is (Ollama's errors are the client's to see).
-        Reads are bounded by the idle timeout between chunks, not by a total
-        deadline. Closing the context closes the connection's use; cancelling
-        the caller aborts the request, which makes Ollama abort the generation.
+        Closing the context ends the exchange; cancelling the caller aborts the
+        request, which makes Ollama abort the generation.
+
+        Args:
+            header_timeout: seconds to wait for the status line (None: as long
+                as it takes; a ``"stream": false`` chat sends nothing until done).
 
         Raises:
-            TargetError: connecting, sending or reading the headers failed.
+            TargetError: connecting or sending failed, or no answer within ``header_timeout``.
         """
         request = self.client.build_request(
             method, path, content=content, headers=headers, params=params
         )
         try:
-            response = await self.client.send(request, stream=True)
+            with self._deadline(header_timeout, f"{method} {path}"):
+                response = await self.client.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise classify(exc, self.url) from exc
         try:
@@ -76,21 +98,25 @@ class Target:
             await response.aclose()
 
     async def read(self, response: httpx.Response) -> bytes:
-        """The whole body of a response from :meth:`stream`. Raises :class:`TargetError`."""
-        try:
-            return await response.aread()
-        except httpx.HTTPError as exc:
-            raise classify(exc, self.url) from exc
+        """The whole body of a response from :meth:`stream`; raises as :meth:`chunks` does."""
+        return b"".join([chunk async for chunk in self.chunks(response)])
 
     async def chunks(self, response: httpx.Response) -> AsyncIterator[bytes]:
         """The body of a response from :meth:`stream`, chunk by chunk as it arrives.
 
         Raises:
-            TargetError: the target went silent past the idle timeout, or the
-                connection broke before the body was complete.
+            TargetTimeout: the target sent nothing for ``idle_timeout`` seconds.
+            TargetError: the connection broke before the body was complete.
         """
+        body = response.aiter_bytes()
+        what = f"{response.request.method} {response.request.url.path} stream"
         try:
-            async for chunk in response.aiter_bytes():
+            while True:
+                with self._deadline(self.idle_timeout, what):
+                    try:
+                        chunk = await anext(body)
+                    except StopAsyncIteration:
+                        return
                 yield chunk
         except httpx.HTTPError as exc:
             raise classify(exc, self.url) from exc
@@ -104,7 +130,8 @@ class Target:
             TargetError: transport failure, a non-200 status, or a body that is not JSON.
         """
         try:
-            response = await self.client.get(path, timeout=self._control_timeout())
+            with self._deadline(CONTROL_TIMEOUT, f"GET {path}"):
+                response = await self.client.get(path)
         except httpx.HTTPError as exc:
             raise classify(exc, self.url) from exc
         if response.status_code != 200:
@@ -125,7 +152,8 @@ class Target:
         """
         body = {"model": model, "input": "warm-up", "keep_alive": -1}
         try:
-            response = await self.client.post("/api/embed", json=body)
+            with self._deadline(self.idle_timeout, "warm-up"):
+                response = await self.client.post("/api/embed", json=body)
         except httpx.HTTPError as exc:
             raise classify(exc, self.url) from exc
         if response.status_code != 200:
@@ -134,10 +162,6 @@ class Target:
                 f"warm-up of {model!r} answered "
                 f"{response.status_code}: {_error_text(response.content)}",
             )
-
-    def _control_timeout(self) -> httpx.Timeout:
-        connect = self.client.timeout.connect
-        return httpx.Timeout(CONTROL_TIMEOUT, connect=connect)
 
 
 def _error_text(body: bytes) -> str:
@@ -153,9 +177,9 @@ async def open_target(
 ) -> AsyncIterator[Target]:
     """Open the pooled client for ``settings.ollama_url``.
 
-    Timeouts: ``connect_timeout`` to connect; ``idle_timeout`` for each read
-    and write (so a stream may run for hours as long as chunks keep coming);
-    no pool timeout. ``FOREMAN_OLLAMA_TOKEN``, if set, goes out as
+    Timeouts: ``connect_timeout`` to connect (httpx); ``idle_timeout`` between
+    stream chunks (:meth:`Target.chunks`), so a stream may run for hours as
+    long as chunks keep coming; no read or pool timeout in httpx itself. ``FOREMAN_OLLAMA_TOKEN``, if set, goes out as
     ``Authorization: Bearer``. Proxy variables from the environment are ignored.
 
     Args:
@@ -166,10 +190,7 @@ async def open_target(
     if settings.ollama_token:
         headers["Authorization"] = f"Bearer {settings.ollama_token}"
     timeout = httpx.Timeout(
-        connect=settings.connect_timeout,
-        read=settings.idle_timeout,
-        write=settings.idle_timeout,
-        pool=None,
+        connect=settings.connect_timeout, read=None, write=settings.idle_timeout, pool=None
     )
     async with httpx.AsyncClient(
         base_url=settings.ollama_url,
@@ -180,4 +201,4 @@ async def open_target(
         trust_env=False,
         follow_redirects=False,
     ) as client:
-        yield Target(client, settings.ollama_url)
+        yield Target(client, settings.ollama_url, idle_timeout=settings.idle_timeout)

@@ -65,6 +65,7 @@ def standin() -> StandIn:
 
 @pytest.fixture
 async def fm(nursery: trio.Nursery, standin: StandIn) -> AsyncIterator[Foreman]:
+    """foreman in front of ``standin`` (tests add ``autojump_clock`` to run on the mock clock)."""
     async with open_foreman(nursery, standin) as foreman:
         yield foreman
 

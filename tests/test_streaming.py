@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import httpx
 import trio
@@ -101,7 +102,7 @@ async def test_embeds_bypass_the_gate_and_overlap_at_the_target(
 
     async with trio.open_nursery() as nursery:
         # a long chat holds the gate the whole time
-        nursery.start_soon(fm.client.post, "/api/chat", json=chat_body())
+        nursery.start_soon(partial(fm.client.post, "/api/chat", json=chat_body()))
         await trio.sleep(0.2)
         assert fm.gw.gate.statistics().in_flight == 1
         before = fm.standin.embeds_total
@@ -169,7 +170,7 @@ async def test_client_leaving_the_waiting_line_does_not_hold_it(
     fm: Foreman, autojump_clock: trio.abc.Clock
 ) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(fm.client.post, "/api/chat", json=chat_body())
+        nursery.start_soon(partial(fm.client.post, "/api/chat", json=chat_body()))
         await trio.sleep(0.1)
         with trio.move_on_after(0.1):  # gives up while waiting at the gate
             await fm.client.post("/api/chat", json=chat_body())

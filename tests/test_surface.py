@@ -36,13 +36,17 @@ async def test_passthrough_is_byte_for_byte(
     assert via.content == direct.content
 
 
-async def test_unknown_route_outside_api_is_gins_404(fm: Foreman) -> None:
+async def test_unknown_route_outside_api_is_gins_404(
+    fm: Foreman, autojump_clock: trio.abc.Clock
+) -> None:
     response = await fm.client.get("/v2/whatever")
     assert response.status_code == 404
     assert response.text == "404 page not found"
 
 
-async def test_target_errors_before_the_stream_pass_through(fm: Foreman) -> None:
+async def test_target_errors_before_the_stream_pass_through(
+    fm: Foreman, autojump_clock: trio.abc.Clock
+) -> None:
     # think on a non-thinking model: Ollama answers 400 before any line.
     body = chat_body("llama3.2", think=True)
     direct = await fm.target.post("/api/chat", json=body)
@@ -61,14 +65,16 @@ async def test_target_errors_before_the_stream_pass_through(fm: Foreman) -> None
     ],
 )
 async def test_unroutable_requests_get_the_targets_own_error(
-    fm: Foreman, path: str, body: bytes, status: int, error: str
+    fm: Foreman, path: str, body: bytes, status: int, error: str, autojump_clock: trio.abc.Clock
 ) -> None:
     response = await fm.client.post(path, content=body)
     assert response.status_code == status
     assert response.json() == {"error": error}
 
 
-async def test_unknown_model_is_ollamas_404_after_exactly_one_repoll(fm: Foreman) -> None:
+async def test_unknown_model_is_ollamas_404_after_exactly_one_repoll(
+    fm: Foreman, autojump_clock: trio.abc.Clock
+) -> None:
     polls = fm.standin.requests["GET /api/tags"]
     response = await fm.client.post("/api/chat", json=chat_body("no-such-model"))
     assert response.status_code == 404
@@ -78,7 +84,9 @@ async def test_unknown_model_is_ollamas_404_after_exactly_one_repoll(fm: Foreman
     assert fm.standin.chats_total == 0
 
 
-async def test_concurrent_misses_share_one_repoll(fm: Foreman) -> None:
+async def test_concurrent_misses_share_one_repoll(
+    fm: Foreman, autojump_clock: trio.abc.Clock
+) -> None:
     polls = fm.standin.requests["GET /api/tags"]
     statuses = []
 
@@ -93,7 +101,9 @@ async def test_concurrent_misses_share_one_repoll(fm: Foreman) -> None:
     assert fm.standin.requests["GET /api/tags"] == polls + 1
 
 
-async def test_model_names_resolve_as_ollama_does(fm: Foreman) -> None:
+async def test_model_names_resolve_as_ollama_does(
+    fm: Foreman, autojump_clock: trio.abc.Clock
+) -> None:
     for name in (
         "llama3.2",
         "llama3.2:latest",
@@ -106,7 +116,9 @@ async def test_model_names_resolve_as_ollama_does(fm: Foreman) -> None:
         assert response.json()["model"] == name  # the request string, verbatim
 
 
-async def test_client_host_and_origin_never_reach_the_target(fm: Foreman) -> None:
+async def test_client_host_and_origin_never_reach_the_target(
+    fm: Foreman, autojump_clock: trio.abc.Clock
+) -> None:
     # The stand-in answers 403 to a foreign Host or Origin, as loopback Ollama does.
     headers = {"Host": "foreman.example.com", "Origin": "https://evil.example.com"}
     response = await fm.client.post("/api/chat", json=chat_body(stream=False), headers=headers)
@@ -115,7 +127,9 @@ async def test_client_host_and_origin_never_reach_the_target(fm: Foreman) -> Non
     assert "origin" not in fm.standin.last_headers
 
 
-async def test_non_streaming_chat_is_one_json_object(fm: Foreman) -> None:
+async def test_non_streaming_chat_is_one_json_object(
+    fm: Foreman, autojump_clock: trio.abc.Clock
+) -> None:
     response = await fm.client.post("/api/chat", json=chat_body(stream=False))
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json; charset=utf-8"
@@ -124,7 +138,7 @@ async def test_non_streaming_chat_is_one_json_object(fm: Foreman) -> None:
     assert answer["message"]["content"]
 
 
-async def test_embeddings_legacy_endpoint(fm: Foreman) -> None:
+async def test_embeddings_legacy_endpoint(fm: Foreman, autojump_clock: trio.abc.Clock) -> None:
     response = await fm.client.post(
         "/api/embeddings", json={"model": "nomic-embed-text", "prompt": "hi"}
     )
@@ -132,7 +146,9 @@ async def test_embeddings_legacy_endpoint(fm: Foreman) -> None:
     assert isinstance(response.json()["embedding"], list)
 
 
-async def test_inbound_bearer_is_required_when_configured(nursery: trio.Nursery, standin) -> None:
+async def test_inbound_bearer_is_required_when_configured(
+    nursery: trio.Nursery, standin, autojump_clock: trio.abc.Clock
+) -> None:
     async with open_foreman(nursery, standin, token="s3cret") as fm:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
             response = await fm.client.get("/api/tags", headers=headers)
@@ -147,7 +163,9 @@ async def test_inbound_bearer_is_required_when_configured(nursery: trio.Nursery,
         assert "authorization" not in fm.standin.last_headers
 
 
-async def test_outbound_bearer_reaches_the_target(nursery: trio.Nursery) -> None:
+async def test_outbound_bearer_reaches_the_target(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     from foreman.standin import StandIn
 
     standin = StandIn(token="upstream-key")

@@ -117,3 +117,13 @@ async def test_gate_is_fifo_and_bounded(autojump_clock: trio.abc.Clock) -> None:
                 pass
     assert order == [0, 1, 2]
     assert gate.statistics().in_flight == 0
+
+
+def test_readme_documents_every_setting() -> None:
+    from pathlib import Path
+
+    from foreman.settings import OPTIONS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for option in OPTIONS:
+        assert f"`{option.env}` | `{option.flag}` |" in readme, option.env

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import pytest
 import trio
@@ -23,8 +24,13 @@ async def test_embedder_is_warmed_on_start(fm: Foreman, autojump_clock: trio.abc
 
 
 async def test_poller_degrades_keeps_inventory_and_recovers(
-    fm: Foreman, autojump_clock: trio.abc.Clock
+    nursery: trio.Nursery, standin: StandIn, autojump_clock: trio.abc.Clock
 ) -> None:
+    async with open_foreman(nursery, standin, ps_interval=1000.0) as fm:  # no help from ps
+        await check_degrade_and_recover(fm)
+
+
+async def check_degrade_and_recover(fm: Foreman) -> None:
     inventory = fm.gw.inventory
     await trio.sleep(1)
     known = dict(inventory.models)
@@ -105,7 +111,7 @@ async def test_evicted_embedder_is_noticed_warned_about_and_rewarmed(
         warmups = fm.gw.residency.warmups
         with caplog.at_level(logging.WARNING, logger="foreman.residency"):
             async with trio.open_nursery() as inner:
-                inner.start_soon(fm.client.post, "/api/chat", json=chat_body())
+                inner.start_soon(partial(fm.client.post, "/api/chat", json=chat_body()))
                 await trio.sleep(12)  # the chat runs; ps polls see only the worker
                 assert standin.resident() == ["llama3.2:latest"]
                 assert any("OLLAMA_MAX_LOADED_MODELS=2" in r.message for r in caplog.records)

@@ -106,7 +106,12 @@ class ASGIStreamTransport(httpx.AsyncBaseTransport):
                         send_messages.send_nowait(_END)
 
         self._nursery.start_soon(run_app)
-        start = await messages.receive()
+        try:
+            start = await messages.receive()
+        except BaseException:  # the client gave up before the answer began: it hangs up
+            disconnected.set()
+            messages.close()
+            raise
         if isinstance(start, _Died) or start is _END:
             disconnected.set()
             raise httpx.RemoteProtocolError(
@@ -128,12 +133,22 @@ class _BodyStream(httpx.AsyncByteStream):
         self._messages = messages
         self._disconnected = disconnected
         self._request = request
+        self._finished = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for message in self._messages:
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        # A plain iterator, not an async generator: abandoning it early must not warn.
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._finished:
+            try:
+                message = await self._messages.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                break
             if message is _END:
-                return
+                break
             if isinstance(message, _Died):
+                self._finished = True
                 raise httpx.RemoteProtocolError(
                     "peer closed connection without sending complete message body "
                     "(incomplete chunked read)",
@@ -141,10 +156,12 @@ class _BodyStream(httpx.AsyncByteStream):
                 )
             if message["type"] != "http.response.body":
                 continue
-            if message.get("body"):
-                yield message["body"]
             if not message.get("more_body", False):
-                return
+                self._finished = True
+            if message.get("body"):
+                return message["body"]
+        self._finished = True
+        raise StopAsyncIteration
 
     async def aclose(self) -> None:
         self._disconnected.set()

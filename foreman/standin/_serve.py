@@ -1,0 +1,42 @@
+"""Run a :class:`~._standin.StandIn` on a real socket with hypercorn."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+
+from ._standin import StandIn
+
+__all__ = ["serve"]
+
+
+async def serve(
+    standin: StandIn,
+    bind: str = "127.0.0.1:11434",
+    *,
+    shutdown_trigger: Callable[..., Awaitable[None]] | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``standin.app`` on ``bind`` (``HOST:PORT``; port 0 picks a free one).
+
+    Supports the trio start protocol:
+    ``urls = await nursery.start(functools.partial(serve, standin, "127.0.0.1:0"))``
+    returns the bound URLs (``["http://127.0.0.1:41234"]``). Returns after
+    ``shutdown_trigger`` returns and in-flight responses finish (hypercorn's grace,
+    3 s); cancelling it stops the server at once. ``standin.reachable`` has no
+    effect here (stop the server instead). As with a loopback-bound Ollama, the
+    Host check applies whatever the bind address.
+    """
+    config = Config()
+    config.bind = [bind]
+    config.include_server_header = False  # Ollama sends none
+    config.accesslog = None
+    await hypercorn_serve(
+        standin.app,  # type: ignore[arg-type]
+        config,
+        shutdown_trigger=shutdown_trigger,
+        task_status=task_status,
+    )
