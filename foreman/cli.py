@@ -8,6 +8,7 @@ naming the variable.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -53,13 +54,15 @@ def _load(values: dict[str, str | None]) -> Settings:
     except ConfigError as exc:
         click.echo(f"foreman: {exc}", err=True)
         sys.exit(2)
+    _configure_logging(settings.log_level)
+    return settings
+
+
+def _configure_logging(level: str) -> None:
     logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # foreman logs each request itself
-    return settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -147,6 +150,13 @@ async def _demo(settings: Settings, standin_listen: str, token_rate: float) -> N
     help="Seconds to load a model that is not resident.",
 )
 @click.option(
+    "--reply-tokens",
+    default=6,
+    show_default=True,
+    type=int,
+    help="Tokens in each reply (a request's options.num_predict may shorten it).",
+)
+@click.option(
     "--token",
     default=None,
     envvar="STANDIN_TOKEN",
@@ -163,6 +173,7 @@ def standin(
     token_rate: float,
     max_loaded_models: int,
     load_delay: float,
+    reply_tokens: int,
     token: str | None,
     log_level: str,
 ) -> None:
@@ -170,19 +181,16 @@ def standin(
     from .standin import StandIn
     from .standin import serve as serve_standin
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-    )
+    _configure_logging(log_level.upper())
     target = StandIn(
         token_rate=token_rate,
         max_loaded_models=max_loaded_models,
         load_delay=load_delay,
+        reply_tokens=reply_tokens,
         token=token,
     )
 
     async def until_signal() -> None:
-        import signal
-
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 return

@@ -97,7 +97,11 @@ async def relay(
                 waited = await stack.enter_async_context(gate.hold()) if gate else None
                 response = await stack.enter_async_context(
                     target.stream(
-                        method, path, content=content, headers=headers, params=params,
+                        method,
+                        path,
+                        content=content,
+                        headers=headers,
+                        params=params,
                         header_timeout=header_timeout,
                     )
                 )

@@ -68,6 +68,7 @@ class Residency:
         self._warned = False
         self._warming = False
         self._warmed_at = -math.inf  # trio time the last warm-up ended
+        self._look_again = trio.Event()  # set: poll /api/ps now, not at the next interval
 
     def embedder_resident(self) -> bool | None:
         """Whether the embedder is loaded, per the last ``/api/ps``; None if unknown."""
@@ -83,7 +84,7 @@ class Residency:
             self.warm_wanted.value = True
 
     async def watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Poll ``/api/ps`` every ``interval`` seconds; never returns.
+        """Poll ``/api/ps`` every ``interval`` seconds, and right after a warm-up; never returns.
 
         A failed poll is left to the tags poller to report (it owns the
         degraded flag) and keeps the last known residency.
@@ -98,7 +99,9 @@ class Residency:
                 LOGGER.debug("/api/ps failed: %s", exc)
             else:
                 self._check(asked)
-            await trio.sleep(self._interval)
+            with trio.move_on_after(self._interval):
+                await self._look_again.wait()
+            self._look_again = trio.Event()
 
     def _check(self, asked: float) -> None:
         if self.embed_model is None or self.embedder_resident():
@@ -149,6 +152,7 @@ class Residency:
                 self._warming = False
                 self.warmups += 1
                 self._warmed_at = trio.current_time()
+                self._look_again.set()
                 self.last_warmup, self.last_warmup_error = time.time(), None
                 delay = BACKOFF_MIN
                 LOGGER.info("embedder %s is warm (keep_alive -1)", self.embed_model)

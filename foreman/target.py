@@ -53,7 +53,7 @@ class Target:
 
     @contextmanager
     def _deadline(self, seconds: float | None, what: str) -> Iterator[None]:
-        """Raise :class:`TargetTimeout` if the body takes longer than ``seconds`` (None: no limit)."""
+        """Raise :class:`TargetTimeout` if the body outlasts ``seconds`` (None: no limit)."""
         try:
             with trio.fail_after(math.inf if seconds is None else seconds):
                 yield
@@ -179,8 +179,9 @@ async def open_target(
 
     Timeouts: ``connect_timeout`` to connect (httpx); ``idle_timeout`` between
     stream chunks (:meth:`Target.chunks`), so a stream may run for hours as
-    long as chunks keep coming; no read or pool timeout in httpx itself. ``FOREMAN_OLLAMA_TOKEN``, if set, goes out as
-    ``Authorization: Bearer``. Proxy variables from the environment are ignored.
+    long as chunks keep coming; no read or pool timeout in httpx itself.
+    ``FOREMAN_OLLAMA_TOKEN``, if set, goes out as ``Authorization: Bearer``.
+    Proxy variables from the environment are ignored.
 
     Args:
         settings: foreman's settings.

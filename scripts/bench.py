@@ -24,11 +24,10 @@ import trio
 from _procs import foreman_process, free_port, wait_http
 
 
-async def one_chat(client: httpx.AsyncClient, tokens: int) -> tuple[float, float]:
+async def one_chat(client: httpx.AsyncClient) -> tuple[float, float]:
     body = {
         "model": "llama3.2",
         "messages": [{"role": "user", "content": "bench"}],
-        "options": {"num_predict": tokens},
     }
     start = time.perf_counter()
     first = None
@@ -65,10 +64,10 @@ def reset(target: str) -> None:
 async def measure(base: str, target: str, args: argparse.Namespace) -> dict[str, float]:
     limits = httpx.Limits(max_connections=200)
     async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
-        await one_chat(client, args.tokens)  # warm: model loaded, connections open
-        singles = [await one_chat(client, args.tokens) for _ in range(5)]
+        await one_chat(client)  # warm: model loaded, connections open
+        singles = [await one_chat(client) for _ in range(5)]
         reset(target)
-        chats_time = await concurrently(args.chats, one_chat, client, args.tokens)
+        chats_time = await concurrently(args.chats, one_chat, client)
         chat_stats = stats(target)
         reset(target)
         embeds_time = await concurrently(args.embeds, embed, client)
@@ -104,6 +103,8 @@ def main() -> int:
             f"127.0.0.1:{target_port}",
             "--token-rate",
             str(args.rate),
+            "--reply-tokens",
+            str(args.tokens),
             "--log-level",
             "warning",
         ]

@@ -56,6 +56,8 @@ async def test_root_version_and_head(client: httpx.AsyncClient) -> None:
     version = await client.get("/api/version")
     assert version.content == b'{"version":"0.33.0"}'
     assert version.headers["content-type"] == JSON_TYPE
+    status = await client.get("/api/status")
+    assert status.content == b'{"cloud":{"disabled":false,"source":"none"}}'
 
 
 async def test_tags_shape(client: httpx.AsyncClient) -> None:

@@ -12,7 +12,13 @@ import ipaddress
 import socket
 from typing import Final
 
-__all__ = ["CORS_HEADERS", "host_allowed", "is_host_name_allowed", "origin_allowed"]
+__all__ = [
+    "CORS_HEADERS",
+    "host_allowed",
+    "is_host_name_allowed",
+    "origin_allowed",
+    "same_origin",
+]
 
 _PRIVATE: Final = tuple(
     ipaddress.ip_network(net)
@@ -80,10 +86,15 @@ def host_allowed(host_header: str | None) -> tuple[bool, bool]:
     return local, False
 
 
+def same_origin(origin: str, host_header: str | None) -> bool:
+    """gin-contrib/cors's "not a CORS request": the origin is this very host."""
+    host = host_header or ""
+    return origin in (f"http://{host}", f"https://{host}")
+
+
 def origin_allowed(origin: str, host_header: str | None) -> bool:
     """True when gin-contrib/cors would let ``origin`` through (same origin counts)."""
-    host = host_header or ""
-    if origin in (f"http://{host}", f"https://{host}"):
+    if same_origin(origin, host_header):
         return True
     origin = origin.lower()
     if origin.startswith(_EXTENSION_SCHEMES):

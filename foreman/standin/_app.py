@@ -63,7 +63,7 @@ class StandInApp(QuartTrio):
         if origin is not None and not _access.origin_allowed(origin, headers.get("host")):
             await _raw(send, 403, [], b"", head=head)
             return
-        if origin is not None:
+        if origin is not None and not _access.same_origin(origin, headers.get("host")):
             cors = [(b"access-control-allow-origin", origin.encode()), (b"vary", b"Origin")]
             if method == "OPTIONS":
                 preflight = [(k.encode(), v.encode()) for k, v in _access.CORS_HEADERS.items()]
@@ -142,6 +142,10 @@ def create_app(standin: StandIn) -> StandInApp:
     @app.route("/api/version", methods=["GET"])
     async def version() -> Response:
         return json_response({"version": standin.version})
+
+    @app.route("/api/status", methods=["GET"])
+    async def status() -> Response:
+        return json_response({"cloud": {"disabled": False, "source": "none"}})
 
     @app.route("/api/tags", methods=["GET"])
     async def tags() -> Response:

@@ -169,6 +169,7 @@ async def _infer(standin: StandIn, kind: Literal["chat", "generate"]) -> Respons
 
     runner = await _schedule(standin, spec, keep_alive)
     if empty:
+        head["created_at"] = standin.timestamp()  # after the load, as Ollama stamps it
         return json_response({**head, **nothing, "done": True, "done_reason": "load"})
     loaded = trio.current_time()
     await _hold_slot(runner)

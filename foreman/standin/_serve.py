@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -34,6 +35,7 @@ async def serve(
     config.bind = [bind]
     config.include_server_header = False  # Ollama sends none
     config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")  # the process's own handlers
     await hypercorn_serve(
         standin.app,  # type: ignore[arg-type]
         config,

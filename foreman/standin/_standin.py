@@ -31,7 +31,8 @@ class Faults:
         stall_after: after N lines stop sending and sleep until the client goes away.
         die_after: after N lines abort the connection (the body generator raises, so
             the chunked stream breaks without its final chunk; a ``stream:false``
-            reply breaks before its status line).
+            reply breaks before its status line in-process, while hypercorn turns
+            that into an empty 500).
         runner_error_after: after N lines write Ollama's in-band
             ``{"error":"model runner has unexpectedly stopped, ..."}`` line and end
             (no ``done:true``); ``stream:false`` gets it as a 500.

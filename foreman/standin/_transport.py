@@ -128,7 +128,10 @@ class ASGIStreamTransport(httpx.AsyncBaseTransport):
 
 class _BodyStream(httpx.AsyncByteStream):
     def __init__(
-        self, messages: trio.MemoryReceiveChannel[Any], disconnected: trio.Event, request: httpx.Request
+        self,
+        messages: trio.MemoryReceiveChannel[Any],
+        disconnected: trio.Event,
+        request: httpx.Request,
     ) -> None:
         self._messages = messages
         self._disconnected = disconnected
