@@ -45,6 +45,7 @@ class TargetError(ForemanError):
     """The target could not be used. ``target`` is its base URL."""
 
     status_code = 502
+    template = "ollama target {target}: {detail}"
 
     def __init__(self, target: str, detail: str) -> None:
         super().__init__(target, detail)
@@ -52,34 +53,28 @@ class TargetError(ForemanError):
         self.detail = detail
 
     def __str__(self) -> str:
-        return f"ollama target {self.target}: {self.detail}"
+        return self.template.format(target=self.target, detail=self.detail)
 
 
 class TargetUnreachable(TargetError):
     """No connection could be made (refused, DNS, connect timeout). Transient."""
 
     status_code = 503
-
-    def __str__(self) -> str:
-        return f"ollama target {self.target} is unreachable: {self.detail}"
+    template = "ollama target {target} is unreachable: {detail}"
 
 
 class TargetTimeout(TargetError):
     """The target sent nothing for longer than the idle timeout."""
 
     status_code = 504
-
-    def __str__(self) -> str:
-        return f"ollama target {self.target} timed out: {self.detail}"
+    template = "ollama target {target} timed out: {detail}"
 
 
 class TargetBroken(TargetError):
     """The connection failed after it was made (reset, truncated body, protocol error)."""
 
     status_code = 502
-
-    def __str__(self) -> str:
-        return f"ollama target {self.target} broke the connection: {self.detail}"
+    template = "ollama target {target} broke the connection: {detail}"
 
 
 class ModelNotFound(ForemanError):

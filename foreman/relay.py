@@ -123,7 +123,17 @@ async def relay(
 async def _pump_lines(
     target: Target, response: httpx.Response, send: trio.MemorySendChannel[bytes]
 ) -> str:
-    """Forward complete lines as they arrive; on a target failure, one error line."""
+    """Forward the body line by line; returns the outcome (see :attr:`Reply.outcome`)."""
+    try:
+        return await _forward_lines(target, response, send)
+    except trio.BrokenResourceError:  # the client is gone (normally we are cancelled first)
+        return "cancelled"
+
+
+async def _forward_lines(
+    target: Target, response: httpx.Response, send: trio.MemorySendChannel[bytes]
+) -> str:
+    """Send complete lines as they arrive; on a target failure, one error line instead."""
     buffer = b""
     try:
         async with aclosing(target.chunks(response)) as chunks:
@@ -141,10 +151,9 @@ async def _pump_lines(
         LOGGER.warning("stream from the target ended early: %s", exc)
         # a partial line is dropped: the error must stand on a line of its own
         await send.send(error_body(str(exc)) + b"\n")
-        return "error"
     except trio.BrokenResourceError:
-        return "cancelled"
+        raise
     except Exception:  # a bug must not take the whole service down with it
         LOGGER.exception("relay failed mid-stream")
         await send.send(error_body("foreman: internal error while relaying the stream") + b"\n")
-        return "error"
+    return "error"
