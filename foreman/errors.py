@@ -6,13 +6,16 @@ Hierarchy::
     ├── TargetError                   something went wrong talking to the target
     │   ├── TargetUnreachable   503   refused, DNS failure, connect timeout (+ Retry-After)
     │   ├── TargetTimeout       504   the target went quiet for longer than the idle timeout
-    │   └── TargetBroken        502   the connection broke after it was made
+    │   ├── TargetBroken        502   the connection broke after it was made
+    │   └── TargetStatus        502   an HTTP error status from the target to foreman's own
+    │                                 calls (tags, ps, warm-up); a client's calls get the
+    │                                 target's answer itself, untouched
     ├── ModelNotFound           404   not in the target's inventory, even after a re-poll
     └── GateFull                503   too many chats already waiting at the gate
 
 Classification of httpx failures happens once, in :func:`classify`, by exception
 type (never by matching error text). HTTP error *statuses* from the target are
-not exceptions at all: foreman passes the target's answer through untouched.
+not exceptions on the relay path: foreman passes the target's answer through untouched.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ __all__ = [
     "ModelNotFound",
     "TargetBroken",
     "TargetError",
+    "TargetStatus",
     "TargetTimeout",
     "TargetUnreachable",
     "classify",
@@ -75,6 +79,17 @@ class TargetBroken(TargetError):
 
     status_code = 502
     template = "ollama target {target} broke the connection: {detail}"
+
+
+class TargetStatus(TargetError):
+    """The target answered one of foreman's own calls with an error status (``status``)."""
+
+    status_code = 502
+    template = "ollama target {target} answered {detail}"
+
+    def __init__(self, target: str, detail: str, status: int = 0) -> None:
+        super().__init__(target, detail)
+        self.status = status
 
 
 class ModelNotFound(ForemanError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -9,7 +10,7 @@ from collections.abc import Callable
 import trio
 from trio_util import AsyncBool, AsyncValue
 
-from .errors import ModelNotFound, TargetError
+from .errors import ModelNotFound, TargetError, TargetStatus
 from .names import normalize
 from .target import Target
 
@@ -82,9 +83,7 @@ class Inventory:
             error = (
                 exc
                 if isinstance(exc, TargetError)
-                else TargetError(
-                    self._target.url, f"/api/tags answered an unexpected shape ({exc!r})"
-                )
+                else TargetStatus(self._target.url, f"an unexpected /api/tags shape ({exc!r})", 200)
             )
             if not self.degraded.value or str(error) != str(self.last_error):
                 LOGGER.warning(
@@ -135,5 +134,5 @@ class Inventory:
             return
         error = self.last_error
         if self.degraded.value and error is not None:
-            raise type(error)(error.target, error.detail)
+            raise copy.copy(error)  # one instance per raise: tracebacks differ
         raise ModelNotFound(model)

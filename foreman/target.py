@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import trio
 
-from .errors import TargetBroken, TargetError, TargetTimeout, classify
+from .errors import TargetStatus, TargetTimeout, classify
 from .settings import Settings
 
 __all__ = ["CONTROL_TIMEOUT", "Target", "open_target"]
@@ -135,11 +135,13 @@ class Target:
         except httpx.HTTPError as exc:
             raise classify(exc, self.url) from exc
         if response.status_code != 200:
-            raise TargetBroken(self.url, f"GET {path} answered {response.status_code}")
+            raise TargetStatus(
+                self.url, f"{response.status_code} to GET {path}", response.status_code
+            )
         try:
             return response.content, response.json()
         except ValueError as exc:
-            raise TargetBroken(self.url, f"GET {path} answered with invalid JSON") from exc
+            raise TargetStatus(self.url, f"invalid JSON to GET {path}", 200) from exc
 
     async def warm(self, model: str) -> None:
         """Load ``model`` and keep it loaded: ``POST /api/embed`` with ``keep_alive: -1``.
@@ -157,10 +159,9 @@ class Target:
         except httpx.HTTPError as exc:
             raise classify(exc, self.url) from exc
         if response.status_code != 200:
-            raise TargetError(
-                self.url,
-                f"warm-up of {model!r} answered "
-                f"{response.status_code}: {_error_text(response.content)}",
+            detail = f"{response.status_code} to the warm-up of {model!r}: "
+            raise TargetStatus(
+                self.url, detail + _error_text(response.content), response.status_code
             )
 
 
