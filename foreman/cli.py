@@ -84,7 +84,16 @@ def serve(**values: str | None) -> None:
     from .service import serve_until_signalled
 
     settings = _load(values)
-    trio.run(serve_until_signalled, settings)
+    try:
+        trio.run(serve_until_signalled, settings)
+    except* OSError as group:  # binding the listen address failed (in use, not ours, ...)
+        click.echo(f"foreman: cannot listen on {settings.listen}: {_leaf(group)}", err=True)
+        sys.exit(1)
+
+
+def _leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    first = group.exceptions[0]
+    return _leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 @main.command()

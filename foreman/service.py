@@ -12,7 +12,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -45,7 +45,7 @@ class Gateway:
     gate: Gate
     inventory: Inventory
     residency: Residency
-    embeds_in_flight: int = field(default=0)
+    embeds_in_flight: int = 0
 
 
 @asynccontextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -109,3 +110,16 @@ def test_help_lists_every_setting() -> None:
     assert result.returncode == 0
     for option in OPTIONS:
         assert option.env in result.stdout and option.flag in result.stdout
+
+
+def test_a_busy_listen_address_is_one_line_not_a_traceback() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
+        result = foreman_command(
+            "serve", FOREMAN_LISTEN=address, FOREMAN_OLLAMA_URL="http://127.0.0.1:9"
+        )
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].startswith(f"foreman: cannot listen on {address}")
+    assert "Traceback" not in result.stderr
