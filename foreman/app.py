@@ -23,6 +23,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import trio
 from quart import Response, g, request
 from quart_trio import QuartTrio
+from trio_util import AsyncValue
 from werkzeug.exceptions import HTTPException
 
 from .errors import ForemanError, TargetUnreachable
@@ -38,7 +40,7 @@ from .names import is_cloud, normalize
 from .relay import Reply, relay
 from .service import Gateway
 
-__all__ = ["create_app"]
+__all__ = ["InFlight", "create_app"]
 
 ACCESS = logging.getLogger("foreman.access")
 LOGGER = logging.getLogger("foreman.app")
@@ -81,6 +83,33 @@ class Exchange:
         )
 
 
+_OPEN_REPLIES: ContextVar[list[Reply] | None] = ContextVar("open_replies", default=None)
+
+
+class InFlight:
+    """ASGI middleware: counts HTTP requests until their last byte is sent, and makes sure
+    a streaming reply is closed (its pump cancelled, the gate freed) when its request
+    ends, even if the response body never started."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.in_flight = AsyncValue(0)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        replies: list[Reply] = []
+        token = _OPEN_REPLIES.set(replies)
+        self.in_flight.value += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight.value -= 1
+            for reply in replies:
+                reply.close()
+            _OPEN_REPLIES.reset(token)
+
+
 def json_response(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A JSON response as Ollama writes one (see :mod:`foreman.jsonwire`)."""
     return Response(dumps(value), status=status, content_type=JSON_CONTENT_TYPE, headers=headers)
@@ -92,6 +121,7 @@ def create_app(gw: Gateway) -> QuartTrio:
     app.config.update(
         RESPONSE_TIMEOUT=None,  # streams run as long as the target keeps talking
         MAX_CONTENT_LENGTH=None,  # chat requests may carry images
+        BODY_TIMEOUT=None,  # uploads (blobs, images) may be slow; the client decides
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
     settings = gw.settings
@@ -159,8 +189,11 @@ def create_app(gw: Gateway) -> QuartTrio:
         exchange: Exchange = g.exchange
         exchange.gate_wait = reply.gate_wait
         if reply.body is not None:
-            return Response(reply.body, status=reply.status, content_type=reply.content_type)
+            return _with_headers(Response(reply.body, status=reply.status), reply)
         exchange.streaming = True
+        open_replies = _OPEN_REPLIES.get()
+        if open_replies is not None:
+            open_replies.append(reply)
 
         async def body() -> AsyncIterator[bytes]:
             assert reply.lines is not None
@@ -172,7 +205,7 @@ def create_app(gw: Gateway) -> QuartTrio:
                 exchange.outcome = reply.outcome
                 exchange.log()
 
-        return Response(body(), status=reply.status, content_type=reply.content_type)
+        return _with_headers(Response(body(), status=reply.status), reply)
 
     @app.route("/api/chat", methods=["POST"])
     @app.route("/api/generate", methods=["POST"])
@@ -180,12 +213,13 @@ def create_app(gw: Gateway) -> QuartTrio:
         body = await request.get_data(cache=False)
         fields = _fields(body)
         model = fields.get("model")
-        g.exchange.model = model
-        if not isinstance(model, str) or normalize(model) is None:
-            # Ollama rejects these before it schedules anything (400/404): no gate needed.
+        if not isinstance(model, str) or not model:
+            # No model (or no JSON): Ollama rejects it before scheduling (400/404), so no gate.
             return await forward(body=body)
-        if not is_cloud(model):
+        g.exchange.model = model
+        if normalize(model) is not None and not is_cloud(model):
             await gw.inventory.require(model)
+        # Names foreman cannot parse still pass the gate: if Ollama can, it will run them.
         # A stream's first line must come within the idle timeout (model load included);
         # a "stream": false answer comes whole at the end, however long that takes.
         streams = fields.get("stream") is not False
@@ -231,11 +265,19 @@ def create_app(gw: Gateway) -> QuartTrio:
     return app
 
 
+def _with_headers(response: Response, reply: Reply) -> Response:
+    """Give ``response`` exactly the target's relayed headers (Quart adds a default type)."""
+    del response.headers["Content-Type"]
+    for name, value in reply.headers:
+        response.headers[name] = value
+    return response
+
+
 def _fields(body: bytes) -> dict[str, Any]:
     """A JSON request body's top-level fields, keys lower-cased (Go matches them so); else {}."""
-    try:
-        request_json = json.loads(body)
-    except ValueError:
+    try:  # Go's decoder takes invalid UTF-8 (as U+FFFD), so must this
+        request_json = json.loads(body.decode("utf-8", "replace"))
+    except (ValueError, RecursionError):
         return {}
     if not isinstance(request_json, dict):
         return {}

@@ -105,13 +105,13 @@ class Inventory:
             self.polls.value += 1
 
     async def refresh(self) -> None:
-        """Wait for a fresh poll: the one under way, or one started now.
+        """Wait for a poll that starts after this call (at once, or right after the
+        one under way, whose answer may predate a model pulled just now).
 
-        Concurrent callers share a single poll.
+        Concurrent callers share that poll.
         """
-        wanted = self.polls.value + 1
-        if not self._polling:
-            self._kick.set()
+        wanted = self.polls.value + 1 + int(self._polling)
+        self._kick.set()
         await self.polls.wait_value(lambda n: n >= wanted)
 
     def knows(self, model: str) -> bool:

@@ -36,6 +36,10 @@ LOGGER = logging.getLogger("foreman.relay")
 
 NDJSON = "application/x-ndjson"
 
+#: Response headers relayed to the client. Ollama sets only these (besides Date and
+#: the framing headers); ``content-length`` matters only on HEAD, where there is no body.
+RELAYED_HEADERS = frozenset({"content-type", "location", "retry-after", "www-authenticate"})
+
 
 @dataclass
 class Reply:
@@ -49,7 +53,7 @@ class Reply:
     """
 
     status: int
-    content_type: str | None
+    headers: list[tuple[str, str]]
     gate_wait: float | None
     body: bytes | None = None
     lines: trio.MemoryReceiveChannel[bytes] | None = None
@@ -57,8 +61,12 @@ class Reply:
     _pump_scope: trio.CancelScope | None = None
 
     def close(self) -> None:
-        """End a streaming reply early or late: stops the pump, which frees the gate at once."""
-        assert self.lines is not None and self._pump_scope is not None
+        """End a streaming reply early or late: stops the pump, which frees the gate at once.
+
+        Idempotent; does nothing for a whole reply.
+        """
+        if self.lines is None or self._pump_scope is None:
+            return
         self._pump_scope.cancel()  # first: stop the pump and free the gate
         self.lines.close()  # then: the pump never sees BrokenResourceError
 
@@ -105,19 +113,24 @@ async def relay(
                         header_timeout=header_timeout,
                     )
                 )
-                status, ctype = response.status_code, response.headers.get("content-type")
-                if not (ctype or "").startswith(NDJSON):
+                status, relayed = response.status_code, _relayed(response, method)
+                if not response.headers.get("content-type", "").startswith(NDJSON):
                     body = await target.read(response)
                     receive.close()
-                    task_status.started(Reply(status, ctype, waited, body=body))
+                    task_status.started(Reply(status, relayed, waited, body=body))
                     return
-                reply = Reply(status, ctype, waited, lines=receive, _pump_scope=scope)
+                reply = Reply(status, relayed, waited, lines=receive, _pump_scope=scope)
                 task_status.started(reply)
                 reply.outcome = "cancelled"  # unless the lines run to their end
                 reply.outcome = await _pump_lines(target, response, send)
 
     reply: Reply = await nursery.start(pump)
     return reply
+
+
+def _relayed(response: httpx.Response, method: str) -> list[tuple[str, str]]:
+    wanted = RELAYED_HEADERS | {"content-length"} if method == "HEAD" else RELAYED_HEADERS
+    return [(k, v) for k, v in response.headers.items() if k in wanted]
 
 
 async def _pump_lines(

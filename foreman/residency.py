@@ -69,6 +69,7 @@ class Residency:
         self._warming = False
         self._warmed_at = -math.inf  # trio time the last warm-up ended
         self._look_again = trio.Event()  # set: poll /api/ps now, not at the next interval
+        self._retry_now = trio.Event()  # set: end a warm-up back-off early
 
     def embedder_resident(self) -> bool | None:
         """Whether the embedder is loaded, per the last ``/api/ps``; None if unknown."""
@@ -77,11 +78,19 @@ class Residency:
         key = normalize(self.embed_model)
         return any(normalize(name) == key for name in self.resident)
 
-    def request_warmup(self, reason: str) -> None:
-        """Ask the supervisor to load the embedder again (requests coalesce)."""
-        if self.embed_model is not None and not self.warm_wanted.value:
+    def request_warmup(self, reason: str, *, now: bool = False) -> None:
+        """Ask the supervisor to load the embedder again (requests coalesce).
+
+        ``now`` also cuts short a back-off after a failed warm-up (the target
+        just came back, so the next try need not wait).
+        """
+        if self.embed_model is None:
+            return
+        if not self.warm_wanted.value:
             LOGGER.info("warm-up of %s requested: %s", self.embed_model, reason)
             self.warm_wanted.value = True
+        if now:
+            self._retry_now.set()
 
     async def watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Poll ``/api/ps`` every ``interval`` seconds, and right after a warm-up; never returns.
@@ -94,7 +103,7 @@ class Residency:
             asked = trio.current_time()
             try:
                 _, answer = await self._target.get_json("/api/ps")
-                self.resident = tuple(m.get("model") or m["name"] for m in answer["models"])
+                self.resident = tuple(str(m.get("model") or m["name"]) for m in answer["models"])
             except (TargetError, KeyError, TypeError, AttributeError) as exc:
                 LOGGER.debug("/api/ps failed: %s", exc)
             else:
@@ -104,19 +113,22 @@ class Residency:
             self._look_again = trio.Event()
 
     def _check(self, asked: float) -> None:
-        if self.embed_model is None or self.embedder_resident():
-            self._warned = False
+        if self.embed_model is None:
             return
-        if self._chats_in_flight() and not self._warned:
-            LOGGER.warning(
-                "only %d model(s) resident while a chat is in flight and the embedder %s "
-                "is not among them: run the target with OLLAMA_MAX_LOADED_MODELS=2 "
-                "(resident: %s)",
-                len(self.resident or ()),
-                self.embed_model,
-                ", ".join(self.resident or ()) or "none",
-            )
-            self._warned = True
+        resident = self.resident or ()
+        if self._chats_in_flight() and len(resident) == 1:
+            if not self._warned:
+                LOGGER.warning(
+                    "only one model resident (%s) while a chat is in flight: the target is "
+                    "not running OLLAMA_MAX_LOADED_MODELS=2, or the embedder %s was evicted",
+                    resident[0],
+                    self.embed_model,
+                )
+                self._warned = True
+        else:
+            self._warned = False
+        if self.embedder_resident():
+            return
         if not self._warming and asked >= self._warmed_at:  # else: stale, a warm-up is newer
             self.request_warmup("the embedder is not resident")
 
@@ -146,8 +158,10 @@ class Residency:
                     "warm-up of %s failed, retrying in %.0fs: %s", self.embed_model, delay, exc
                 )
                 self.warm_wanted.value = True
-                await trio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX)
+                self._retry_now = trio.Event()
+                with trio.move_on_after(delay):
+                    await self._retry_now.wait()
+                delay = BACKOFF_MIN if self._retry_now.is_set() else min(delay * 2, BACKOFF_MAX)
             else:
                 self._warming = False
                 self.warmups += 1

@@ -13,7 +13,6 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import trio
@@ -73,7 +72,7 @@ async def open_gateway(
         inventory = Inventory(
             target,
             settings.poll_interval,
-            on_reachable=lambda: residency.request_warmup("the target is reachable"),
+            on_reachable=lambda: residency.request_warmup("the target is reachable", now=True),
         )
         await nursery.start(inventory.run)
         await nursery.start(residency.watch)
@@ -104,10 +103,10 @@ async def run(
     Supports ``urls = await nursery.start(partial(run, settings, shutdown_trigger=...))``:
     ``started()`` passes the bound URLs (with the real port when ``listen`` ends in ``:0``).
     """
-    from .app import create_app  # the app imports Gateway from here
+    from .app import InFlight, create_app  # the app imports Gateway from here
 
     async with open_gateway(settings, transport=transport) as gateway:
-        app = _InFlight(create_app(gateway))
+        app = InFlight(create_app(gateway))
         config = settings.hypercorn()
         server_done, draining = trio.Event(), trio.Event()
 
@@ -126,23 +125,6 @@ async def run(
         task_status.started(urls)
         await server_done.wait()
     LOGGER.info("stopped")
-
-
-class _InFlight:
-    """ASGI middleware counting HTTP requests from their start until their last byte is sent."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.in_flight = AsyncValue(0)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        self.in_flight.value += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.in_flight.value -= 1
 
 
 async def _stop_when_drained(

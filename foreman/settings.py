@@ -259,5 +259,6 @@ class Settings:
         config.bind = [self.listen]
         config.graceful_timeout = self.grace
         config.accesslog = None
+        config.include_server_header = False  # Ollama sends none
         config.errorlog = logging.getLogger("hypercorn.error")  # through foreman's handlers
         return config

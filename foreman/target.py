@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -31,6 +32,21 @@ CONTROL_TIMEOUT = 30.0
 #: parallel; above this they queue for a connection (pool timeout: none, as
 #: Ollama itself queues without bound).
 LIMITS = httpx.Limits(max_connections=128, max_keepalive_connections=32, keepalive_expiry=30)
+
+
+def _keepalive_options() -> list[tuple[int, int, int]]:
+    """TCP keepalive: a target host that dies silently (sleep, power loss) is noticed in
+    about a minute even while foreman waits for a ``"stream": false`` answer."""
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (
+        ("TCP_KEEPIDLE", 30),
+        ("TCP_KEEPALIVE", 30),
+        ("TCP_KEEPINTVL", 10),
+        ("TCP_KEEPCNT", 3),
+    ):  # TCP_KEEPALIVE is macOS's TCP_KEEPIDLE
+        if hasattr(socket, name):
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    return options
 
 
 class Target:
@@ -182,7 +198,8 @@ async def open_target(
     stream chunks (:meth:`Target.chunks`), so a stream may run for hours as
     long as chunks keep coming; no read or pool timeout in httpx itself.
     ``FOREMAN_OLLAMA_TOKEN``, if set, goes out as ``Authorization: Bearer``.
-    Proxy variables from the environment are ignored.
+    Proxy variables from the environment are ignored. Connections use TCP
+    keepalive, so a target host that vanishes mid-request is noticed.
 
     Args:
         settings: foreman's settings.
@@ -198,8 +215,8 @@ async def open_target(
         base_url=settings.ollama_url,
         headers=headers,
         timeout=timeout,
-        limits=LIMITS,
-        transport=transport,
+        transport=transport
+        or httpx.AsyncHTTPTransport(limits=LIMITS, socket_options=_keepalive_options()),
         trust_env=False,
         follow_redirects=False,
     ) as client:

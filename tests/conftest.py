@@ -19,6 +19,7 @@ import pytest
 import trio
 
 from foreman import Gateway, Settings, create_app, open_gateway
+from foreman.app import InFlight
 from foreman.standin import ASGIStreamTransport, StandIn
 
 TARGET = "http://127.0.0.1:11434"
@@ -51,7 +52,8 @@ async def open_foreman(
     async with (
         open_gateway(settings(**changes), transport=standin.transport(nursery)) as gw,
         httpx.AsyncClient(
-            transport=ASGIStreamTransport(create_app(gw), nursery), base_url="http://foreman"
+            transport=ASGIStreamTransport(InFlight(create_app(gw)), nursery),
+            base_url="http://foreman",
         ) as client,
         httpx.AsyncClient(transport=standin.transport(nursery), base_url=TARGET) as target,
     ):

@@ -47,6 +47,7 @@ async def test_shutdown_lets_an_in_flight_stream_finish() -> None:
         async with real_foreman(standin, grace=10.0) as (url, shutdown, stopped):
             async with httpx.AsyncClient(base_url=url) as client:
                 async with client.stream("POST", "/api/chat", json=chat_body()) as response:
+                    assert "server" not in response.headers  # Ollama sends none
                     lines = []
                     async for line in response.aiter_lines():
                         lines.append(json.loads(line))

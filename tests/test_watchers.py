@@ -76,12 +76,16 @@ async def test_starting_with_the_target_down_is_degraded_not_fatal(
         assert (await fm.client.get("/api/tags")).status_code == 503  # no inventory yet
         await trio.sleep(5)
         assert fm.gw.residency.warmups == 0  # still retrying, with back-off
+        await trio.sleep(120)  # the warm-up back-off has grown to its maximum
         standin.come_back()
         await fm.gw.inventory.degraded.wait_value(False)
+        back = trio.current_time()
         response = await fm.client.post("/api/chat", json=chat_body(stream=False))
         assert response.status_code == 200
-        await trio.sleep(31)
-        assert fm.gw.residency.warmups >= 1
+        await fm.gw.residency.warm_wanted.wait_value(False)
+        await trio.sleep(0.1)
+        assert fm.gw.residency.warmups == 1
+        assert trio.current_time() - back < 1  # the reconnect cut the back-off short
 
 
 async def test_a_model_pulled_after_start_is_found_by_the_repoll(
