@@ -255,3 +255,15 @@ async def test_target_unreachable_is_503_with_retry_after(
     embed = await fm.client.post("/api/embed", json={"model": "nomic-embed-text", "input": "x"})
     assert embed.status_code == 503
     assert fm.gw.gate.statistics().in_flight == 0
+
+
+async def test_a_body_python_finds_odd_still_passes_the_gate(
+    fm: Foreman, autojump_clock: trio.abc.Clock
+) -> None:
+    # Invalid UTF-8 inside a string: Go's decoder accepts it, so Ollama runs the chat.
+    body = b'{"model":"llama3.2","messages":[{"role":"user","content":"caf\xe9"}]}'
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(partial(fm.client.post, "/api/chat", content=body))
+    assert fm.standin.chats_total == 3
+    assert fm.standin.max_chats_in_flight == 1
