@@ -64,13 +64,9 @@ class Exchange:
     status: int | None = None
     gate_wait: float | None = None
     outcome: str = ""
-    streaming: bool = False
-    logged: bool = False
+    streaming: bool = False  # then the body's end logs it, not after_request
 
     def log(self) -> None:
-        if self.logged:
-            return
-        self.logged = True
         ACCESS.info(
             "%s %s model=%s status=%s gate_wait=%s duration=%.3fs%s",
             self.method,

@@ -100,15 +100,19 @@ class Option:
 
     @property
     def metavar(self) -> str:
-        return {
-            _url: "URL",
-            _secret: "TOKEN",
-            _model: "MODEL",
-            _seconds: "SECONDS",
-            _listen: "HOST:PORT",
-            _count: "N",
-            _level: "LEVEL",
-        }[self.parse]
+        """What ``--help`` shows for the value, by its parser."""
+        return _METAVARS[self.parse]
+
+
+_METAVARS: dict[Callable[[str], Any], str] = {
+    _url: "URL",
+    _secret: "TOKEN",
+    _model: "MODEL",
+    _seconds: "SECONDS",
+    _listen: "HOST:PORT",
+    _count: "N",
+    _level: "LEVEL",
+}
 
 
 OPTIONS: tuple[Option, ...] = (
