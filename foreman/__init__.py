@@ -5,7 +5,7 @@ The public surface: :func:`run` and :func:`open_gateway` (the service),
 """
 
 from .app import create_app as create_app
-from .service import Gateway as Gateway
+from .gateway import Gateway as Gateway
 from .service import open_gateway as open_gateway
 from .service import run as run
 from .settings import Settings as Settings

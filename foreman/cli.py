@@ -85,10 +85,11 @@ def serve(**values: str | None) -> None:
 
     settings = _load(values)
     try:
-        trio.run(serve_until_signalled, settings)
+        status = trio.run(serve_until_signalled, settings)
     except* OSError as group:  # binding the listen address failed (in use, not ours, ...)
         click.echo(f"foreman: cannot listen on {settings.listen}: {_leaf(group)}", err=True)
         sys.exit(1)
+    sys.exit(status)
 
 
 def _leaf(group: BaseExceptionGroup[Any]) -> BaseException:

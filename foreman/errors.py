@@ -11,18 +11,21 @@ Hierarchy::
     │                                 calls (tags, ps, warm-up); a client's calls get the
     │                                 target's answer itself, untouched
     ├── ModelNotFound           404   not in the target's inventory, even after a re-poll
-    └── GateFull                503   too many chats already waiting at the gate
+    ├── BodyTooLarge            413   a request body over FOREMAN_MAX_BODY
+    └── GateFull                503   too many chats (or bytes) already waiting at the gate,
+                                      or foreman's grace period ended while one waited
 
-Classification of httpx failures happens once, in :func:`classify`, by exception
+Classification of transport failures happens once, in :func:`classify`, by exception
 type (never by matching error text). HTTP error *statuses* from the target are
 not exceptions on the relay path: foreman passes the target's answer through untouched.
 """
 
 from __future__ import annotations
 
-import httpx
+import httpx2
 
 __all__ = [
+    "BodyTooLarge",
     "ForemanError",
     "GateFull",
     "ModelNotFound",
@@ -102,6 +105,15 @@ class ModelNotFound(ForemanError):
         self.model = model
 
 
+class BodyTooLarge(ForemanError):
+    """A request body foreman would have to hold in memory is over ``FOREMAN_MAX_BODY``."""
+
+    status_code = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body too large: the limit is {limit} bytes (FOREMAN_MAX_BODY)")
+
+
 class GateFull(ForemanError):
     """Ollama's own 503 when its pending queue is full (two spaces after the period)."""
 
@@ -111,7 +123,7 @@ class GateFull(ForemanError):
         super().__init__("server busy, please try again.  maximum pending requests exceeded")
 
 
-def classify(exc: httpx.HTTPError, target: str) -> TargetError:
+def classify(exc: httpx2.HTTPError, target: str) -> TargetError:
     """Turn an httpx transport failure into foreman's error type.
 
     Args:
@@ -119,13 +131,13 @@ def classify(exc: httpx.HTTPError, target: str) -> TargetError:
         target: the target's base URL, named in the message.
 
     Returns:
-        :class:`TargetUnreachable` for :class:`httpx.ConnectError` and
-        :class:`httpx.ConnectTimeout`; :class:`TargetTimeout` for the other
+        :class:`TargetUnreachable` for :class:`httpx2.ConnectError` and
+        :class:`httpx2.ConnectTimeout`; :class:`TargetTimeout` for the other
         timeouts (read, write, pool); :class:`TargetBroken` for everything else.
     """
     detail = str(exc) or type(exc).__name__
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+    if isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout):
         return TargetUnreachable(target, detail)
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, httpx2.TimeoutException):
         return TargetTimeout(target, f"{type(exc).__name__}: {detail}")
     return TargetBroken(target, detail)

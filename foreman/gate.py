@@ -17,39 +17,53 @@ __all__ = ["Gate", "GateStatistics"]
 class GateStatistics:
     in_flight: int  # 0 or 1
     waiting: int
+    waiting_bytes: int  # request bodies held by the waiting line
 
 
 class Gate:
     """A fair (FIFO) :class:`trio.Lock` with a bounded waiting line.
 
     Args:
-        max_waiting: how many requests may wait while one holds the gate; the
-            next one is refused with :class:`~foreman.errors.GateFull`
-            (Ollama's own 503 for a full queue).
+        max_waiting: how many requests may wait while one holds the gate.
+        max_waiting_bytes: how many bytes of request bodies the waiting line may
+            hold in all (each waiter states its body's size).
 
-    A ``trio.Lock`` can be released only by the task that acquired it, so the
-    task that holds the gate is the one that talks to the target (the relay
-    pump), never the HTTP handler.
+    Past either bound a newcomer is refused with :class:`~foreman.errors.GateFull`
+    (Ollama's own 503 for a full queue), so memory stays bounded however many
+    clients pile up. A ``trio.Lock`` is released only by the task that acquired
+    it: the request's own task holds the gate while it talks to the target.
     """
 
-    def __init__(self, max_waiting: int) -> None:
+    def __init__(self, max_waiting: int, max_waiting_bytes: int = 1 << 62) -> None:
         self.max_waiting = max_waiting
+        self.max_waiting_bytes = max_waiting_bytes
         self._lock = trio.Lock()
+        self._waiting_bytes = 0
 
     @asynccontextmanager
-    async def hold(self) -> AsyncIterator[float]:
+    async def hold(self, body_bytes: int = 0) -> AsyncIterator[float]:
         """Wait for the gate, hold it for the body, and yield the seconds spent waiting.
+
+        Args:
+            body_bytes: the size of the request body this waiter keeps in memory.
 
         Cancellation while waiting leaves the line at once; the gate is
         released when the body exits, however it exits.
 
         Raises:
-            GateFull: ``max_waiting`` requests are already waiting.
+            GateFull: the waiting line is full (by count or by bytes).
         """
-        if self._lock.locked() and self._waiting() >= self.max_waiting:
+        if self._lock.locked() and (
+            self._waiting() >= self.max_waiting
+            or self._waiting_bytes + body_bytes > self.max_waiting_bytes
+        ):
             raise GateFull()
         start = trio.current_time()
-        await self._lock.acquire()
+        self._waiting_bytes += body_bytes
+        try:
+            await self._lock.acquire()
+        finally:
+            self._waiting_bytes -= body_bytes
         try:
             yield trio.current_time() - start
         finally:
@@ -59,4 +73,8 @@ class Gate:
         return self._lock.statistics().tasks_waiting
 
     def statistics(self) -> GateStatistics:
-        return GateStatistics(in_flight=int(self._lock.locked()), waiting=self._waiting())
+        return GateStatistics(
+            in_flight=int(self._lock.locked()),
+            waiting=self._waiting(),
+            waiting_bytes=self._waiting_bytes,
+        )

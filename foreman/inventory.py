@@ -104,6 +104,10 @@ class Inventory:
             self._polling = False
             self.polls.value += 1
 
+    def kick(self) -> None:
+        """Ask for a poll now, without waiting for it (a relay just failed, say)."""
+        self._kick.set()
+
     async def refresh(self) -> None:
         """Wait for a poll that starts after this call (at once, or right after the
         one under way, whose answer may predate a model pulled just now).

@@ -2,7 +2,7 @@
 
 Compact separators, raw UTF-8, ``<`` ``>`` ``&`` escaped as ``\\u003c``
 ``\\u003e`` ``\\u0026``, no trailing newline; content type
-``application/json; charset=utf-8`` (reference §1). foreman only encodes what it
+``application/json; charset=utf-8``. foreman only encodes what it
 says itself (errors, health); the target's bytes are never re-encoded.
 """
 
@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["JSON_CONTENT_TYPE", "dumps", "error_body"]
+__all__ = ["JSON_CONTENT_TYPE", "dumps", "error_body", "request_fields"]
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+
+_DECODER = json.JSONDecoder()
 
 _GO_ESCAPES = str.maketrans(
     {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
@@ -29,3 +31,22 @@ def dumps(value: Any) -> bytes:
 def error_body(message: str) -> bytes:
     """Ollama's error shape, ``{"error":"<message>"}``."""
     return dumps({"error": message})
+
+
+def request_fields(body: bytes) -> dict[str, Any]:
+    """A JSON request body's top-level fields as Ollama's decoder reads them; else ``{}``.
+
+    Go's ``json.Decoder`` reads the *first* JSON value and ignores what follows,
+    takes invalid UTF-8 (as U+FFFD) and matches field names case-insensitively,
+    so this does too: keys come back lower-cased. A body Python cannot parse
+    (not JSON, or nested deeper than its recursion limit) gives ``{}``: callers
+    must then act as if they knew nothing (the gate still applies).
+    """
+    text = body.decode("utf-8", "replace").lstrip(" \t\r\n")
+    try:
+        value, _ = _DECODER.raw_decode(text)
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {key.lower(): item for key, item in value.items()}

@@ -1,172 +1,116 @@
-"""Relay one request to the target and its answer back, byte for byte.
+"""Relay one request to the target and its answer back to the client, byte for byte.
 
-The shape (see ``docs/adr/0002-ndjson-streaming.md``)::
+The request's own task does everything: it holds the gate (when there is one),
+sends the request, and writes the answer to the ASGI ``send`` as it arrives::
 
-    handler ── nursery.start(pump) ──► pump task (in the gateway's nursery)
-                                        [holds the gate] ── request ──► target
-    handler ◄── started(Reply) ────────  status + content type known
-    body    ◄── memory channel ◄──────── one NDJSON line at a time
+    client ── ASGI ──► request task [holds the gate] ── httpx2 ──► target
+    client ◄── ASGI ◄── chunks as they come ◄──────────────────────┘
 
-An error before ``started()`` comes out of ``nursery.start`` in the handler,
-while a real HTTP status can still be chosen. After it, the pump never raises:
-a target that stalls or breaks mid-stream becomes one final ``{"error": ...}``
-line, as Ollama itself writes it (reference §4). A client that goes away
-cancels the body, which cancels the pump, which aborts the upstream request
-and releases the gate at once.
+An error before the status line is sent comes out of :func:`relay` as a
+:class:`~foreman.errors.TargetError`, while a real HTTP status can still be
+chosen. After it, :func:`relay` never raises for the target's sake: an NDJSON
+stream that stalls or breaks ends with one ``{"error": ...}`` line, as Ollama
+itself ends a stream that fails; any other body that breaks is cut short, as
+it would be by a target that died. A client that goes away cancels the task,
+which aborts the upstream request and releases the gate at once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from contextlib import AsyncExitStack, aclosing
-from dataclasses import dataclass
+from contextlib import aclosing
+from typing import Any
 
-import httpx
+import httpx2
 import trio
 
 from .errors import TargetError
-from .gate import Gate
+from .exchange import Exchange
 from .jsonwire import error_body
-from .target import Target
+from .target import RELAYED_HEADERS, Target
 
-__all__ = ["NDJSON", "Reply", "relay"]
+__all__ = ["NDJSON", "relay"]
 
 LOGGER = logging.getLogger("foreman.relay")
 
-NDJSON = "application/x-ndjson"
+NDJSON = b"application/x-ndjson"
 
-#: Response headers relayed to the client. Ollama sets only these (besides Date and
-#: the framing headers); ``content-length`` matters only on HEAD, where there is no body.
-RELAYED_HEADERS = frozenset({"content-type", "location", "retry-after", "www-authenticate"})
-
-
-@dataclass
-class Reply:
-    """The target's answer as the handler sees it.
-
-    Exactly one of ``body`` (a whole, non-streaming answer) and ``lines`` (an
-    NDJSON stream, each item one ``\\n``-terminated line) is set.
-    ``gate_wait`` is in seconds (None when no gate was passed). ``outcome`` is
-    filled in as a stream ends: ``"done"``, ``"error"`` (an error line was
-    sent) or ``"cancelled"``.
-    """
-
-    status: int
-    headers: list[tuple[str, str]]
-    gate_wait: float | None
-    body: bytes | None = None
-    lines: trio.MemoryReceiveChannel[bytes] | None = None
-    outcome: str = "done"
-    _pump_scope: trio.CancelScope | None = None
-
-    def close(self) -> None:
-        """End a streaming reply early or late: stops the pump, which frees the gate at once.
-
-        Idempotent; does nothing for a whole reply.
-        """
-        if self.lines is None or self._pump_scope is None:
-            return
-        self._pump_scope.cancel()  # first: stop the pump and free the gate
-        self.lines.close()  # then: the pump never sees BrokenResourceError
+Send = Any  # the ASGI send callable
 
 
 async def relay(
-    nursery: trio.Nursery,
     target: Target,
-    method: str,
-    path: str,
+    request: httpx2.Request,
+    send: Send,
+    exchange: Exchange,
     *,
-    content: bytes | None = None,
-    headers: Mapping[str, str] | None = None,
-    params: str | None = None,
-    header_timeout: float | None = None,
-    gate: Gate | None = None,
-) -> Reply:
-    """Send a request to the target, through ``gate`` if given, and return its reply.
+    timeout: float | None,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Send ``request`` to the target and stream its answer to ``send``.
 
-    The pump runs in ``nursery`` (the gateway's), so that the task holding the
-    gate outlives this call while the body streams. ``header_timeout`` bounds
-    the wait for the target's status line (counted after the gate).
+    Args:
+        timeout: seconds to wait for the target's status line (None: no limit);
+            after it, the target may stay silent ``idle_timeout`` seconds at a time.
+        extra_headers: response headers foreman adds (CORS, ``Connection: close``).
 
-    Returns:
-        a :class:`Reply` with the target's status and content type, holding the
-        whole body unless the target answered ``application/x-ndjson``.
+    Sets ``exchange.ndjson`` and ``exchange.outcome`` (``done``, or ``error`` for a
+    stream that ended with an error line).
 
     Raises:
-        GateFull: the gate's waiting line is full.
-        TargetError: the target could not be reached or broke before answering.
+        TargetError: the target could not be reached, or did not answer within
+            ``timeout``; nothing has been sent to the client.
     """
-    send, receive = trio.open_memory_channel[bytes](0)
-
-    async def pump(*, task_status: trio.TaskStatus[Reply]) -> None:
-        with send, trio.CancelScope() as scope:
-            async with AsyncExitStack() as stack:
-                waited = await stack.enter_async_context(gate.hold()) if gate else None
-                response = await stack.enter_async_context(
-                    target.stream(
-                        method,
-                        path,
-                        content=content,
-                        headers=headers,
-                        params=params,
-                        header_timeout=header_timeout,
-                    )
-                )
-                status, relayed = response.status_code, _relayed(response, method)
-                if not response.headers.get("content-type", "").startswith(NDJSON):
-                    body = await target.read(response)
-                    receive.close()
-                    task_status.started(Reply(status, relayed, waited, body=body))
-                    return
-                reply = Reply(status, relayed, waited, lines=receive, _pump_scope=scope)
-                task_status.started(reply)
-                reply.outcome = "cancelled"  # unless the lines run to their end
-                reply.outcome = await _pump_lines(target, response, send)
-
-    reply: Reply = await nursery.start(pump)
-    return reply
-
-
-def _relayed(response: httpx.Response, method: str) -> list[tuple[str, str]]:
-    wanted = RELAYED_HEADERS | {"content-length"} if method == "HEAD" else RELAYED_HEADERS
-    return [(k, v) for k, v in response.headers.items() if k in wanted]
-
-
-async def _pump_lines(
-    target: Target, response: httpx.Response, send: trio.MemorySendChannel[bytes]
-) -> str:
-    """Forward the body line by line; returns the outcome (see :attr:`Reply.outcome`)."""
+    response = await target.send(request, timeout=timeout)
     try:
-        return await _forward_lines(target, response, send)
-    except trio.BrokenResourceError:  # the client is gone (normally we are cancelled first)
-        return "cancelled"
+        headers = [(k, v) for k, v in response.headers.raw if k.lower() in RELAYED_HEADERS]
+        if extra_headers:
+            headers.extend(extra_headers)
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        if response.headers.get("content-type", "").encode().startswith(NDJSON):
+            exchange.ndjson = True
+            exchange.outcome = await _relay_lines(target, response, send)
+        else:
+            await _relay_body(target, response, send)
+    finally:
+        with trio.CancelScope(shield=True):
+            await response.aclose()
 
 
-async def _forward_lines(
-    target: Target, response: httpx.Response, send: trio.MemorySendChannel[bytes]
-) -> str:
-    """Send complete lines as they arrive; on a target failure, one error line instead."""
-    buffer = b""
+async def _relay_body(target: Target, response: httpx2.Response, send: Send) -> None:
+    """Pass a body through chunk by chunk; a broken one is cut short, as the target cut it."""
     try:
         async with aclosing(target.chunks(response)) as chunks:
             async for chunk in chunks:
-                buffer += chunk
-                if b"\n" not in chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except TargetError as exc:
+        LOGGER.warning("body from the target ended early: %s", exc)
+        return  # no final message: the client sees the body end before its length
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _relay_lines(target: Target, response: httpx2.Response, send: Send) -> str:
+    """Pass an NDJSON stream through; returns ``done`` or ``error``.
+
+    Whatever complete lines a read brings go out in one write, so a burst costs
+    one send while each line still leaves as soon as it is complete. On a target
+    failure a partial line is dropped (the error must stand on a line of its
+    own) and one ``{"error": ...}`` line ends the stream.
+    """
+    pending = b""
+    outcome = "done"
+    try:
+        async with aclosing(target.chunks(response)) as chunks:
+            async for chunk in chunks:
+                end = chunk.rfind(b"\n")
+                if end < 0:
+                    pending += chunk
                     continue
-                *lines, buffer = buffer.split(b"\n")
-                for line in lines:
-                    await send.send(line + b"\n")
-        if buffer:  # a last line without its newline is passed on as it is
-            await send.send(buffer)
-        return "done"
+                lines, pending = pending + chunk[: end + 1], chunk[end + 1 :]
+                await send({"type": "http.response.body", "body": lines, "more_body": True})
+        last = pending  # a last line without its newline is passed on as it is
     except TargetError as exc:
         LOGGER.warning("stream from the target ended early: %s", exc)
-        # a partial line is dropped: the error must stand on a line of its own
-        await send.send(error_body(str(exc)) + b"\n")
-    except trio.BrokenResourceError:
-        raise
-    except Exception:  # a bug must not take the whole service down with it
-        LOGGER.exception("relay failed mid-stream")
-        await send.send(error_body("foreman: internal error while relaying the stream") + b"\n")
-    return "error"
+        last, outcome = error_body(str(exc)) + b"\n", "error"
+    await send({"type": "http.response.body", "body": last, "more_body": False})
+    return outcome

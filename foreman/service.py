@@ -12,44 +12,27 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
-import httpx
+import httpx2
 import trio
 from hypercorn.trio import serve
-from trio_util import AsyncValue
 
+from .app import create_app
 from .gate import Gate
+from .gateway import Gateway
 from .inventory import Inventory
 from .residency import Residency
 from .settings import Settings
-from .target import Target, open_target
+from .target import open_target
 
 __all__ = ["Gateway", "open_gateway", "run", "serve_until_signalled"]
 
 LOGGER = logging.getLogger("foreman")
 
 
-@dataclass
-class Gateway:
-    """Everything a request handler needs, built once per service.
-
-    ``nursery`` is the root nursery: relay pumps run there so that the task
-    holding the gate can outlive the handler that started it.
-    """
-
-    settings: Settings
-    target: Target
-    nursery: trio.Nursery
-    gate: Gate
-    inventory: Inventory
-    residency: Residency
-    embeds_in_flight: int = 0
-
-
 @asynccontextmanager
 async def open_gateway(
-    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+    settings: Settings, *, transport: httpx2.AsyncBaseTransport | None = None
 ) -> AsyncIterator[Gateway]:
     """Open the target client and start the watchers; yield the :class:`Gateway`.
 
@@ -62,7 +45,7 @@ async def open_gateway(
         transport: replaces the network to the target (tests use the stand-in's).
     """
     async with open_target(settings, transport=transport) as target, trio.open_nursery() as nursery:
-        gate = Gate(settings.max_queue)
+        gate = Gate(settings.max_queue, settings.max_waiting_bytes)
         residency = Residency(
             target,
             settings.embed_model,
@@ -89,24 +72,23 @@ async def run(
     settings: Settings,
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
-    transport: httpx.AsyncBaseTransport | None = None,
+    transport: httpx2.AsyncBaseTransport | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve foreman until ``shutdown_trigger`` returns, then drain and stop.
 
-    After the trigger, hypercorn stops accepting connections and gives
-    in-flight requests ``settings.grace`` seconds to finish before cancelling
-    them; as soon as none is left the server stops (idle keep-alive
-    connections do not hold it up); then the watchers are cancelled and this
-    returns.
+    After the trigger, hypercorn stops accepting connections and in-flight
+    requests get ``settings.grace`` seconds to finish; then foreman ends what is
+    left itself (:meth:`Gateway.end_grace`: a 503 for a chat still waiting, an
+    error line for a stream). As soon as no request is left the server stops
+    (idle keep-alive connections do not hold it up); then the watchers are
+    cancelled and this returns.
 
     Supports ``urls = await nursery.start(partial(run, settings, shutdown_trigger=...))``:
     ``started()`` passes the bound URLs (with the real port when ``listen`` ends in ``:0``).
     """
-    from .app import InFlight, create_app  # the app imports Gateway from here
-
     async with open_gateway(settings, transport=transport) as gateway:
-        app = InFlight(create_app(gateway))
+        app = create_app(gateway)
         config = settings.hypercorn()
         server_done, draining = trio.Event(), trio.Event()
 
@@ -116,7 +98,7 @@ async def run(
 
         async def serve_app(*, task_status: trio.TaskStatus[list[str]]) -> None:
             with trio.CancelScope() as scope:
-                gateway.nursery.start_soon(_stop_when_drained, draining, app.in_flight, scope)
+                gateway.nursery.start_soon(_stop_when_drained, gateway, draining, scope)
                 await serve(app, config, shutdown_trigger=trigger, task_status=task_status)
             server_done.set()
 
@@ -127,18 +109,25 @@ async def run(
     LOGGER.info("stopped")
 
 
-async def _stop_when_drained(
-    draining: trio.Event, in_flight: AsyncValue[int], server: trio.CancelScope
-) -> None:
-    # hypercorn waits out the grace period for idle keep-alive connections of
-    # quart apps too; once no request is in flight there is nothing to wait for.
+async def _stop_when_drained(gw: Gateway, draining: trio.Event, server: trio.CancelScope) -> None:
+    # hypercorn waits out its grace period for idle keep-alive connections too;
+    # once no request is in flight there is nothing to wait for.
     await draining.wait()
-    await in_flight.wait_value(0)
+    with trio.move_on_after(gw.settings.grace):
+        await gw.in_flight.wait_value(0)
+    gw.end_grace()  # what is left ends now, as well as it can
+    await gw.in_flight.wait_value(0)
     server.cancel()
 
 
-async def serve_until_signalled(settings: Settings) -> None:
-    """Run foreman until SIGINT or SIGTERM; a second signal stops it without waiting."""
+async def serve_until_signalled(settings: Settings) -> int:
+    """Run foreman until SIGINT or SIGTERM; a second signal stops it without waiting.
+
+    Returns:
+        the exit status: 0 after a drain, 1 when a second signal forced the stop
+        (so that a supervisor knows requests were cut).
+    """
+    forced = False
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             first = trio.Event()
@@ -152,9 +141,12 @@ async def serve_until_signalled(settings: Settings) -> None:
                         )
                         first.set()
                     else:
-                        LOGGER.warning("%s again: stopping now", name)
+                        LOGGER.warning("%s again: stopping now, without draining", name)
+                        nonlocal forced
+                        forced = True
                         nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch_signals)
             await run(settings, shutdown_trigger=first.wait)
             nursery.cancel_scope.cancel()
+    return 1 if forced else 0

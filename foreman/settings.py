@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import httpx2
 from hypercorn.config import Config as HypercornConfig
 
 from .names import normalize
 
-__all__ = ["OPTIONS", "ConfigError", "Option", "Settings"]
+__all__ = ["GRACE_MARGIN", "OPTIONS", "ConfigError", "Option", "Settings"]
+
+#: Seconds hypercorn waits beyond foreman's grace for the final answers to go out.
+GRACE_MARGIN = 2.0
 
 
 class ConfigError(ValueError):
@@ -32,8 +36,8 @@ class ConfigError(ValueError):
 
 def _url(value: str) -> str:
     try:
-        url = httpx.URL(value)
-    except httpx.InvalidURL as exc:
+        url = httpx2.URL(value)
+    except httpx2.InvalidURL as exc:
         raise ValueError(str(exc)) from None
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError("expected an http:// or https:// URL with a host")
@@ -79,6 +83,26 @@ def _secret(value: str) -> str:
     return value
 
 
+_SIZE = re.compile(r"\s*(\d+)\s*([kmg]i?b?|b)?\s*", re.IGNORECASE)
+
+
+def _size(value: str) -> int:
+    """Bytes, with an optional binary unit: ``104857600``, ``100MiB``, ``100M``, ``1GiB``."""
+    match = _SIZE.fullmatch(value)
+    if match is None or int(match[1]) == 0:
+        raise ValueError("expected a positive size in bytes, e.g. 104857600, 100MiB or 1GiB")
+    unit = (match[2] or "b")[0].lower()
+    return int(match[1]) << {"b": 0, "k": 10, "m": 20, "g": 30}[unit]
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    origins = tuple(o.strip() for o in value.split(",") if o.strip())
+    for origin in origins:
+        if "://" not in origin and origin != "*":
+            raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], * wildcards)")
+    return origins
+
+
 def _level(value: str) -> str:
     level = value.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -112,6 +136,8 @@ _METAVARS: dict[Callable[[str], Any], str] = {
     _listen: "HOST:PORT",
     _count: "N",
     _level: "LEVEL",
+    _size: "SIZE",
+    _origins: "ORIGINS",
 }
 
 
@@ -187,6 +213,51 @@ OPTIONS: tuple[Option, ...] = (
         "before foreman gives up on the request.",
     ),
     Option(
+        "response_timeout",
+        "FOREMAN_RESPONSE_TIMEOUT",
+        "--response-timeout",
+        "900",
+        _seconds,
+        'Seconds a "stream": false chat or generate may take to answer in full '
+        "(model load included); it holds the gate meanwhile.",
+    ),
+    Option(
+        "control_timeout",
+        "FOREMAN_CONTROL_TIMEOUT",
+        "--control-timeout",
+        "5",
+        _seconds,
+        "Seconds foreman's own calls to the target (/api/tags, /api/ps) and a relayed "
+        "GET /api/tags may take; /api/tags then answers from the last inventory.",
+    ),
+    Option(
+        "max_body",
+        "FOREMAN_MAX_BODY",
+        "--max-body",
+        "100MiB",
+        _size,
+        "Largest chat, generate or embed request body foreman reads; a larger one gets 413. "
+        "Other /api/ bodies (blobs) stream through unbounded.",
+    ),
+    Option(
+        "max_waiting_bytes",
+        "FOREMAN_MAX_WAITING_BYTES",
+        "--max-waiting-bytes",
+        "1GiB",
+        _size,
+        "Total size of the bodies held by chats waiting at the gate; beyond it a chat "
+        "gets Ollama's 503.",
+    ),
+    Option(
+        "origins",
+        "FOREMAN_ORIGINS",
+        "--origins",
+        None,
+        _origins,
+        "Browser origins allowed besides the local ones, comma-separated, * wildcards "
+        "(as OLLAMA_ORIGINS); any other Origin gets 403.",
+    ),
+    Option(
         "connect_timeout",
         "FOREMAN_CONNECT_TIMEOUT",
         "--connect-timeout",
@@ -226,6 +297,11 @@ class Settings:
     listen: str = "127.0.0.1:8080"
     max_queue: int = 512
     idle_timeout: float = 300.0
+    response_timeout: float = 900.0
+    control_timeout: float = 5.0
+    max_body: int = 100 << 20
+    max_waiting_bytes: int = 1 << 30
+    origins: tuple[str, ...] = ()
     connect_timeout: float = 5.0
     grace: float = 30.0
     log_level: str = "INFO"
@@ -261,7 +337,9 @@ class Settings:
         """The hypercorn config: bind ``listen``, the grace period, no access log."""
         config = HypercornConfig()
         config.bind = [self.listen]
-        config.graceful_timeout = self.grace
+        # foreman ends what is left when its own grace is over (a 503, an error line);
+        # hypercorn's grace only has to outlast that by the time the last bytes take.
+        config.graceful_timeout = self.grace + GRACE_MARGIN
         config.accesslog = None
         config.include_server_header = False  # Ollama sends none
         config.errorlog = logging.getLogger("hypercorn.error")  # through foreman's handlers

@@ -1,8 +1,10 @@
-"""The Ollama target: one pooled httpx client and the few calls foreman makes itself.
+"""The Ollama target: one connection pool and the few calls foreman makes itself.
 
-Everything a client asks for is relayed through :meth:`Target.stream`; the
-watchers use :meth:`Target.get_json` and :meth:`Target.warm`. Every httpx
-failure leaves this module as a :class:`~foreman.errors.TargetError`.
+foreman talks to the target through an :class:`httpx2.AsyncHTTPTransport`
+directly, not through an ``AsyncClient``: the client's layers (cookies,
+redirects, auth flows, event hooks, URL merging) do nothing for a relay and
+cost time on every request (``docs/adr/0008-fast-data-plane.md``). Every
+transport failure leaves this module as a :class:`~foreman.errors.TargetError`.
 """
 
 from __future__ import annotations
@@ -11,27 +13,34 @@ import json
 import logging
 import math
 import socket
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
-import httpx
+import httpx2
 import trio
 
 from .errors import TargetStatus, TargetTimeout, classify
 from .settings import Settings
 
-__all__ = ["CONTROL_TIMEOUT", "Target", "open_target"]
+__all__ = ["RELAYED_HEADERS", "Target", "open_target"]
 
 LOGGER = logging.getLogger("foreman.target")
 
-#: Seconds foreman's own calls (/api/tags, /api/ps) may take to answer.
-CONTROL_TIMEOUT = 30.0
+#: The pool: one chat at a time, but embeds and other calls run in parallel. A
+#: request beyond it waits for a free connection (no pool timeout, as Ollama
+#: itself queues without bound). The pool scans its idle connections on every
+#: request, so it is sized to what one Ollama serves in parallel, not larger.
+LIMITS = httpx2.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=30)
 
-#: Pool size: one chat at a time, but embeds and passthrough calls run in
-#: parallel; above this they queue for a connection (pool timeout: none, as
-#: Ollama itself queues without bound).
-LIMITS = httpx.Limits(max_connections=128, max_keepalive_connections=32, keepalive_expiry=30)
+Headers = Sequence[tuple[bytes, bytes]]
+
+#: Response headers relayed to the client. Ollama sets only these besides ``Date``
+#: (hypercorn adds its own) and the framing, which is kept as the target chose it:
+#: ``Content-Length`` when it sent one, chunked otherwise.
+RELAYED_HEADERS = frozenset(
+    {b"content-type", b"content-length", b"location", b"retry-after", b"www-authenticate"}
+)
 
 
 def _keepalive_options() -> list[tuple[int, int, int]]:
@@ -53,19 +62,64 @@ class Target:
     """A connection pool to one Ollama server.
 
     Timeouts are trio deadlines around each wait, so they hold whatever the
-    transport and run on trio's clock (``MockClock`` in tests).
+    transport and run on trio's clock (``MockClock`` in tests); the transport
+    itself only bounds connecting (``connect_timeout``).
 
     Args:
-        client: an :class:`httpx.AsyncClient` whose ``base_url`` is the target.
-        url: the target's base URL, for messages.
-        idle_timeout: seconds the target may stay silent within a stream
-            before the request fails with :class:`~foreman.errors.TargetTimeout`.
+        transport: the pool (tests pass the stand-in's in-process transport).
+        settings: ``ollama_url``, ``ollama_token``, ``connect_timeout``,
+            ``idle_timeout`` (seconds the target may stay silent within a body)
+            and ``control_timeout`` (foreman's own calls).
     """
 
-    def __init__(self, client: httpx.AsyncClient, url: str, *, idle_timeout: float) -> None:
-        self.client = client
-        self.url = url
-        self.idle_timeout = idle_timeout
+    def __init__(self, transport: httpx2.AsyncBaseTransport, settings: Settings) -> None:
+        self.transport = transport
+        self.url = settings.ollama_url
+        self.idle_timeout = settings.idle_timeout
+        self.control_timeout = settings.control_timeout
+        self._base = httpx2.URL(settings.ollama_url)
+        self._prefix = self._base.raw_path.rstrip(b"/")  # a target behind a path prefix
+        extra = [(b"user-agent", b"foreman")]
+        if settings.ollama_token:
+            extra.append((b"authorization", f"Bearer {settings.ollama_token}".encode()))
+        self._extra_headers = extra
+        self._extensions = {
+            "timeout": {
+                "connect": settings.connect_timeout,
+                "read": None,
+                "write": settings.idle_timeout,
+                "pool": None,
+            }
+        }
+
+    def request(
+        self,
+        method: str,
+        raw_path: bytes,
+        *,
+        query: bytes = b"",
+        headers: Headers = (),
+        content: bytes | AsyncIterable[bytes] | None = None,
+    ) -> httpx2.Request:
+        """Build a request to the target.
+
+        Args:
+            raw_path: the path, already percent-encoded (``/api/chat``).
+            query: the query string without its ``?``.
+            headers: request headers as bytes; a ``user-agent`` among them replaces
+                foreman's own. ``Host`` comes from the target's URL.
+            content: the body, whole or as chunks.
+        """
+        target = self._prefix + raw_path + (b"?" + query if query else b"")
+        names = {name for name, _ in headers}
+        merged = [*headers, *(h for h in self._extra_headers if h[0] not in names)]
+        return httpx2.Request(
+            method,
+            self._base.copy_with(raw_path=target),
+            headers=merged,
+            content=content,
+            extensions=self._extensions,
+        )
 
     @contextmanager
     def _deadline(self, seconds: float | None, what: str) -> Iterator[None]:
@@ -76,56 +130,37 @@ class Target:
         except trio.TooSlowError:
             raise TargetTimeout(self.url, f"nothing for {seconds:g}s ({what})") from None
 
-    @asynccontextmanager
-    async def stream(
-        self,
-        method: str,
-        path: str,
-        *,
-        content: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-        params: str | None = None,
-        header_timeout: float | None = None,
-    ) -> AsyncIterator[httpx.Response]:
-        """Send one request and yield the response with its body still unread.
+    async def send(self, request: httpx2.Request, *, timeout: float | None) -> httpx2.Response:
+        """Send ``request`` and return the response once its headers are in.
 
-        Any status is returned as is (Ollama's errors are the client's to see).
-        Closing the context ends the exchange; cancelling the caller aborts the
-        request, which makes Ollama abort the generation.
+        The body is left unread: read it with :meth:`chunks` and close the
+        response (``await response.aclose()``) when done. Any status is
+        returned as is (Ollama's errors are the client's to see). Cancelling
+        the caller aborts the request, which makes Ollama abort the generation.
 
         Args:
-            header_timeout: seconds to wait for the status line (None: as long
-                as it takes; a ``"stream": false`` chat sends nothing until done).
+            timeout: seconds to wait for the status line (None: as long as it takes).
 
         Raises:
-            TargetError: connecting or sending failed, or no answer within ``header_timeout``.
+            TargetError: connecting or sending failed, or no answer within ``timeout``.
         """
-        request = self.client.build_request(
-            method, path, content=content, headers=headers, params=params
-        )
         try:
-            with self._deadline(header_timeout, f"{method} {path}"):
-                response = await self.client.send(request, stream=True)
-        except httpx.HTTPError as exc:
+            with self._deadline(timeout, f"{request.method} {request.url.path}"):
+                response = await self.transport.handle_async_request(request)
+        except httpx2.HTTPError as exc:
             raise classify(exc, self.url) from exc
-        try:
-            yield response
-        finally:
-            await response.aclose()
+        response.request = request  # the client layer would do this
+        return response
 
-    async def read(self, response: httpx.Response) -> bytes:
-        """The whole body of a response from :meth:`stream`; raises as :meth:`chunks` does."""
-        return b"".join([chunk async for chunk in self.chunks(response)])
-
-    async def chunks(self, response: httpx.Response) -> AsyncIterator[bytes]:
-        """The body of a response from :meth:`stream`, chunk by chunk as it arrives.
+    async def chunks(self, response: httpx2.Response) -> AsyncIterator[bytes]:
+        """The raw body of a response from :meth:`send`, chunk by chunk as it arrives.
 
         Raises:
             TargetTimeout: the target sent nothing for ``idle_timeout`` seconds.
             TargetError: the connection broke before the body was complete.
         """
-        body = response.aiter_bytes()
-        what = f"{response.request.method} {response.request.url.path} stream"
+        body = aiter(response.stream)  # type: ignore[arg-type]
+        what = f"{response.request.method} {response.request.url.path} body"
         try:
             while True:
                 with self._deadline(self.idle_timeout, what):
@@ -133,52 +168,82 @@ class Target:
                         chunk = await anext(body)
                     except StopAsyncIteration:
                         return
-                yield chunk
-        except httpx.HTTPError as exc:
+                if chunk:
+                    yield chunk
+        except httpx2.HTTPError as exc:
             raise classify(exc, self.url) from exc
+
+    async def read(self, response: httpx2.Response) -> bytes:
+        """The whole body of a response from :meth:`send`; raises as :meth:`chunks` does."""
+        return b"".join([chunk async for chunk in self.chunks(response)])
+
+    async def fetch(
+        self, request: httpx2.Request, *, timeout: float
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Send ``request`` and read the whole answer within ``timeout`` seconds.
+
+        Returns:
+            ``(status, headers, body)``; headers are the ones a client is shown
+            (:data:`foreman.relay.RELAYED_HEADERS`), as bytes.
+
+        Raises:
+            TargetError: transport failure, or no whole answer within ``timeout``.
+        """
+        with self._deadline(timeout, f"{request.method} {request.url.path}"):
+            response = await self.send(request, timeout=None)
+            try:
+                body = await self.read(response)
+            finally:
+                await response.aclose()
+        headers = [(k, v) for k, v in response.headers.raw if k.lower() in RELAYED_HEADERS]
+        return response.status_code, headers, body
+
+    async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+        """One call of foreman's own, bounded by ``control_timeout``: (status, body)."""
+        content = None if body is None else json.dumps(body).encode()
+        headers = [] if content is None else [(b"content-type", b"application/json")]
+        request = self.request(method, path.encode(), headers=headers, content=content)
+        status, _, answer = await self.fetch(request, timeout=self.control_timeout)
+        return status, answer
 
     async def get_json(self, path: str) -> tuple[bytes, Any]:
         """GET ``path`` and return ``(body bytes, parsed JSON)``.
 
-        Used for ``/api/tags`` and ``/api/ps``, bounded by :data:`CONTROL_TIMEOUT`.
+        Used for ``/api/tags`` and ``/api/ps``, bounded by ``control_timeout``.
 
         Raises:
-            TargetError: transport failure, a non-200 status, or a body that is not JSON.
+            TargetError: transport failure, a timeout, a non-200 status, or a body
+                that is not JSON.
         """
+        status, body = await self._call("GET", path)
+        if status != 200:
+            raise TargetStatus(self.url, f"{status} to GET {path}", status)
         try:
-            with self._deadline(CONTROL_TIMEOUT, f"GET {path}"):
-                response = await self.client.get(path)
-        except httpx.HTTPError as exc:
-            raise classify(exc, self.url) from exc
-        if response.status_code != 200:
-            raise TargetStatus(
-                self.url, f"{response.status_code} to GET {path}", response.status_code
-            )
-        try:
-            return response.content, response.json()
+            return body, json.loads(body)
         except ValueError as exc:
             raise TargetStatus(self.url, f"invalid JSON to GET {path}", 200) from exc
 
     async def warm(self, model: str) -> None:
         """Load ``model`` and keep it loaded: ``POST /api/embed`` with ``keep_alive: -1``.
 
-        Mirrors Ollama's canonical pre-load call (reference §8): the runner's
-        idle duration becomes "forever" (``expires_at`` ≈ 292 years ahead).
+        This is Ollama's own way to pre-load a model: the runner's idle duration
+        becomes "forever" (``expires_at`` about 292 years ahead). Bounded by
+        ``idle_timeout`` (a load may take minutes).
 
         Raises:
             TargetError: transport failure or a non-200 answer (its ``error`` text is kept).
         """
         body = {"model": model, "input": "warm-up", "keep_alive": -1}
-        try:
-            with self._deadline(self.idle_timeout, "warm-up"):
-                response = await self.client.post("/api/embed", json=body)
-        except httpx.HTTPError as exc:
-            raise classify(exc, self.url) from exc
-        if response.status_code != 200:
-            detail = f"{response.status_code} to the warm-up of {model!r}: "
-            raise TargetStatus(
-                self.url, detail + _error_text(response.content), response.status_code
-            )
+        request = self.request(
+            "POST",
+            b"/api/embed",
+            headers=[(b"content-type", b"application/json")],
+            content=json.dumps(body).encode(),
+        )
+        status, _, content = await self.fetch(request, timeout=self.idle_timeout)
+        if status != 200:
+            detail = f"{status} to the warm-up of {model!r}: "
+            raise TargetStatus(self.url, detail + _error_text(content), status)
 
 
 def _error_text(body: bytes) -> str:
@@ -190,34 +255,24 @@ def _error_text(body: bytes) -> str:
 
 @asynccontextmanager
 async def open_target(
-    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+    settings: Settings, *, transport: httpx2.AsyncBaseTransport | None = None
 ) -> AsyncIterator[Target]:
-    """Open the pooled client for ``settings.ollama_url``.
+    """Open the connection pool for ``settings.ollama_url``.
 
-    Timeouts: ``connect_timeout`` to connect (httpx); ``idle_timeout`` between
-    stream chunks (:meth:`Target.chunks`), so a stream may run for hours as
-    long as chunks keep coming; no read or pool timeout in httpx itself.
-    ``FOREMAN_OLLAMA_TOKEN``, if set, goes out as ``Authorization: Bearer``.
-    Proxy variables from the environment are ignored. Connections use TCP
-    keepalive, so a target host that vanishes mid-request is noticed.
+    Timeouts: ``connect_timeout`` to connect; ``idle_timeout`` between body
+    chunks (:meth:`Target.chunks`), so a stream may run for hours as long as
+    chunks keep coming; the wait for a status line is the caller's
+    (:meth:`Target.send`). ``FOREMAN_OLLAMA_TOKEN``, if set, goes out as
+    ``Authorization: Bearer``. Proxy variables from the environment are ignored.
+    Connections use TCP keepalive, so a target host that vanishes is noticed.
 
     Args:
         settings: foreman's settings.
         transport: replaces the network (tests pass the stand-in's in-process transport).
     """
-    headers = {"User-Agent": "foreman"}
-    if settings.ollama_token:
-        headers["Authorization"] = f"Bearer {settings.ollama_token}"
-    timeout = httpx.Timeout(
-        connect=settings.connect_timeout, read=None, write=settings.idle_timeout, pool=None
-    )
-    async with httpx.AsyncClient(
-        base_url=settings.ollama_url,
-        headers=headers,
-        timeout=timeout,
-        transport=transport
-        or httpx.AsyncHTTPTransport(limits=LIMITS, socket_options=_keepalive_options()),
-        trust_env=False,
-        follow_redirects=False,
-    ) as client:
-        yield Target(client, settings.ollama_url, idle_timeout=settings.idle_timeout)
+    if transport is None:
+        transport = httpx2.AsyncHTTPTransport(
+            limits=LIMITS, trust_env=False, socket_options=_keepalive_options()
+        )
+    async with transport:
+        yield Target(transport, settings)

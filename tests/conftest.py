@@ -14,12 +14,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import httpx2 as httpx
 import pytest
 import trio
 
 from foreman import Gateway, Settings, create_app, open_gateway
-from foreman.app import InFlight
 from foreman.standin import ASGIStreamTransport, StandIn
 
 TARGET = "http://127.0.0.1:11434"
@@ -52,8 +51,8 @@ async def open_foreman(
     async with (
         open_gateway(settings(**changes), transport=standin.transport(nursery)) as gw,
         httpx.AsyncClient(
-            transport=ASGIStreamTransport(InFlight(create_app(gw)), nursery),
-            base_url="http://foreman",
+            transport=ASGIStreamTransport(create_app(gw), nursery),
+            base_url="http://localhost:8080",
         ) as client,
         httpx.AsyncClient(transport=standin.transport(nursery), base_url=TARGET) as target,
     ):

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
-import httpx
+import httpx2 as httpx
 import pytest
 import trio
 
@@ -60,20 +60,40 @@ async def test_shutdown_lets_an_in_flight_stream_finish() -> None:
                     await client.get("/api/tags")
 
 
-async def test_shutdown_cuts_streams_after_the_grace_period() -> None:
+async def test_the_end_of_grace_ends_streams_with_an_error_line_and_waiters_with_503() -> None:
     standin = StandIn(token_rate=10.0, reply_tokens=1000)
     with trio.fail_after(15):
         async with real_foreman(standin, grace=0.5) as (url, shutdown, stopped):
-            async with httpx.AsyncClient(base_url=url) as client:
-                with pytest.raises(httpx.RemoteProtocolError):
-                    async with client.stream("POST", "/api/chat", json=chat_body()) as response:
-                        async for _ in response.aiter_lines():
+            waiter: list[httpx.Response] = []
+
+            async def wait_at_the_gate(client: httpx.AsyncClient) -> None:
+                waiter.append(await client.post("/api/chat", json=chat_body(stream=False)))
+
+            async with (
+                httpx.AsyncClient(base_url=url) as client,
+                httpx.AsyncClient(base_url=url) as other,
+                trio.open_nursery() as nursery,
+            ):
+                async with client.stream("POST", "/api/chat", json=chat_body()) as response:
+                    lines = []
+                    async for line in response.aiter_lines():
+                        lines.append(json.loads(line))
+                        if len(lines) == 1:
+                            nursery.start_soon(wait_at_the_gate, other)
+                            await trio.sleep(0.1)
                             shutdown.set()
                 begun = trio.current_time()
                 await stopped.wait()
                 assert trio.current_time() - begun < 5
+            assert lines[-1] == {"error": "foreman is shutting down"}
+            assert len(lines) > 2 and "done" not in lines[-1]
+            assert waiter[0].status_code == 503
+            assert waiter[0].json()["error"] == (
+                "server busy, please try again.  maximum pending requests exceeded"
+            )
             await trio.sleep(0.2)
             assert standin.chats_in_flight == 0  # the upstream request was aborted
+            assert standin.chats_total == 1  # the waiter never reached the target
 
 
 def foreman_command(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

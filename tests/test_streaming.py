@@ -6,7 +6,7 @@ import json
 import re
 from functools import partial
 
-import httpx
+import httpx2 as httpx
 import pytest
 import trio
 import trio.testing

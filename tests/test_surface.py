@@ -7,6 +7,8 @@ import json
 import pytest
 import trio
 
+from foreman.standin import StandIn
+
 from .conftest import Foreman, chat_body, open_foreman
 
 
@@ -121,14 +123,21 @@ async def test_model_names_resolve_as_ollama_does(
 
 
 async def test_client_host_and_origin_never_reach_the_target(
-    fm: Foreman, autojump_clock: trio.abc.Clock
+    nursery: trio.Nursery, standin: StandIn, autojump_clock: trio.abc.Clock
 ) -> None:
-    # The stand-in answers 403 to a foreign Host or Origin, as loopback Ollama does.
-    headers = {"Host": "foreman.example.com", "Origin": "https://evil.example.com"}
-    response = await fm.client.post("/api/chat", json=chat_body(stream=False), headers=headers)
-    assert response.status_code == 200
-    assert fm.standin.last_headers.get("host", "127.0.0.1:11434") != "foreman.example.com"
-    assert "origin" not in fm.standin.last_headers
+    # The stand-in answers 403 to a foreign Host or Origin, as loopback Ollama does;
+    # foreman, listening on the network and allowing this origin, checks them itself.
+    async with open_foreman(
+        nursery, standin, listen="0.0.0.0:8080", origins=("https://app.example.com",)
+    ) as fm:
+        headers = {"Host": "foreman.example.com", "Origin": "https://app.example.com"}
+        response = await fm.client.post(
+            "/api/chat", json=chat_body(stream=False), headers=headers
+        )
+        assert response.status_code == 200
+        assert response.headers["access-control-allow-origin"] == "https://app.example.com"
+        assert fm.standin.last_headers.get("host", "127.0.0.1:11434") != "foreman.example.com"
+        assert "origin" not in fm.standin.last_headers
 
 
 async def test_non_streaming_chat_is_one_json_object(
@@ -189,7 +198,12 @@ async def test_healthz_reports_the_gateway(fm: Foreman, autojump_clock: trio.abc
     assert report["target"] == "http://127.0.0.1:11434"
     assert report["models"] == len(json.loads(fm.gw.inventory.body)["models"])
     assert report["last_poll"].endswith("Z")
-    assert report["chats"] == {"in_flight": 0, "waiting": 0, "max_waiting": 512}
+    assert report["chats"] == {
+        "in_flight": 0,
+        "waiting": 0,
+        "max_waiting": 512,
+        "waiting_bytes": 0,
+    }
     assert report["embedder"]["model"] == "nomic-embed-text"
     assert report["embedder"]["resident"] is True
     assert "nomic-embed-text:latest" in report["resident"]

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import httpx
+import httpx2
 import trio
 
 from ._models import DEFAULT_MODELS, ModelSpec, parse_name
@@ -128,15 +128,15 @@ class StandIn:
     # --- knobs --------------------------------------------------------------------------
 
     def go_down(self) -> None:
-        """Refuse connections made through :meth:`transport` (``httpx.ConnectError``)."""
+        """Refuse connections made through :meth:`transport` (``httpx2.ConnectError``)."""
         self.reachable = False
 
     def come_back(self) -> None:
         """Accept connections again (loaded models stay loaded; see :meth:`unload_all`)."""
         self.reachable = True
 
-    def transport(self, nursery: trio.Nursery) -> httpx.AsyncBaseTransport:
-        """An in-process httpx transport to :attr:`app`, honouring :attr:`reachable`."""
+    def transport(self, nursery: trio.Nursery) -> httpx2.AsyncBaseTransport:
+        """An in-process httpx2 transport to :attr:`app`, honouring :attr:`reachable`."""
         return ASGIStreamTransport(self.app, nursery, reachable=lambda: self.reachable)
 
     def add_model(self, spec: ModelSpec) -> None:

@@ -1,16 +1,16 @@
-"""An httpx transport that calls an ASGI app in-process and streams its body.
+"""An httpx2 transport that calls an ASGI app in-process and streams its body.
 
-``httpx.ASGITransport`` buffers the whole response body and so cannot show
+``httpx2.ASGITransport`` buffers the whole response body and so cannot show
 streaming; this one hands each ``http.response.body`` message to the client as
 it is sent, which keeps chunk-by-chunk tests honest and lets them run on trio's
 ``MockClock`` (no sockets, so autojump is safe).
 
 It behaves like a socket where that matters to foreman:
 
-* ``reachable()`` returning False raises :class:`httpx.ConnectError`, as a
+* ``reachable()`` returning False raises :class:`httpx2.ConnectError`, as a
   refused connection does;
 * an app that raises after its response started ends the body with
-  :class:`httpx.RemoteProtocolError` (``incomplete chunked read``), as a
+  :class:`httpx2.RemoteProtocolError` (``incomplete chunked read``), as a
   server that dies mid-stream does; before it started, with
   ``Server disconnected without sending a response.``;
 * closing the response early delivers ``http.disconnect`` to the app, as a
@@ -23,7 +23,7 @@ import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import httpx
+import httpx2
 import trio
 
 __all__ = ["ASGIStreamTransport"]
@@ -35,7 +35,7 @@ class _Died(Exception):
     """Marker put on the channel when the app raised."""
 
 
-class ASGIStreamTransport(httpx.AsyncBaseTransport):
+class ASGIStreamTransport(httpx2.AsyncBaseTransport):
     """Serve httpx requests from ``app`` inside ``nursery``.
 
     Args:
@@ -59,9 +59,9 @@ class ASGIStreamTransport(httpx.AsyncBaseTransport):
         self._reachable = reachable
         self._client = client
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         if not self._reachable():
-            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+            raise httpx2.ConnectError("[Errno 111] Connection refused", request=request)
         body = await request.aread()
         scope = {
             "type": "http",
@@ -114,11 +114,11 @@ class ASGIStreamTransport(httpx.AsyncBaseTransport):
             raise
         if isinstance(start, _Died) or start is _END:
             disconnected.set()
-            raise httpx.RemoteProtocolError(
+            raise httpx2.RemoteProtocolError(
                 "Server disconnected without sending a response.", request=request
             )
         assert start["type"] == "http.response.start", start
-        return httpx.Response(
+        return httpx2.Response(
             start["status"],
             headers=start.get("headers", []),
             stream=_BodyStream(messages, disconnected, request),
@@ -126,12 +126,12 @@ class ASGIStreamTransport(httpx.AsyncBaseTransport):
         )
 
 
-class _BodyStream(httpx.AsyncByteStream):
+class _BodyStream(httpx2.AsyncByteStream):
     def __init__(
         self,
         messages: trio.MemoryReceiveChannel[Any],
         disconnected: trio.Event,
-        request: httpx.Request,
+        request: httpx2.Request,
     ) -> None:
         self._messages = messages
         self._disconnected = disconnected
@@ -152,7 +152,7 @@ class _BodyStream(httpx.AsyncByteStream):
                 break
             if isinstance(message, _Died):
                 self._finished = True
-                raise httpx.RemoteProtocolError(
+                raise httpx2.RemoteProtocolError(
                     "peer closed connection without sending complete message body "
                     "(incomplete chunked read)",
                     request=self._request,

@@ -1,0 +1,105 @@
+"""The control plane: what foreman says about itself, served by Quart.
+
+Routes: ``GET /healthz`` (liveness) and ``GET /readyz`` (503 while the target is
+unreachable). Later control-plane surfaces (metrics, jobs, admin) live here too;
+Ollama's own routes never do (see :mod:`foreman.dataplane`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from quart import Response
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from .gateway import Gateway
+from .jsonwire import JSON_CONTENT_TYPE, dumps
+
+__all__ = ["CONTROL_PATHS", "create_control_app", "health"]
+
+#: Paths the control plane serves; every other path belongs to the data plane.
+CONTROL_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+def json_response(value: Any, status: int = 200) -> Response:
+    """A JSON response as Ollama writes one (see :mod:`foreman.jsonwire`)."""
+    return Response(dumps(value), status=status, content_type=JSON_CONTENT_TYPE)
+
+
+def create_control_app(gw: Gateway) -> QuartTrio:
+    """Build the Quart-trio app for ``gw``'s control plane. No globals."""
+    # root_path: Quart would otherwise look for the package from the working directory
+    app = QuartTrio("foreman", root_path=os.path.dirname(os.path.abspath(__file__)))
+    app.config.update(RESPONSE_TIMEOUT=None, PROVIDE_AUTOMATIC_OPTIONS=False)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        # gin's own texts for an unknown route or a wrong method
+        text = {404: "404 page not found", 405: "405 method not allowed"}.get(
+            exc.code or 500, f"{exc.code} {exc.name}".lower()
+        )
+        return Response(text, status=exc.code or 500, content_type="text/plain")
+
+    @app.route("/healthz", methods=["GET"])
+    async def healthz() -> Response:
+        return json_response(health(gw))
+
+    @app.route("/readyz", methods=["GET"])
+    async def readyz() -> Response:
+        return json_response(health(gw), 503 if gw.inventory.degraded.value else 200)
+
+    return app
+
+
+def _timestamp(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def health(gw: Gateway) -> dict[str, Any]:
+    """foreman's health report (the body of /healthz and /readyz).
+
+    Shape::
+
+        {"status": "ok" | "degraded", "target": URL, "error": str | None,
+         "last_poll": RFC 3339 UTC | None, "last_poll_age_seconds": float | None,
+         "models": int, "resident": [name, ...] | None,
+         "embedder": {"model", "resident", "warmups", "last_warmup", "last_error"} | None,
+         "chats": {"in_flight": 0 | 1, "waiting": int, "max_waiting": int,
+                   "waiting_bytes": int},
+         "embeds_in_flight": int}
+    """
+    inventory, residency = gw.inventory, gw.residency
+    gate = gw.gate.statistics()
+    last = inventory.last_success
+    embedder = None
+    if residency.embed_model is not None:
+        embedder = {
+            "model": residency.embed_model,
+            "resident": residency.embedder_resident(),
+            "warmups": residency.warmups,
+            "last_warmup": _timestamp(residency.last_warmup),
+            "last_error": residency.last_warmup_error,
+        }
+    return {
+        "status": "degraded" if inventory.degraded.value else "ok",
+        "target": gw.target.url,
+        "error": str(inventory.last_error) if inventory.degraded.value else None,
+        "last_poll": _timestamp(last),
+        "last_poll_age_seconds": None if last is None else round(time.time() - last, 3),
+        "models": len(inventory.models),
+        "resident": None if residency.resident is None else list(residency.resident),
+        "embedder": embedder,
+        "chats": {
+            "in_flight": gate.in_flight,
+            "waiting": gate.waiting,
+            "max_waiting": gw.gate.max_waiting,
+            "waiting_bytes": gate.waiting_bytes,
+        },
+        "embeds_in_flight": gw.embeds_in_flight,
+    }

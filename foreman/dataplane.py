@@ -1,0 +1,298 @@
+"""The data plane: Ollama's own routes, served on raw ASGI, byte for byte.
+
+Routes (``docs/adr/0001-native-ollama-surface.md``), by the percent-decoded path:
+
+* ``/api/chat``, ``/api/generate``: **every** request passes the gate, whatever
+  its method, spelling or body: foreman cannot be sure what the target will
+  run, so it fails closed. The model, when foreman can read one, is checked
+  against the inventory first (one re-poll on a miss).
+* ``POST /api/embed``, ``POST /api/embeddings``: relayed at once, no gate.
+* ``GET /api/tags``: relayed; while the target is unreachable or slow, the
+  last inventory is served instead.
+* ``/`` and every other ``/api/*`` path: relayed as is, the body streamed.
+* A path with dot segments (``/api/./chat``) or doubled slashes gets gin's
+  ``404 page not found``, as from Ollama, and is never relayed: what foreman
+  routes is exactly what the target receives. So does anything outside
+  ``/api/`` (``/v1/`` included: OpenAI's surface would bypass the gate).
+
+Every request task watches for the client going away and is cancelled when it
+does: a chat waiting at the gate leaves the line, a running one is aborted
+upstream and frees the gate at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import quote
+
+import trio
+
+from .errors import BodyTooLarge, TargetError, TargetUnreachable
+from .exchange import Exchange
+from .gateway import Gateway
+from .jsonwire import JSON_CONTENT_TYPE, request_fields
+from .names import is_cloud, normalize
+from .relay import relay
+
+__all__ = ["DataPlane", "route_key"]
+
+LOGGER = logging.getLogger("foreman.dataplane")
+
+GATED = frozenset({"/api/chat", "/api/generate"})
+EMBEDS = frozenset({"/api/embed", "/api/embeddings"})
+
+#: Request headers passed on to the target. Never Host or Origin: Ollama bound to
+#: loopback answers 403 to a foreign Host or Origin (foreman checks them itself).
+#: Never the client's Authorization: foreman sends its own (FOREMAN_OLLAMA_TOKEN).
+FORWARDED = frozenset({b"content-type", b"accept", b"user-agent"})
+
+#: Characters a path keeps unescaped when it is encoded again for the target.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request body was being read."""
+
+
+def route_key(path: str) -> str | None:
+    """The route a percent-decoded path selects, or None for gin's 404.
+
+    The key is lower-cased and loses a trailing slash, so that no spelling of a
+    gated route escapes the gate (Ollama itself answers 404 or a redirect to
+    such spellings). Dot segments and empty segments are refused outright.
+
+    >>> route_key("/api/chat/"), route_key("/API/Chat"), route_key("/api/./chat")
+    ('/api/chat', '/api/chat', None)
+    """
+    segments = path.split("/")
+    if segments[0] != "" or "." in segments or ".." in segments or "" in segments[1:-1]:
+        return None
+    key = path.rstrip("/").lower() or "/"
+    return key if key == "/" or key.startswith("/api/") else None
+
+
+class DataPlane:
+    """The Ollama routes for one :class:`~foreman.gateway.Gateway`."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.settings = gw.settings
+
+    async def handle(
+        self,
+        exchange: Exchange,
+        scope: dict[str, Any],
+        receive: Any,
+        send: Any,
+        key: str,
+        extra_headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        """Serve one request on route ``key`` (from :func:`route_key`).
+
+        Raises:
+            ForemanError: foreman answers it itself (the caller turns it into
+                Ollama's error shape); nothing has been sent yet.
+        """
+        method = scope["method"]
+        if key in GATED:
+            handler = self._chat
+        elif key in EMBEDS and method == "POST":
+            handler = self._embed
+        elif key == "/api/tags" and method == "GET":
+            handler = self._tags
+        else:
+            handler = self._passthrough
+        await handler(exchange, scope, receive, send, extra_headers)
+
+    # --- routes ---------------------------------------------------------------------
+
+    async def _chat(self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any) -> None:
+        gw = self.gw
+        body = await self._read_body(scope, receive)
+        fields = request_fields(body)
+        model = fields.get("model")
+        if isinstance(model, str) and model:
+            exchange.model = model
+            if scope["method"] == "POST" and normalize(model) is not None and not is_cloud(model):
+                await gw.inventory.require(model)
+        # A stream's status line must come within the idle timeout (model load included);
+        # a "stream": false answer comes whole at the end, within the response timeout.
+        timeout = self.settings.response_timeout
+        if fields.get("stream") is not False:
+            timeout = self.settings.idle_timeout
+        async with _watching(receive, exchange, gw.nursery):
+            async with gw.gate.hold(len(body)) as waited:
+                exchange.gate_wait = waited
+                request = self._request(scope, body)
+                del body  # the request holds it now, and only for as long as it is sent
+                await self._relay(request, send, exchange, timeout, extra)
+
+    async def _embed(self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any) -> None:
+        gw = self.gw
+        body = await self._read_body(scope, receive)
+        model = request_fields(body).get("model")
+        exchange.model = model if isinstance(model, str) else None
+        request = self._request(scope, body)
+        del body
+        gw.embeds_in_flight += 1
+        try:
+            async with _watching(receive, exchange, gw.nursery):
+                await self._relay(request, send, exchange, self.settings.idle_timeout, extra)
+        finally:
+            gw.embeds_in_flight -= 1
+
+    async def _tags(self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any) -> None:
+        inventory = self.gw.inventory
+        if not inventory.degraded.value or inventory.body is None:
+            request = self._request(scope, await self._read_body(scope, receive))
+            try:
+                status, headers, body = await self.gw.target.fetch(
+                    request, timeout=self.settings.control_timeout
+                )
+            except TargetError as exc:
+                inventory.kick()
+                if inventory.body is None:
+                    raise
+                LOGGER.info("answering /api/tags from the last inventory: %s", exc)
+            else:
+                await respond(send, status, body, headers=headers + extra)
+                return
+        else:
+            inventory.kick()
+        assert inventory.body is not None
+        content_type = [(b"content-type", JSON_CONTENT_TYPE.encode())]
+        await respond(send, 200, inventory.body, headers=content_type + extra)
+
+    async def _passthrough(
+        self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any
+    ) -> None:
+        first = await receive()
+        if first["type"] == "http.disconnect":
+            raise ClientGone()
+        content: bytes | AsyncIterator[bytes] = first.get("body", b"")
+        if first.get("more_body", False):  # a large upload: streamed, never held whole
+            content = _stream_body(first["body"], receive)
+        request = self._request(scope, content, keep_length=True)
+        if isinstance(content, bytes):
+            async with _watching(receive, exchange, self.gw.nursery):
+                await self._relay(request, send, exchange, self.settings.idle_timeout, extra)
+        else:
+            await self._relay(request, send, exchange, self.settings.idle_timeout, extra)
+
+    # --- helpers --------------------------------------------------------------------
+
+    async def _relay(
+        self, request: Any, send: Any, exchange: Exchange, timeout: float, extra: Any
+    ) -> None:
+        try:
+            await relay(self.gw.target, request, send, exchange, timeout=timeout, extra_headers=extra)
+        except TargetError:
+            self.gw.inventory.kick()  # readiness follows reality within seconds
+            raise
+        if exchange.outcome == "error":
+            self.gw.inventory.kick()
+
+    def _request(self, scope: Any, content: Any, *, keep_length: bool = False) -> Any:
+        wanted = FORWARDED | {b"content-length"} if keep_length else FORWARDED
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() in wanted]
+        return self.gw.target.request(
+            scope["method"],
+            quote(scope["path"], safe=_PATH_SAFE).encode(),
+            query=scope["query_string"],
+            headers=headers,
+            content=content if content else None,
+        )
+
+    async def _read_body(self, scope: Any, receive: Any) -> bytes:
+        """The whole request body, up to ``max_body`` bytes.
+
+        Raises:
+            BodyTooLarge: the body (or its announced ``Content-Length``) is too large.
+            ClientGone: the client went away first.
+        """
+        limit = self.settings.max_body
+        for name, value in scope["headers"]:
+            if name.lower() == b"content-length" and value.isdigit() and int(value) > limit:
+                raise BodyTooLarge(limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            if not message.get("more_body", False) and not chunks:
+                if len(chunk) > limit:
+                    raise BodyTooLarge(limit)
+                return chunk
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+async def _stream_body(first: bytes, receive: Any) -> AsyncIterator[bytes]:
+    """A request body as it arrives, for the target; raises ClientGone on a disconnect."""
+    yield first
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        if message.get("body"):
+            yield message["body"]
+        if not message.get("more_body", False):
+            return
+
+
+@asynccontextmanager
+async def _watching(receive: Any, exchange: Exchange, nursery: trio.Nursery) -> AsyncIterator[None]:
+    """Cancel ``exchange`` if its client disconnects while the body runs.
+
+    The request body must be read already: the watcher takes every later
+    ``receive()``, and hypercorn's only later message is ``http.disconnect``.
+    The watcher runs in ``nursery`` (the root one) so that an error of the
+    request never comes out wrapped in an exception group.
+    """
+    watcher = trio.CancelScope()
+
+    async def watch() -> None:
+        with watcher:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not exchange.response_complete:  # not the disconnect after a full answer
+                exchange.outcome = "cancelled"
+                exchange.cancel_scope.cancel()
+
+    nursery.start_soon(watch)
+    try:
+        yield
+    finally:
+        watcher.cancel()
+
+
+async def respond(
+    send: Any,
+    status: int,
+    body: bytes,
+    *,
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    """Send a whole answer (with its ``Content-Length``)."""
+    has_length = any(k.lower() == b"content-length" for k, _ in headers)
+    if not has_length:
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def retry_after(exc: Exception, poll_interval: float) -> list[tuple[bytes, bytes]]:
+    """``Retry-After`` for a 503 while the target is unreachable (seconds, at most 30)."""
+    if isinstance(exc, TargetUnreachable):
+        return [(b"retry-after", str(math.ceil(min(poll_interval, 30))).encode())]
+    return []

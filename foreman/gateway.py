@@ -1,0 +1,47 @@
+"""The gateway: everything a request handler needs, built once per service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import trio
+from trio_util import AsyncValue
+
+from .exchange import Exchange
+from .gate import Gate
+from .inventory import Inventory
+from .residency import Residency
+from .settings import Settings
+from .target import Target
+
+__all__ = ["Gateway"]
+
+
+@dataclass
+class Gateway:
+    """The service's shared state.
+
+    ``nursery`` is the root nursery (background tasks live there).
+    ``in_flight`` counts HTTP requests until their last byte is sent; ``live``
+    holds them, so that :meth:`end_grace` can reach each one.
+    """
+
+    settings: Settings
+    target: Target
+    nursery: trio.Nursery
+    gate: Gate
+    inventory: Inventory
+    residency: Residency
+    embeds_in_flight: int = 0
+    in_flight: AsyncValue[int] = field(default_factory=lambda: AsyncValue(0))
+    live: set[Exchange] = field(default_factory=set)
+
+    def end_grace(self) -> None:
+        """foreman's grace period is over: cancel every request still in flight.
+
+        Each one then ends as well as it still can: a request waiting at the
+        gate gets Ollama's 503, a stream gets a final ``{"error": ...}`` line.
+        """
+        for exchange in self.live:
+            exchange.shutdown = True
+            exchange.cancel_scope.cancel()
