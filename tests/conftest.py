@@ -19,6 +19,7 @@ import pytest
 import trio
 
 from foreman import Gateway, Settings, create_app, open_gateway
+from foreman.app import App
 from foreman.standin import ASGIStreamTransport, StandIn
 
 TARGET = "http://127.0.0.1:11434"
@@ -27,6 +28,7 @@ TARGET = "http://127.0.0.1:11434"
 @dataclass
 class Foreman:
     gw: Gateway
+    app: App  # foreman's ASGI app (for requests httpx would normalise: tests/asgi.py)
     client: httpx.AsyncClient  # talks to foreman
     standin: StandIn
     target: httpx.AsyncClient  # talks to the stand-in directly, bypassing foreman
@@ -48,15 +50,16 @@ async def open_foreman(
     nursery: trio.Nursery, standin: StandIn, **changes: Any
 ) -> AsyncIterator[Foreman]:
     """foreman with ``settings(**changes)`` in front of ``standin``."""
-    async with (
-        open_gateway(settings(**changes), transport=standin.transport(nursery)) as gw,
-        httpx.AsyncClient(
-            transport=ASGIStreamTransport(create_app(gw), nursery),
-            base_url="http://localhost:8080",
-        ) as client,
-        httpx.AsyncClient(transport=standin.transport(nursery), base_url=TARGET) as target,
-    ):
-        yield Foreman(gw, client, standin, target)
+    async with open_gateway(settings(**changes), transport=standin.transport(nursery)) as gw:
+        app = create_app(gw)
+        async with (
+            httpx.AsyncClient(
+                transport=ASGIStreamTransport(app, nursery),
+                base_url="http://localhost:8080",
+            ) as client,
+            httpx.AsyncClient(transport=standin.transport(nursery), base_url=TARGET) as target,
+        ):
+            yield Foreman(gw, app, client, standin, target)
 
 
 @pytest.fixture
