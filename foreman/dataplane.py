@@ -188,13 +188,14 @@ class DataPlane:
     async def _relay(
         self, request: Any, send: Any, exchange: Exchange, timeout: float, extra: Any
     ) -> None:
+        inventory = self.gw.inventory
         try:
             await relay(self.gw.target, request, send, exchange, timeout=timeout, extra_headers=extra)
         except TargetError:
-            self.gw.inventory.kick()  # readiness follows reality within seconds
+            inventory.kick()  # readiness follows reality within seconds
             raise
-        if exchange.outcome == "error":
-            self.gw.inventory.kick()
+        if exchange.outcome == "error" or inventory.degraded.value:
+            inventory.kick()  # it failed mid-stream, or the target is back
 
     def _request(self, scope: Any, content: Any, *, keep_length: bool = False) -> Any:
         wanted = FORWARDED | {b"content-length"} if keep_length else FORWARDED

@@ -18,6 +18,10 @@ __all__ = ["Inventory"]
 
 LOGGER = logging.getLogger("foreman.inventory")
 
+#: Seconds between polls while the target is unreachable (or the interval, if shorter):
+#: recovery shows within seconds, not a whole poll interval later.
+DEGRADED_INTERVAL = 5.0
+
 
 class Inventory:
     """What ``GET /api/tags`` last said, and whether the target is reachable.
@@ -59,12 +63,16 @@ class Inventory:
 
         Supports ``await nursery.start(inventory.run)``: ``started()`` comes
         after the first poll, successful or not, so foreman can start degraded.
+        While degraded it polls every :data:`DEGRADED_INTERVAL` seconds.
         """
         while True:
             await self.poll()
             task_status.started()
             task_status = trio.TASK_STATUS_IGNORED
-            with trio.move_on_after(self._interval):
+            interval = self._interval
+            if self.degraded.value:
+                interval = min(interval, DEGRADED_INTERVAL)
+            with trio.move_on_after(interval):
                 await self._kick.wait()
             self._kick = trio.Event()
 

@@ -6,17 +6,25 @@ on free loopback ports, drives foreman with ``ollama.Client`` — chat (streamed
 and not), generate, embed, embeddings, list, ps, show — first without and then
 with ``FOREMAN_TOKEN``, checks every answer, checks at the stand-in that
 concurrent chats never overlapped while embeds did, and that SIGTERM stops
-foreman with exit status 0.
+foreman with exit status 0. Then the abuse and outage checks: odd path
+spellings and non-ASCII headers over a raw socket, ``Connection: close`` and
+HTTP/1.0 clients, a target frozen with ``SIGSTOP`` and thawed with
+``SIGCONT``, and a forced second signal (exit status 1).
 
 Usage: python scripts/acceptance.py   (exit status 0 when every check passed)
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
+import socket
+import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -123,6 +131,148 @@ def drive(client: ollama.Client, target: str) -> None:
     )
 
 
+def raw_request(
+    port: int, method: str, path: str, body: bytes = b"", headers: dict[str, bytes] | None = None
+) -> tuple[int, bytes]:
+    """One request with the path sent exactly as given (no normalisation)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.putrequest(method, path, skip_accept_encoding=True)
+        for name, value in (headers or {}).items():
+            connection.putheader(name, value)
+        connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def closed_by_server(port: int, request: bytes) -> bool:
+    """Send ``request`` on a raw socket; True if the server closes it after answering."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        try:
+            while sock.recv(65536):
+                pass
+        except TimeoutError:
+            return False
+        return True
+
+
+def get(url: str, timeout: float = 30) -> tuple[int, bytes, float]:
+    """(status, body, seconds taken) of a GET."""
+    start = time.monotonic()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read(), time.monotonic() - start
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), time.monotonic() - start
+
+
+def abuse(port: int, target: str) -> None:
+    """What a hostile or careless client may send; the gate must hold, nothing may 500."""
+    chat = json.dumps({"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    for path in ("/api/./chat", "/api/x/../chat", "/api/%2e%2e/v1/chat/completions", "/api//chat"):
+        status, body = raw_request(port, "POST", path, chat.encode())
+        check((status, body) == (404, b"404 page not found"), f"POST {path} is gin's 404")
+    before = stand_in_stats(target)
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        spellings = ["/api/chat/", "/API/CHAT", "/api/%63hat", "/api/chat", "/api/generate"]
+        bodies = [chat.encode(), chat.encode() + b"x", chat.encode(), chat.encode(), b"{"]
+        statuses = list(
+            pool.map(lambda a: raw_request(port, "POST", *a)[0], zip(spellings, bodies))
+        )
+    check(500 not in statuses, f"odd spellings and bodies answer without a 500: {statuses}")
+    check(
+        stand_in_stats(target)["max_chats_in_flight"] <= max(before["max_chats_in_flight"], 1),
+        "odd spellings of chat still pass the gate",
+    )
+    status, _ = raw_request(
+        port, "GET", "/api/version", headers={"User-Agent": "caf\xc3\xa9".encode("latin-1")}
+    )
+    check(status == 200, "a non-ASCII header value passes through (200)")
+    status, _ = raw_request(
+        port, "POST", "/api/chat", chat.encode(), {"Origin": b"http://evil.com"}
+    )
+    check(status == 403, "a foreign Origin gets Ollama's 403")
+    for name, request in (
+        ("HTTP/1.0", b"GET /api/version HTTP/1.0\r\n\r\n"),
+        (
+            "Connection: close",
+            b"GET /api/version HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        ),
+    ):
+        check(closed_by_server(port, request), f"a {name} client is disconnected after its answer")
+
+
+def outage(port: int, url: str, stand_in: subprocess.Popen[bytes]) -> None:
+    """The target process is stopped (SIGSTOP) while its host still answers TCP."""
+    fresh = get(f"{url}/api/tags")[1]
+    stand_in.send_signal(signal.SIGSTOP)
+    try:
+        status, body, took = get(f"{url}/api/tags")
+        check(
+            status == 200 and body == fresh and took < 3,
+            f"a frozen target: /api/tags answers from the last inventory in {took:.1f}s",
+        )
+        chat = {
+            "model": CHAT_MODEL,
+            "messages": [{"role": "user", "content": "x"}],
+            "stream": False,
+        }
+        start = time.monotonic()
+        status, _ = raw_request(port, "POST", "/api/chat", json.dumps(chat).encode())
+        took = time.monotonic() - start
+        check(
+            status == 504 and took < 6,
+            f"a frozen target: a non-stream chat gets 504 in {took:.1f}s",
+        )
+        deadline = time.monotonic() + 5
+        while get(f"{url}/readyz")[0] != 503 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        check(get(f"{url}/readyz")[0] == 503, "a frozen target: /readyz says 503 within seconds")
+    finally:
+        stand_in.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while get(f"{url}/readyz")[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    check(get(f"{url}/readyz")[0] == 200, "the target thawed: /readyz says 200 again")
+
+
+def forced_stop(env: dict[str, str]) -> None:
+    """A second signal while a stream runs stops foreman at once, with exit status 1."""
+    target_port, port = free_port(), free_port()
+    slow = [
+        "standin",
+        "--listen",
+        f"127.0.0.1:{target_port}",
+        "--reply-tokens",
+        "100000",
+        "--token-rate",
+        "10",
+        "--log-level",
+        "warning",
+    ]
+    env = {
+        **env,
+        "FOREMAN_OLLAMA_URL": f"http://127.0.0.1:{target_port}",
+        "FOREMAN_LISTEN": f"127.0.0.1:{port}",
+    }
+    with foreman_process(slow), foreman_process(["serve"], env) as foreman:
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        body = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "long"}]}
+        connection.request("POST", "/api/chat", json.dumps(body))
+        connection.getresponse().readline()  # the stream runs
+        foreman.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        check(foreman.poll() is None, "the first SIGTERM drains: the stream goes on")
+        foreman.send_signal(signal.SIGTERM)
+        check(foreman.wait(20) == 1, "a second SIGTERM stops foreman at once with exit status 1")
+        connection.close()
+
+
 def main() -> int:
     target_port, foreman_port = free_port(), free_port()
     target = f"http://127.0.0.1:{target_port}"
@@ -144,7 +294,7 @@ def main() -> int:
         "--log-level",
         "warning",
     ]
-    with foreman_process(stand_in_args):
+    with foreman_process(stand_in_args) as stand_in:
         wait_http(f"{target}/api/version")
 
         print("== foreman without FOREMAN_TOKEN")
@@ -171,6 +321,16 @@ def main() -> int:
             )
             foreman.send_signal(signal.SIGINT)
             check(foreman.wait(20) == 0, "SIGINT stops foreman with exit status 0")
+
+        print("== abuse and outages")
+        quick = {**env, "FOREMAN_CONTROL_TIMEOUT": "1", "FOREMAN_RESPONSE_TIMEOUT": "3"}
+        with foreman_process(["serve"], quick) as foreman:
+            wait_http(f"{url}/healthz")
+            abuse(foreman_port, target)
+            outage(foreman_port, url, stand_in)
+            foreman.send_signal(signal.SIGTERM)
+            check(foreman.wait(20) == 0, "SIGTERM stops foreman with exit status 0")
+        forced_stop(env)
     print(f"acceptance: {len(CHECKS)} passed, 0 failed")
     return 0
 
