@@ -33,7 +33,10 @@ __all__ = ["NDJSON", "relay"]
 
 LOGGER = logging.getLogger("foreman.relay")
 
-NDJSON = b"application/x-ndjson"
+NDJSON = "application/x-ndjson"
+
+#: Bytes up to which an answer with a ``Content-Length`` is read whole before it is sent.
+WHOLE_BODY_LIMIT = 1 << 20
 
 Send = Any  # the ASGI send callable
 
@@ -66,11 +69,21 @@ async def relay(
         headers = [(k, v) for k, v in response.headers.raw if k.lower() in RELAYED_HEADERS]
         if extra_headers:
             headers.extend(extra_headers)
-        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
-        if response.headers.get("content-type", "").encode().startswith(NDJSON):
+        start = {"type": "http.response.start", "status": response.status_code, "headers": headers}
+        content_type = response.headers.get("content-type", "")
+        length = response.headers.get("content-length", "")
+        if length.isdigit() and int(length) <= WHOLE_BODY_LIMIT:
+            # A small answer of known size (most of Ollama's JSON): read whole, so that
+            # a body that breaks still gets a real status, then sent in one go.
+            body = await target.read(response)
+            await send(start)
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+        elif content_type.startswith("application/x-ndjson"):
             exchange.ndjson = True
+            await send(start)
             exchange.outcome = await _relay_lines(target, response, send)
         else:
+            await send(start)
             await _relay_body(target, response, send)
     finally:
         with trio.CancelScope(shield=True):

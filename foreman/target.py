@@ -9,12 +9,13 @@ transport failure leaves this module as a :class:`~foreman.errors.TargetError`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import socket
-from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx2
@@ -56,6 +57,33 @@ def _keepalive_options() -> list[tuple[int, int, int]]:
         if hasattr(socket, name):
             options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
     return options
+
+
+class _Deadline:
+    """``trio.fail_after`` that raises :class:`TargetTimeout` instead of ``TooSlowError``.
+
+    A class, not a ``@contextmanager``: it is entered once per body chunk.
+    """
+
+    __slots__ = ("_scope", "_seconds", "_url", "_what")
+
+    def __init__(self, seconds: float | None, url: str, what: str | httpx2.Request) -> None:
+        self._seconds, self._url, self._what = seconds, url, what
+        self._scope = trio.CancelScope(
+            deadline=math.inf if seconds is None else trio.current_time() + seconds
+        )
+
+    def __enter__(self) -> None:
+        self._scope.__enter__()
+
+    def __exit__(self, *exc_info: Any) -> bool:
+        handled = self._scope.__exit__(*exc_info)
+        if self._scope.cancelled_caught:
+            what = self._what
+            if isinstance(what, httpx2.Request):
+                what = f"{what.method} {what.url.path}"
+            raise TargetTimeout(self._url, f"nothing for {self._seconds:g}s ({what})")
+        return handled
 
 
 class Target:
@@ -110,25 +138,24 @@ class Target:
                 foreman's own. ``Host`` comes from the target's URL.
             content: the body, whole or as chunks.
         """
-        target = self._prefix + raw_path + (b"?" + query if query else b"")
         names = {name for name, _ in headers}
         merged = [*headers, *(h for h in self._extra_headers if h[0] not in names)]
         return httpx2.Request(
             method,
-            self._base.copy_with(raw_path=target),
+            self._url(raw_path + (b"?" + query if query else b"")),
             headers=merged,
             content=content,
             extensions=self._extensions,
         )
 
-    @contextmanager
-    def _deadline(self, seconds: float | None, what: str) -> Iterator[None]:
-        """Raise :class:`TargetTimeout` if the body outlasts ``seconds`` (None: no limit)."""
-        try:
-            with trio.fail_after(math.inf if seconds is None else seconds):
-                yield
-        except trio.TooSlowError:
-            raise TargetTimeout(self.url, f"nothing for {seconds:g}s ({what})") from None
+    @functools.lru_cache(maxsize=512)  # noqa: B019 (one Target per service, never freed early)
+    def _url(self, raw_target: bytes) -> httpx2.URL:
+        """The target's URL for a path and query (parsing a URL costs more than a request)."""
+        return self._base.copy_with(raw_path=self._prefix + raw_target)
+
+    def _deadline(self, seconds: float | None, what: str | httpx2.Request) -> _Deadline:
+        """A ``with`` block that raises :class:`TargetTimeout` after ``seconds`` (None: never)."""
+        return _Deadline(seconds, self.url, what)
 
     async def send(self, request: httpx2.Request, *, timeout: float | None) -> httpx2.Response:
         """Send ``request`` and return the response once its headers are in.
@@ -145,7 +172,7 @@ class Target:
             TargetError: connecting or sending failed, or no answer within ``timeout``.
         """
         try:
-            with self._deadline(timeout, f"{request.method} {request.url.path}"):
+            with self._deadline(timeout, request):
                 response = await self.transport.handle_async_request(request)
         except httpx2.HTTPError as exc:
             raise classify(exc, self.url) from exc
@@ -160,7 +187,7 @@ class Target:
             TargetError: the connection broke before the body was complete.
         """
         body = aiter(response.stream)  # type: ignore[arg-type]
-        what = f"{response.request.method} {response.request.url.path} body"
+        what = "body"
         try:
             while True:
                 with self._deadline(self.idle_timeout, what):
@@ -174,8 +201,16 @@ class Target:
             raise classify(exc, self.url) from exc
 
     async def read(self, response: httpx2.Response) -> bytes:
-        """The whole body of a response from :meth:`send`; raises as :meth:`chunks` does."""
-        return b"".join([chunk async for chunk in self.chunks(response)])
+        """The whole body of a response from :meth:`send`, within ``idle_timeout`` seconds.
+
+        For bodies known to be small; raises as :meth:`chunks` does.
+        """
+        try:
+            with self._deadline(self.idle_timeout, "body"):
+                # the raw stream: Ollama compresses nothing, and relayed bytes stay as sent
+                return b"".join([chunk async for chunk in response.stream])  # type: ignore[union-attr]
+        except httpx2.HTTPError as exc:
+            raise classify(exc, self.url) from exc
 
     async def fetch(
         self, request: httpx2.Request, *, timeout: float
@@ -189,7 +224,7 @@ class Target:
         Raises:
             TargetError: transport failure, or no whole answer within ``timeout``.
         """
-        with self._deadline(timeout, f"{request.method} {request.url.path}"):
+        with self._deadline(timeout, request):
             response = await self.send(request, timeout=None)
             try:
                 body = await self.read(response)
