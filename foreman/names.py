@@ -1,6 +1,6 @@
 """Ollama model names: parsing and the normal form foreman keys its state by.
 
-Mirrors ``types/model/name.go`` and ``internal/modelref`` in Ollama (reference §2, §7):
+Mirrors ``types/model/name.go`` and ``internal/modelref`` in Ollama (see `docs/ollama-protocol.md`):
 a name is ``[host/][namespace/]model[:tag]`` with defaults ``registry.ollama.ai``,
 ``library`` and ``latest``; matching is case-insensitive per part. So ``llama3``,
 ``Llama3:LATEST`` and ``registry.ollama.ai/library/llama3:latest`` are one model,

@@ -2,7 +2,7 @@
 
 The target runs ``OLLAMA_MAX_LOADED_MODELS=2``: one slot for the worker model,
 one for the embedder, which foreman loads with ``keep_alive: -1`` so that it is
-evicted only when nothing else can be (reference §8). The watcher reads
+evicted only when nothing else can be. The watcher reads
 ``/api/ps``; the supervisor (re-)loads the embedder on start, after every
 unreachable → reachable transition, and whenever the watcher finds it gone.
 """
