@@ -34,18 +34,27 @@ _LOCAL_ORIGINS = tuple(
     for scheme in ("http", "https")
     for port in ("", ":*")
 ) + ("app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*")
-_EXTENSIONS = ("chrome-extension://", "moz-extension://", "safari-extension://",
-               "safari-web-extension://", "ms-browser-extension://")
+_EXTENSIONS = (
+    "chrome-extension://",
+    "moz-extension://",
+    "safari-extension://",
+    "safari-web-extension://",
+    "ms-browser-extension://",
+)
 _HOST_SUFFIXES = (".localhost", ".local", ".internal")
 #: Go's ``netip.Addr.IsPrivate``: RFC 1918 and RFC 4193 (unique local) networks.
 _PRIVATE = tuple(
-    ipaddress.ip_network(net) for net in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+    ipaddress.ip_network(net)
+    for net in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
 )
 
 #: The answer to an allowed CORS preflight (besides ``Access-Control-Allow-Origin``).
 PREFLIGHT_HEADERS = [
     (b"access-control-allow-methods", b"GET,POST,PUT,PATCH,DELETE,HEAD,OPTIONS"),
-    (b"access-control-allow-headers", b"Authorization,Content-Type,User-Agent,Accept,X-Requested-With"),
+    (
+        b"access-control-allow-headers",
+        b"Authorization,Content-Type,User-Agent,Accept,X-Requested-With",
+    ),
     (b"access-control-max-age", b"43200"),
 ]
 
@@ -70,7 +79,9 @@ def _is_local_ip(text: str) -> bool | None:
 def listens_on_loopback(listen: str) -> bool:
     """Whether ``HOST:PORT`` binds a loopback address (``localhost`` counts)."""
     host = _host_part(listen).lower()
-    return host == "localhost" or bool(_is_local_ip(host) and ipaddress.ip_address(host).is_loopback)
+    return host == "localhost" or bool(
+        _is_local_ip(host) and ipaddress.ip_address(host).is_loopback
+    )
 
 
 class Access:

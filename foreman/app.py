@@ -2,12 +2,15 @@
 
 For each request, in this order (``docs/adr/0008-fast-data-plane.md``):
 
-1. accounting: it counts as in flight until its last byte is sent, and it
-   gets one access-log line (``foreman.access``) however it ends;
+1. accounting: it counts as in flight until its last byte is sent; it gets a
+   request id (a sane incoming ``X-Request-Id`` is kept, and every answer carries
+   it back), one access-log record (``foreman.access``) and its metrics
+   (:mod:`foreman.metrics`), however it ends;
 2. Ollama's browser protections, done by foreman itself (:mod:`foreman.access`):
    a foreign ``Host`` (when listening on loopback) or ``Origin`` gets 403 with
    an empty body; an allowed CORS preflight gets 204;
-3. the bearer token (``FOREMAN_TOKEN``), for everything but ``/healthz`` and ``/readyz``;
+3. the bearer token (``FOREMAN_TOKEN``), for everything but ``/healthz``, ``/readyz``
+   and, with ``FOREMAN_METRICS_PUBLIC=1``, ``/metrics``;
 4. the control plane (:mod:`foreman.control`, Quart) for foreman's own paths,
    the data plane (:mod:`foreman.dataplane`) for Ollama's.
 
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
+import secrets
 from typing import Any
 
 import trio
@@ -32,6 +37,7 @@ from .errors import ForemanError, GateFull
 from .exchange import Exchange
 from .gateway import Gateway
 from .jsonwire import JSON_CONTENT_TYPE, error_body
+from .metrics import route_label
 
 __all__ = ["App", "create_app"]
 
@@ -40,6 +46,7 @@ LOGGER = logging.getLogger("foreman.app")
 UNAUTHENTICATED = frozenset({"/healthz", "/readyz"})
 SHUTTING_DOWN = "foreman is shutting down"
 
+_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
 _JSON = [(b"content-type", JSON_CONTENT_TYPE.encode())]
 _TEXT = [(b"content-type", b"text/plain")]
 
@@ -54,18 +61,30 @@ class App:
         self.data = DataPlane(gw)
         self.access = Access(settings.origins, check_host=listens_on_loopback(settings.listen))
         self._token = settings.token.encode() if settings.token else None
+        self._public = UNAUTHENTICATED | ({"/metrics"} if settings.metrics_public else set())
+        self.metrics = gw.metrics
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":  # lifespan
             await self.control(scope, receive, send)
             return
         gw = self.gw
-        exchange = Exchange(scope["method"], scope["path"], trio.current_time())
+        client = scope.get("client")
+        exchange = Exchange(
+            scope["method"],
+            scope["path"],
+            trio.current_time(),
+            client=client[0] if client else "-",
+        )
+        request_id = b""
 
         async def tracked_send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 exchange.status = message["status"]
                 exchange.response_started = True
+                exchange.first_byte = trio.current_time()
+                headers = message.get("headers", [])
+                message = {**message, "headers": [*headers, (b"x-request-id", request_id)]}
             elif not message.get("more_body", False):
                 exchange.response_complete = True
             await send(message)
@@ -73,24 +92,21 @@ class App:
         gw.in_flight.value += 1
         gw.live.add(exchange)
         try:
-            await self._serve(exchange, scope, receive, tracked_send)
+            headers = _RequestHeaders(scope["headers"])
+            request_id = headers.request_id or secrets.token_hex(8).encode()
+            exchange.request_id = request_id.decode()
+            await self._serve(exchange, scope, receive, tracked_send, headers)
         finally:
             gw.live.discard(exchange)
             gw.in_flight.value -= 1
-            exchange.log()
+            now = trio.current_time()
+            self.metrics.observe(exchange, exchange.route, now)
+            exchange.log(now)
 
-    async def _serve(self, exchange: Exchange, scope: Any, receive: Any, send: Any) -> None:
-        host = origin = authorization = None
-        connection = b""
-        for name, value in scope["headers"]:  # ASGI servers lower-case header names
-            if name == b"host":
-                host = value.decode("latin-1")
-            elif name == b"origin":
-                origin = value.decode("latin-1")
-            elif name == b"authorization":
-                authorization = value
-            elif name == b"connection":
-                connection = value.lower()
+    async def _serve(
+        self, exchange: Exchange, scope: Any, receive: Any, send: Any, headers: _RequestHeaders
+    ) -> None:
+        host, origin, connection = headers.host, headers.origin, headers.connection
         extra: list[tuple[bytes, bytes]] = []
         if b"close" in connection or (
             scope.get("http_version") == "1.0" and b"keep-alive" not in connection
@@ -105,21 +121,30 @@ class App:
                 await respond(send, 403, b"", headers=extra)
                 return
             if not self.access.same_origin(origin, host):
-                extra += [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+                extra += [
+                    (b"access-control-allow-origin", origin.encode("latin-1")),
+                    (b"vary", b"Origin"),
+                ]
                 if scope["method"] == "OPTIONS":
                     await respond(send, 204, b"", headers=extra + PREFLIGHT_HEADERS)
                     return
 
         path = scope["path"]
-        if self._token is not None and path not in UNAUTHENTICATED and not self._authorized(authorization):
+        if (
+            self._token is not None
+            and path not in self._public
+            and not self._authorized(headers.authorization)
+        ):
             exchange.outcome = "error"
             headers = [*_JSON, (b"www-authenticate", b"Bearer"), *extra]
             await respond(send, 401, error_body("unauthorized"), headers=headers)
             return
         if path in CONTROL_PATHS:
+            exchange.route = route_label(path)
             await self.control(scope, receive, send)
             return
         key = route_key(path)
+        exchange.route = route_label(key)
         if key is None:
             await respond(send, 404, b"404 page not found", headers=_TEXT + extra)
             return
@@ -153,9 +178,32 @@ class App:
             await send({"type": "http.response.body", "body": line, "more_body": False})
 
     def _authorized(self, authorization: bytes | None) -> bool:
+        """Whether ``Authorization`` carries ``Bearer <FOREMAN_TOKEN>`` (constant time)."""
         scheme, _, given = (authorization or b"").partition(b" ")
         assert self._token is not None
         return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self._token)
+
+
+class _RequestHeaders:
+    """The request headers the front reads, found in one pass (names come lower-cased)."""
+
+    __slots__ = ("authorization", "connection", "host", "origin", "request_id")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.host = self.origin = None
+        self.authorization: bytes | None = None
+        self.connection = self.request_id = b""
+        for name, value in raw:
+            if name == b"host":
+                self.host = value.decode("latin-1")
+            elif name == b"origin":
+                self.origin = value.decode("latin-1")
+            elif name == b"authorization":
+                self.authorization = value
+            elif name == b"connection":
+                self.connection = value.lower()
+            elif name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+                self.request_id = value  # a caller's id is kept, if it is a sane one
 
 
 def create_app(gw: Gateway) -> App:

@@ -17,6 +17,7 @@ from typing import Any
 import click
 import trio
 
+from .logs import configure_logging
 from .settings import OPTIONS, ConfigError, Settings
 
 __all__ = ["main"]
@@ -54,15 +55,8 @@ def _load(values: dict[str, str | None]) -> Settings:
     except ConfigError as exc:
         click.echo(f"foreman: {exc}", err=True)
         sys.exit(2)
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     return settings
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # foreman logs each request itself
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -191,7 +185,7 @@ def standin(
     from .standin import StandIn
     from .standin import serve as serve_standin
 
-    _configure_logging(log_level.upper())
+    configure_logging(log_level.upper())
     target = StandIn(
         token_rate=token_rate,
         max_loaded_models=max_loaded_models,

@@ -1,7 +1,8 @@
 """The control plane: what foreman says about itself, served by Quart.
 
-Routes: ``GET /healthz`` (liveness) and ``GET /readyz`` (503 while the target is
-unreachable). Later control-plane surfaces (metrics, jobs, admin) live here too;
+Routes: ``GET /healthz`` (liveness), ``GET /readyz`` (503 while the target is
+unreachable) and ``GET /metrics`` (Prometheus, :mod:`foreman.metrics`). Later
+control-plane surfaces (jobs, admin) live here too;
 Ollama's own routes never do (see :mod:`foreman.dataplane`).
 """
 
@@ -12,6 +13,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -22,7 +24,7 @@ from .jsonwire import JSON_CONTENT_TYPE, dumps
 __all__ = ["CONTROL_PATHS", "create_control_app", "health"]
 
 #: Paths the control plane serves; every other path belongs to the data plane.
-CONTROL_PATHS = frozenset({"/healthz", "/readyz"})
+CONTROL_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def json_response(value: Any, status: int = 200) -> Response:
@@ -47,6 +49,10 @@ def create_control_app(gw: Gateway) -> QuartTrio:
     @app.route("/healthz", methods=["GET"])
     async def healthz() -> Response:
         return json_response(health(gw))
+
+    @app.route("/metrics", methods=["GET"])
+    async def metrics() -> Response:
+        return Response(generate_latest(gw.metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
     @app.route("/readyz", methods=["GET"])
     async def readyz() -> Response:

@@ -110,11 +110,14 @@ class DataPlane:
 
     # --- routes ---------------------------------------------------------------------
 
-    async def _chat(self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any) -> None:
+    async def _chat(
+        self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any
+    ) -> None:
         gw = self.gw
         body = await self._read_body(scope, receive)
         fields = request_fields(body)
         model = fields.get("model")
+        exchange.count_tokens = True
         if isinstance(model, str) and model:
             exchange.model = model
             if scope["method"] == "POST" and normalize(model) is not None and not is_cloud(model):
@@ -131,7 +134,9 @@ class DataPlane:
                 del body  # the request holds it now, and only for as long as it is sent
                 await self._relay(request, send, exchange, timeout, extra)
 
-    async def _embed(self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any) -> None:
+    async def _embed(
+        self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any
+    ) -> None:
         gw = self.gw
         body = await self._read_body(scope, receive)
         model = request_fields(body).get("model")
@@ -145,13 +150,15 @@ class DataPlane:
         finally:
             gw.embeds_in_flight -= 1
 
-    async def _tags(self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any) -> None:
+    async def _tags(
+        self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any
+    ) -> None:
         inventory = self.gw.inventory
         if not inventory.degraded.value or inventory.body is None:
             request = self._request(scope, await self._read_body(scope, receive))
             try:
                 status, headers, body = await self.gw.target.fetch(
-                    request, timeout=self.settings.control_timeout
+                    request, total_timeout=self.settings.control_timeout
                 )
             except TargetError as exc:
                 inventory.kick()
@@ -186,11 +193,18 @@ class DataPlane:
     # --- helpers --------------------------------------------------------------------
 
     async def _relay(
-        self, request: Any, send: Any, exchange: Exchange, timeout: float, extra: Any
+        self, request: Any, send: Any, exchange: Exchange, header_timeout: float, extra: Any
     ) -> None:
         inventory = self.gw.inventory
         try:
-            await relay(self.gw.target, request, send, exchange, timeout=timeout, extra_headers=extra)
+            await relay(
+                self.gw.target,
+                request,
+                send,
+                exchange,
+                header_timeout=header_timeout,
+                extra_headers=extra,
+            )
         except TargetError:
             inventory.kick()  # readiness follows reality within seconds
             raise

@@ -26,6 +26,9 @@ class Exchange:
     method: str
     path: str
     started: float
+    client: str = "-"
+    request_id: str = ""
+    route: str = "other"  # the metrics label (:func:`foreman.metrics.route_label`)
     model: str | None = None
     status: int | None = None
     gate_wait: float | None = None
@@ -33,18 +36,41 @@ class Exchange:
     response_started: bool = False  # the status line is sent
     response_complete: bool = False  # the last body message is being sent
     ndjson: bool = False  # the answer is an NDJSON stream
+    first_byte: float | None = None  # when the status line was sent
+    count_tokens: bool = False  # a chat or generate: read its counts from final_line
+    final_line: bytes | None = None  # the answer's last object (a whole body, or a line)
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     shutdown: bool = False  # cancelled because foreman's grace period ended
 
-    def log(self) -> None:
-        """Write the one access-log line of this request (``foreman.access``, INFO)."""
+    def log(self, now: float) -> None:
+        """Write the one access-log record of this request (``foreman.access``, INFO).
+
+        The fields go into the message and, for JSON logs, in as keys
+        (see :mod:`foreman.logs`).
+        """
+        if not ACCESS.isEnabledFor(logging.INFO):
+            return
+        duration = now - self.started
         ACCESS.info(
-            "%s %s model=%s status=%s gate_wait=%s duration=%.3fs outcome=%s",
+            "%s %s %s model=%s status=%s gate_wait=%s duration=%.3fs outcome=%s id=%s",
+            self.client,
             self.method,
             self.path,
             self.model or "-",
             self.status if self.status is not None else "-",
             "-" if self.gate_wait is None else f"{self.gate_wait:.3f}s",
-            trio.current_time() - self.started,
+            duration,
             self.outcome,
+            self.request_id,
+            extra={
+                "client": self.client,
+                "request_id": self.request_id,
+                "method": self.method,
+                "path": self.path,
+                "model": self.model,
+                "status": self.status,
+                "gate_wait": None if self.gate_wait is None else round(self.gate_wait, 6),
+                "duration": round(duration, 6),
+                "outcome": self.outcome,
+            },
         )

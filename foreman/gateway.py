@@ -10,6 +10,7 @@ from trio_util import AsyncValue
 from .exchange import Exchange
 from .gate import Gate
 from .inventory import Inventory
+from .metrics import Metrics
 from .residency import Residency
 from .settings import Settings
 from .target import Target
@@ -32,9 +33,13 @@ class Gateway:
     gate: Gate
     inventory: Inventory
     residency: Residency
+    metrics: Metrics = field(default_factory=Metrics)
     embeds_in_flight: int = 0
     in_flight: AsyncValue[int] = field(default_factory=lambda: AsyncValue(0))
     live: set[Exchange] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.metrics.watch(self)
 
     def end_grace(self) -> None:
         """foreman's grace period is over: cancel every request still in flight.

@@ -47,13 +47,13 @@ async def relay(
     send: Send,
     exchange: Exchange,
     *,
-    timeout: float | None,
+    header_timeout: float | None,
     extra_headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     """Send ``request`` to the target and stream its answer to ``send``.
 
     Args:
-        timeout: seconds to wait for the target's status line (None: no limit);
+        header_timeout: seconds to wait for the target's status line (None: no limit);
             after it, the target may stay silent ``idle_timeout`` seconds at a time.
         extra_headers: response headers foreman adds (CORS, ``Connection: close``).
 
@@ -62,9 +62,9 @@ async def relay(
 
     Raises:
         TargetError: the target could not be reached, or did not answer within
-            ``timeout``; nothing has been sent to the client.
+            ``header_timeout``; nothing has been sent to the client.
     """
-    response = await target.send(request, timeout=timeout)
+    response = await target.send(request, header_timeout=header_timeout)
     try:
         headers = [(k, v) for k, v in response.headers.raw if k.lower() in RELAYED_HEADERS]
         if extra_headers:
@@ -76,12 +76,14 @@ async def relay(
             # A small answer of known size (most of Ollama's JSON): read whole, so that
             # a body that breaks still gets a real status, then sent in one go.
             body = await target.read(response)
+            if exchange.count_tokens:
+                exchange.final_line = body
             await send(start)
             await send({"type": "http.response.body", "body": body, "more_body": False})
         elif content_type.startswith("application/x-ndjson"):
             exchange.ndjson = True
             await send(start)
-            exchange.outcome = await _relay_lines(target, response, send)
+            exchange.outcome = await _relay_lines(target, response, send, exchange)
         else:
             await send(start)
             await _relay_body(target, response, send)
@@ -102,15 +104,18 @@ async def _relay_body(target: Target, response: httpx2.Response, send: Send) -> 
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _relay_lines(target: Target, response: httpx2.Response, send: Send) -> str:
+async def _relay_lines(
+    target: Target, response: httpx2.Response, send: Send, exchange: Exchange
+) -> str:
     """Pass an NDJSON stream through; returns ``done`` or ``error``.
 
     Whatever complete lines a read brings go out in one write, so a burst costs
     one send while each line still leaves as soon as it is complete. On a target
     failure a partial line is dropped (the error must stand on a line of its
-    own) and one ``{"error": ...}`` line ends the stream.
+    own) and one ``{"error": ...}`` line ends the stream. The last complete line
+    is kept in ``exchange.final_line`` (for the token counts).
     """
-    pending = b""
+    pending = lines = b""
     outcome = "done"
     try:
         async with aclosing(target.chunks(response)) as chunks:
@@ -122,6 +127,8 @@ async def _relay_lines(target: Target, response: httpx2.Response, send: Send) ->
                 lines, pending = pending + chunk[: end + 1], chunk[end + 1 :]
                 await send({"type": "http.response.body", "body": lines, "more_body": True})
         last = pending  # a last line without its newline is passed on as it is
+        if exchange.count_tokens and lines:
+            exchange.final_line = lines[lines.rfind(b"\n", 0, len(lines) - 1) + 1 :]
     except TargetError as exc:
         LOGGER.warning("stream from the target ended early: %s", exc)
         last, outcome = error_body(str(exc)) + b"\n", "error"

@@ -9,6 +9,7 @@ the server has drained, cancels the rest.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -87,6 +88,7 @@ async def run(
     Supports ``urls = await nursery.start(partial(run, settings, shutdown_trigger=...))``:
     ``started()`` passes the bound URLs (with the real port when ``listen`` ends in ``:0``).
     """
+    os.makedirs(settings.data_path, exist_ok=True)
     async with open_gateway(settings, transport=transport) as gateway:
         app = create_app(gateway)
         config = settings.hypercorn()

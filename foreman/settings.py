@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx2
+import platformdirs
 from hypercorn.config import Config as HypercornConfig
 
 from .names import normalize
@@ -103,6 +105,33 @@ def _origins(value: str) -> tuple[str, ...]:
     return origins
 
 
+def _format(value: str) -> str:
+    if value.lower() not in ("text", "json"):
+        raise ValueError("expected text or json")
+    return value.lower()
+
+
+def _flag(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected 1 or 0 (true/false, yes/no, on/off)")
+
+
+def _path(value: str) -> str:
+    if not value.strip():
+        raise ValueError("expected a path")
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def _file(value: str) -> str:
+    path = _path(value)
+    if not os.path.isfile(path):
+        raise ValueError("no such file")
+    return path
+
+
 def _level(value: str) -> str:
     level = value.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -138,6 +167,10 @@ _METAVARS: dict[Callable[[str], Any], str] = {
     _level: "LEVEL",
     _size: "SIZE",
     _origins: "ORIGINS",
+    _format: "FORMAT",
+    _flag: "0|1",
+    _path: "DIR",
+    _file: "FILE",
 }
 
 
@@ -281,6 +314,48 @@ OPTIONS: tuple[Option, ...] = (
         _level,
         "debug, info, warning or error.",
     ),
+    Option(
+        "log_format",
+        "FOREMAN_LOG_FORMAT",
+        "--log-format",
+        "text",
+        _format,
+        "text (one line per record) or json (one JSON object per line).",
+    ),
+    Option(
+        "metrics_public",
+        "FOREMAN_METRICS_PUBLIC",
+        "--metrics-public",
+        "0",
+        _flag,
+        "1: serve /metrics without FOREMAN_TOKEN (for a scraper); 0: protect it like /api/.",
+    ),
+    Option(
+        "data_dir",
+        "FOREMAN_DATA_DIR",
+        "--data-dir",
+        None,
+        _path,
+        "Directory for foreman's state, created on start "
+        "(default: the platform's user data directory, e.g. ~/.local/share/foreman).",
+    ),
+    Option(
+        "tls_cert",
+        "FOREMAN_TLS_CERT",
+        "--tls-cert",
+        None,
+        _file,
+        "PEM certificate (chain) to serve HTTPS; needs FOREMAN_TLS_KEY.",
+    ),
+    Option(
+        "tls_key",
+        "FOREMAN_TLS_KEY",
+        "--tls-key",
+        None,
+        _file,
+        "PEM private key for FOREMAN_TLS_CERT.",
+        secret=True,
+    ),
 )
 
 
@@ -305,6 +380,28 @@ class Settings:
     connect_timeout: float = 5.0
     grace: float = 30.0
     log_level: str = "INFO"
+    log_format: str = "text"
+    metrics_public: bool = False
+    data_dir: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            option = next(
+                o for o in OPTIONS if o.field == ("tls_key" if self.tls_cert else "tls_cert")
+            )
+            raise ConfigError(option, "<unset>", "FOREMAN_TLS_CERT and FOREMAN_TLS_KEY go together")
+
+    @property
+    def data_path(self) -> str:
+        """``data_dir``, or the platform's user data directory for foreman."""
+        return self.data_dir or platformdirs.user_data_dir("foreman", appauthor=False)
+
+    @property
+    def scheme(self) -> str:
+        """``https`` when TLS is configured, else ``http``."""
+        return "https" if self.tls_cert else "http"
 
     @classmethod
     def from_strings(cls, values: Mapping[str, str | None]) -> Settings:
@@ -342,5 +439,7 @@ class Settings:
         config.graceful_timeout = self.grace + GRACE_MARGIN
         config.accesslog = None
         config.include_server_header = False  # Ollama sends none
-        config.errorlog = logging.getLogger("hypercorn.error")  # through foreman's handlers
+        config.errorlog = logging.getLogger("foreman.server")  # through foreman's handlers
+        if self.tls_cert:
+            config.certfile, config.keyfile = self.tls_cert, self.tls_key
         return config

@@ -157,7 +157,9 @@ class Target:
         """A ``with`` block that raises :class:`TargetTimeout` after ``seconds`` (None: never)."""
         return _Deadline(seconds, self.url, what)
 
-    async def send(self, request: httpx2.Request, *, timeout: float | None) -> httpx2.Response:
+    async def send(
+        self, request: httpx2.Request, *, header_timeout: float | None
+    ) -> httpx2.Response:
         """Send ``request`` and return the response once its headers are in.
 
         The body is left unread: read it with :meth:`chunks` and close the
@@ -166,13 +168,13 @@ class Target:
         the caller aborts the request, which makes Ollama abort the generation.
 
         Args:
-            timeout: seconds to wait for the status line (None: as long as it takes).
+            header_timeout: seconds to wait for the status line (None: as long as it takes).
 
         Raises:
-            TargetError: connecting or sending failed, or no answer within ``timeout``.
+            TargetError: connecting or sending failed, or no answer within ``header_timeout``.
         """
         try:
-            with self._deadline(timeout, request):
+            with self._deadline(header_timeout, request):
                 response = await self.transport.handle_async_request(request)
         except httpx2.HTTPError as exc:
             raise classify(exc, self.url) from exc
@@ -213,19 +215,19 @@ class Target:
             raise classify(exc, self.url) from exc
 
     async def fetch(
-        self, request: httpx2.Request, *, timeout: float
+        self, request: httpx2.Request, *, total_timeout: float
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """Send ``request`` and read the whole answer within ``timeout`` seconds.
+        """Send ``request`` and read the whole answer within ``total_timeout`` seconds.
 
         Returns:
             ``(status, headers, body)``; headers are the ones a client is shown
             (:data:`foreman.relay.RELAYED_HEADERS`), as bytes.
 
         Raises:
-            TargetError: transport failure, or no whole answer within ``timeout``.
+            TargetError: transport failure, or no whole answer within ``total_timeout``.
         """
-        with self._deadline(timeout, request):
-            response = await self.send(request, timeout=None)
+        with self._deadline(total_timeout, request):
+            response = await self.send(request, header_timeout=None)
             try:
                 body = await self.read(response)
             finally:
@@ -238,7 +240,7 @@ class Target:
         content = None if body is None else json.dumps(body).encode()
         headers = [] if content is None else [(b"content-type", b"application/json")]
         request = self.request(method, path.encode(), headers=headers, content=content)
-        status, _, answer = await self.fetch(request, timeout=self.control_timeout)
+        status, _, answer = await self.fetch(request, total_timeout=self.control_timeout)
         return status, answer
 
     async def get_json(self, path: str) -> tuple[bytes, Any]:
@@ -275,7 +277,7 @@ class Target:
             headers=[(b"content-type", b"application/json")],
             content=json.dumps(body).encode(),
         )
-        status, _, content = await self.fetch(request, timeout=self.idle_timeout)
+        status, _, content = await self.fetch(request, total_timeout=self.idle_timeout)
         if status != 200:
             detail = f"{status} to the warm-up of {model!r}: "
             raise TargetStatus(self.url, detail + _error_text(content), status)

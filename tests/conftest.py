@@ -9,6 +9,8 @@ the default clock.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -41,6 +43,7 @@ def settings(**changes: Any) -> Settings:
         poll_interval=30.0,
         ps_interval=10.0,
         idle_timeout=60.0,
+        data_dir=os.path.join(tempfile.gettempdir(), "foreman-tests"),
     )
     return base.replace(**changes)
 

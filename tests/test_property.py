@@ -20,16 +20,20 @@ from foreman.standin import StandIn
 from .asgi import Answer, call
 from .conftest import open_foreman
 
-ROUTES = ["/api/chat"] * 4 + ["/api/generate"] * 2 + [
-    "/api/embed",
-    "/api/embeddings",
-    "/api/tags",
-    "/api/show",
-    "/api/version",
-    "/",
-    "/v1/chat/completions",
-    "/healthz",
-]
+ROUTES = (
+    ["/api/chat"] * 4
+    + ["/api/generate"] * 2
+    + [
+        "/api/embed",
+        "/api/embeddings",
+        "/api/tags",
+        "/api/show",
+        "/api/version",
+        "/",
+        "/v1/chat/completions",
+        "/healthz",
+    ]
+)
 
 
 def _encode_one(text: str, i: int, upper: bool) -> str:
@@ -94,7 +98,7 @@ def bodies(draw: st.DrawFn) -> bytes:
     elif mutation == 5:
         body = body[: draw(st.integers(0, len(body)))]
     elif mutation == 6:
-        body = b' \t\r\n' + body
+        body = b" \t\r\n" + body
     elif mutation == 7:
         body = body[:-1] + b',"model":"llama3.2:latest"}'  # duplicate key: the last one wins
     return body

@@ -131,9 +131,7 @@ async def test_client_host_and_origin_never_reach_the_target(
         nursery, standin, listen="0.0.0.0:8080", origins=("https://app.example.com",)
     ) as fm:
         headers = {"Host": "foreman.example.com", "Origin": "https://app.example.com"}
-        response = await fm.client.post(
-            "/api/chat", json=chat_body(stream=False), headers=headers
-        )
+        response = await fm.client.post("/api/chat", json=chat_body(stream=False), headers=headers)
         assert response.status_code == 200
         assert response.headers["access-control-allow-origin"] == "https://app.example.com"
         assert fm.standin.last_headers.get("host", "127.0.0.1:11434") != "foreman.example.com"
