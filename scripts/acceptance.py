@@ -181,7 +181,9 @@ def abuse(port: int, target: str) -> None:
         spellings = ["/api/chat/", "/API/CHAT", "/api/%63hat", "/api/chat", "/api/generate"]
         bodies = [chat.encode(), chat.encode() + b"x", chat.encode(), chat.encode(), b"{"]
         statuses = list(
-            pool.map(lambda a: raw_request(port, "POST", *a)[0], zip(spellings, bodies))
+            pool.map(
+                lambda a: raw_request(port, "POST", *a)[0], zip(spellings, bodies, strict=True)
+            )
         )
     check(500 not in statuses, f"odd spellings and bodies answer without a 500: {statuses}")
     check(
