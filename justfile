@@ -3,7 +3,7 @@
 
 # list the recipes
 default:
-    @just --list
+    @{{just_executable()}} --list
 
 # run foreman against FOREMAN_OLLAMA_URL (flags pass through: just serve --help)
 serve *ARGS:
@@ -23,8 +23,12 @@ test *ARGS:
 
 # only the end-to-end acceptance script (real processes, official ollama client)
 acceptance:
-    scripts/bootstrap && .venv/bin/python scripts/acceptance.py
+    scripts/bootstrap dev && .venv/bin/python scripts/acceptance.py
 
-# gate throughput and streaming overhead against the stand-in
+# foreman side by side with direct access, nginx and a minimal trio relay (docs/performance.md)
 bench *ARGS:
-    scripts/bootstrap && .venv/bin/python scripts/bench.py {{ARGS}}
+    scripts/bootstrap dev && .venv/bin/python scripts/bench.py {{ARGS}}
+
+# lint and format check
+lint:
+    scripts/bootstrap dev && .venv/bin/ruff check . && .venv/bin/ruff format --check .

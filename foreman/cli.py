@@ -17,6 +17,7 @@ from typing import Any
 import click
 import trio
 
+from . import __version__
 from .logs import configure_logging
 from .settings import OPTIONS, ConfigError, Settings
 
@@ -25,17 +26,26 @@ __all__ = ["main"]
 LOGGER = logging.getLogger("foreman")
 
 DEMO_PROMPT = """\
-foreman demo: the stand-in Ollama target is at {target}, foreman at http://{listen}
+foreman demo: foreman is listening at {url}, in front of the stand-in Ollama target at {target}
 Try, in another terminal:
-  curl -N http://{listen}/api/chat \\
+  curl -N {url}/api/chat{auth} \\
     -d '{{"model":"llama3.2","messages":[{{"role":"user","content":"why is the sky blue?"}}]}}'
-  curl http://{listen}/api/tags
-  curl http://{listen}/healthz
+  curl {url}/api/tags{auth}
+  curl {url}/healthz
 Stop with Ctrl-C."""
 
+#: The settings ``demo`` takes (its target is the stand-in, so not ``--ollama-url`` & co).
+DEMO_SETTINGS = frozenset(
+    {"listen", "token", "embed_model", "max_queue", "grace", "log_level", "log_format"}
+)
 
-def _settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
+
+def _settings_options(
+    command: Callable[..., Any], only: frozenset[str] | None = None
+) -> Callable[..., Any]:
     for option in reversed(OPTIONS):
+        if only is not None and option.field not in only:
+            continue
         command = click.option(
             option.flag,
             option.field,
@@ -60,7 +70,7 @@ def _load(values: dict[str, str | None]) -> Settings:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="foreman")
+@click.version_option(__version__, prog_name="foreman")
 def main() -> None:
     """foreman: a transparent gateway in front of one Ollama server.
 
@@ -78,9 +88,17 @@ def serve(**values: str | None) -> None:
     from .service import serve_until_signalled
 
     settings = _load(values)
+    _exit_with(settings, serve_until_signalled, settings)
+
+
+def _exit_with(settings: Settings, async_fn: Callable[..., Any], *args: Any) -> None:
+    """Run ``async_fn(*args)`` under trio and exit with the status it returns.
+
+    A listen address that cannot be bound (in use, not this machine's) exits 1 with one line.
+    """
     try:
-        status = trio.run(serve_until_signalled, settings)
-    except* OSError as group:  # binding the listen address failed (in use, not ours, ...)
+        status = trio.run(async_fn, *args)
+    except* OSError as group:
         click.echo(f"foreman: cannot listen on {settings.listen}: {_leaf(group)}", err=True)
         sys.exit(1)
     sys.exit(status)
@@ -105,27 +123,37 @@ def _leaf(group: BaseExceptionGroup[Any]) -> BaseException:
     type=float,
     help="Tokens per second the stand-in streams.",
 )
-@_settings_options
+@partial(_settings_options, only=DEMO_SETTINGS)
 def demo(standin_listen: str, token_rate: float, **values: str | None) -> None:
-    """Serve foreman in front of the built-in stand-in target, to try it without Ollama."""
+    """Serve foreman in front of the built-in stand-in target, to try it without Ollama.
+
+    The hints to try it are printed once foreman listens.
+    """
     settings = _load(values)
     if settings.embed_model is None:
         settings = settings.replace(embed_model="nomic-embed-text")
-    trio.run(_demo, settings, standin_listen, token_rate)
+    _exit_with(settings, _demo, settings, standin_listen, token_rate)
 
 
-async def _demo(settings: Settings, standin_listen: str, token_rate: float) -> None:
-    from .service import serve_until_signalled
+async def _demo(settings: Settings, standin_listen: str, token_rate: float) -> int:
+    from .service import check_listen, serve_until_signalled
     from .standin import StandIn
     from .standin import serve as serve_standin
 
+    check_listen(settings.listen)  # before the stand-in starts and says so
     standin = StandIn(token_rate=token_rate, load_delay=0.5)
     async with trio.open_nursery() as nursery:
         urls: list[str] = await nursery.start(partial(serve_standin, standin, standin_listen))
         settings = settings.replace(ollama_url=urls[0])
-        click.echo(DEMO_PROMPT.format(target=urls[0], listen=settings.listen), err=True)
-        await serve_until_signalled(settings)
+        auth = f' -H "Authorization: Bearer {settings.token}"' if settings.token else ""
+
+        def ready(foreman_urls: list[str]) -> None:
+            hints = DEMO_PROMPT.format(url=foreman_urls[0], target=urls[0], auth=auth)
+            click.echo(hints, err=True)
+
+        status: int = await serve_until_signalled(settings, on_ready=ready)
         nursery.cancel_scope.cancel()
+    return status
 
 
 @main.command()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -88,6 +89,7 @@ async def run(
     Supports ``urls = await nursery.start(partial(run, settings, shutdown_trigger=...))``:
     ``started()`` passes the bound URLs (with the real port when ``listen`` ends in ``:0``).
     """
+    check_listen(settings.listen)  # fail at once, not after the first poll of the target
     os.makedirs(settings.data_path, exist_ok=True)
     async with open_gateway(settings, transport=transport) as gateway:
         app = create_app(gateway)
@@ -111,6 +113,21 @@ async def run(
     LOGGER.info("stopped")
 
 
+def check_listen(listen: str) -> None:
+    """Bind ``HOST:PORT`` once and let go, so a bad address fails before anything starts.
+
+    Raises:
+        OSError: the address is in use or not this machine's.
+    """
+    host, _, port = listen.rpartition(":")
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host.strip("[]"), int(port), type=socket.SOCK_STREAM
+    )[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
+
+
 async def _stop_when_drained(gw: Gateway, draining: trio.Event, server: trio.CancelScope) -> None:
     # hypercorn waits out its grace period for idle keep-alive connections too;
     # once no request is in flight there is nothing to wait for.
@@ -122,8 +139,13 @@ async def _stop_when_drained(gw: Gateway, draining: trio.Event, server: trio.Can
     server.cancel()
 
 
-async def serve_until_signalled(settings: Settings) -> int:
+async def serve_until_signalled(
+    settings: Settings, *, on_ready: Callable[[list[str]], None] = lambda urls: None
+) -> int:
     """Run foreman until SIGINT or SIGTERM; a second signal stops it without waiting.
+
+    Args:
+        on_ready: called with the bound URLs once foreman listens.
 
     Returns:
         the exit status: 0 after a drain, 1 when a second signal forced the stop
@@ -135,6 +157,7 @@ async def serve_until_signalled(settings: Settings) -> int:
             first = trio.Event()
 
             async def watch_signals() -> None:
+                nonlocal forced
                 async for signum in signals:
                     name = signal.Signals(signum).name
                     if not first.is_set():
@@ -144,11 +167,17 @@ async def serve_until_signalled(settings: Settings) -> int:
                         first.set()
                     else:
                         LOGGER.warning("%s again: stopping now, without draining", name)
-                        nonlocal forced
                         forced = True
                         nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch_signals)
-            await run(settings, shutdown_trigger=first.wait)
+            done = trio.Event()
+
+            async def serve(*, task_status: trio.TaskStatus[list[str]]) -> None:
+                await run(settings, shutdown_trigger=first.wait, task_status=task_status)
+                done.set()
+
+            on_ready(await nursery.start(serve))
+            await done.wait()
             nursery.cancel_scope.cancel()
     return 1 if forced else 0

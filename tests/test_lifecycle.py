@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -144,3 +145,66 @@ def test_a_busy_listen_address_is_one_line_not_a_traceback() -> None:
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1].startswith(f"foreman: cannot listen on {address}")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_a_listen_address_of_another_machine_fails_at_once_in_one_line(command: str) -> None:
+    result = foreman_command(
+        command, FOREMAN_LISTEN="192.0.2.1:8080", FOREMAN_OLLAMA_URL="http://127.0.0.1:9"
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "foreman: cannot listen on 192.0.2.1:8080: [Errno 99] Cannot assign requested address"
+    ]
+
+
+def test_a_busy_port_stops_the_demo_in_one_line() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
+        result = foreman_command("demo", "--listen", address)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].startswith(f"foreman: cannot listen on {address}")
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_takes_only_the_options_it_uses() -> None:
+    result = foreman_command("demo", "--help")
+    assert "--listen" in result.stdout and "--token" in result.stdout
+    assert "--ollama-url" not in result.stdout and "--poll-interval" not in result.stdout
+
+
+def test_the_demo_prints_its_hints_once_it_listens_and_they_work() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "foreman", "demo", "--listen", f"127.0.0.1:{port}", "--token", "t0k"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert demo.stderr is not None
+        hints = []
+        for line in demo.stderr:
+            hints.append(line)
+            if line.startswith("Stop with Ctrl-C"):
+                break
+        # the very moment the hints are out, the curl they print must work (token included)
+        assert '-H "Authorization: Bearer t0k"' in next(h for h in hints if "/api/tags" in h)
+        response = httpx.get(
+            f"http://127.0.0.1:{port}/api/tags", headers={"Authorization": "Bearer t0k"}
+        )
+        assert response.status_code == 200 and "llama3.2" in response.text
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        demo.communicate(timeout=20)
+    assert demo.returncode == 0
+
+
+def test_version_comes_from_one_place() -> None:
+    import foreman
+
+    result = foreman_command("--version")
+    assert result.stdout.strip() == f"foreman, version {foreman.__version__}"
