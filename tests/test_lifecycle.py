@@ -180,7 +180,16 @@ def test_the_demo_prints_its_hints_once_it_listens_and_they_work() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     demo = subprocess.Popen(
-        [sys.executable, "-m", "foreman", "demo", "--listen", f"127.0.0.1:{port}", "--token", "t0k"],
+        [
+            sys.executable,
+            "-m",
+            "foreman",
+            "demo",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--token",
+            "t0k",
+        ],
         stderr=subprocess.PIPE,
         text=True,
     )

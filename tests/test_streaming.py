@@ -267,3 +267,33 @@ async def test_a_body_python_finds_odd_still_passes_the_gate(
             nursery.start_soon(partial(fm.client.post, "/api/chat", content=body))
     assert fm.standin.chats_total == 3
     assert fm.standin.max_chats_in_flight == 1
+
+
+async def test_a_burst_of_lines_goes_out_in_one_write_and_a_partial_line_waits() -> None:
+    from foreman.exchange import Exchange
+    from foreman.relay import relay
+    from foreman.settings import Settings
+    from foreman.target import Target
+
+    reads = [b'{"n":1}\n{"n":2}\n{"n', b'":3}\n', b'{"n":4,"done":true}\n']
+
+    class Body(httpx.AsyncByteStream):
+        async def __aiter__(self):  # type: ignore[no-untyped-def]
+            for chunk in reads:
+                yield chunk
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "application/x-ndjson"}, stream=Body())
+
+    target = Target(httpx.MockTransport(answer), Settings())
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    exchange = Exchange("POST", "/api/chat", 0.0, count_tokens=True)
+    request = target.request("POST", b"/api/chat", content=b"{}")
+    await relay(target, request, send, exchange, header_timeout=None)
+    bodies = [m["body"] for m in sent[1:]]
+    assert bodies == [b'{"n":1}\n{"n":2}\n', b'{"n":3}\n', b'{"n":4,"done":true}\n', b""]
+    assert exchange.final_line == b'{"n":4,"done":true}\n'

@@ -127,3 +127,15 @@ def test_readme_documents_every_setting() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for option in OPTIONS:
         assert f"`{option.env}` | `{option.flag}` |" in readme, option.env
+
+
+def test_the_control_app_is_given_its_root_path() -> None:
+    # Quart otherwise looks for the package from the working directory, and fails when
+    # `python -m foreman` runs beside a directory named foreman (a clone of this repository).
+    from pathlib import Path
+
+    import foreman
+    from foreman.control import create_control_app
+
+    app = create_control_app(None)  # type: ignore[arg-type]
+    assert Path(app.root_path) == Path(foreman.__file__).parent
