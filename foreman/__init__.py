@@ -11,4 +11,3 @@ from .gateway import Gateway as Gateway  # noqa: E402
 from .service import open_gateway as open_gateway  # noqa: E402
 from .service import run as run  # noqa: E402
 from .settings import Settings as Settings  # noqa: E402
-

@@ -31,7 +31,7 @@ from typing import Any
 import trio
 
 from .access import PREFLIGHT_HEADERS, Access, listens_on_loopback
-from .control import CONTROL_PATHS, create_control_app
+from .control import create_control_app, is_control
 from .dataplane import ClientGone, DataPlane, respond, retry_after, route_key
 from .errors import ForemanError, GateFull
 from .exchange import Exchange
@@ -139,7 +139,7 @@ class App:
             headers = [*_JSON, (b"www-authenticate", b"Bearer"), *extra]
             await respond(send, 401, error_body("unauthorized"), headers=headers)
             return
-        if path in CONTROL_PATHS:
+        if is_control(path):
             exchange.route = route_label(path)
             await self.control(scope, receive, send)
             return

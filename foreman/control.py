@@ -18,13 +18,21 @@ from quart import Response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from .errors import ForemanError
 from .gateway import Gateway
+from .jobs import job_routes
 from .jsonwire import JSON_CONTENT_TYPE, dumps
 
-__all__ = ["CONTROL_PATHS", "create_control_app", "health"]
+__all__ = ["CONTROL_PATHS", "create_control_app", "health", "is_control"]
 
-#: Paths the control plane serves; every other path belongs to the data plane.
-CONTROL_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+#: Paths the control plane serves (and everything under ``/jobs/``); every other path
+#: belongs to the data plane.
+CONTROL_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/jobs"})
+
+
+def is_control(path: str) -> bool:
+    """Whether ``path`` is foreman's own (control plane) rather than Ollama's."""
+    return path in CONTROL_PATHS or path.startswith("/jobs/")
 
 
 def json_response(value: Any, status: int = 200) -> Response:
@@ -37,6 +45,13 @@ def create_control_app(gw: Gateway) -> QuartTrio:
     # root_path: Quart would otherwise look for the package from the working directory
     app = QuartTrio("foreman", root_path=os.path.dirname(os.path.abspath(__file__)))
     app.config.update(RESPONSE_TIMEOUT=None, PROVIDE_AUTOMATIC_OPTIONS=False)
+
+    @app.errorhandler(ForemanError)
+    async def foreman_error(exc: ForemanError) -> Response:
+        return json_response({"error": exc.message}, exc.status_code)
+
+    if gw is not None and gw.jobs is not None:
+        app.register_blueprint(job_routes(gw.jobs))
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
@@ -78,7 +93,8 @@ def health(gw: Gateway) -> dict[str, Any]:
          "embedder": {"model", "resident", "warmups", "last_warmup", "last_error"} | None,
          "chats": {"in_flight": 0 | 1, "waiting": int, "max_waiting": int,
                    "waiting_bytes": int},
-         "embeds_in_flight": int}
+         "embeds_in_flight": int,
+         "jobs": {"queued": {"interactive": int, "batch": int}, "running": id | None}}
     """
     inventory, residency = gw.inventory, gw.residency
     gate = gw.gate.statistics()
@@ -108,4 +124,7 @@ def health(gw: Gateway) -> dict[str, Any]:
             "waiting_bytes": gate.waiting_bytes,
         },
         "embeds_in_flight": gw.embeds_in_flight,
+        "jobs": None
+        if gw.jobs is None
+        else {"queued": dict(gw.jobs.depths), "running": gw.jobs.chat_job},
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 from trio_util import AsyncValue
@@ -14,6 +15,9 @@ from .metrics import Metrics
 from .residency import Residency
 from .settings import Settings
 from .target import Target
+
+if TYPE_CHECKING:
+    from .jobs import Jobs
 
 __all__ = ["Gateway"]
 
@@ -33,6 +37,7 @@ class Gateway:
     gate: Gate
     inventory: Inventory
     residency: Residency
+    jobs: Jobs | None = None  # the job queue (None: not started, as in unit tests)
     metrics: Metrics = field(default_factory=Metrics)
     embeds_in_flight: int = 0
     in_flight: AsyncValue[int] = field(default_factory=lambda: AsyncValue(0))

@@ -1,9 +1,10 @@
 """The service: one root nursery owns the server and every background task.
 
 See ``docs/adr/0005-one-nursery-owns-everything.md``. :func:`open_gateway`
-starts the tags poller, the ps residency watcher and the embedder warm-up
-supervisor; :func:`run` adds the hypercorn server in the same nursery and, once
-the server has drained, cancels the rest.
+opens the store and starts the tags poller, the ps residency watcher, the
+embedder warm-up supervisor and the job queue's tasks; :func:`run` adds the
+hypercorn server in the same nursery and, once the server has drained,
+cancels the rest.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from .app import create_app
 from .gate import Gate
 from .gateway import Gateway
 from .inventory import Inventory
+from .jobs import Jobs
 from .residency import Residency
 from .settings import Settings
+from .store import open_store
 from .target import open_target
 
 __all__ = ["Gateway", "open_gateway", "run", "serve_until_signalled"]
@@ -34,7 +37,10 @@ LOGGER = logging.getLogger("foreman")
 
 @asynccontextmanager
 async def open_gateway(
-    settings: Settings, *, transport: httpx2.AsyncBaseTransport | None = None
+    settings: Settings,
+    *,
+    transport: httpx2.AsyncBaseTransport | None = None,
+    webhook_transport: httpx2.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[Gateway]:
     """Open the target client and start the watchers; yield the :class:`Gateway`.
 
@@ -45,8 +51,14 @@ async def open_gateway(
     Args:
         settings: foreman's settings.
         transport: replaces the network to the target (tests use the stand-in's).
+        webhook_transport: replaces the network to webhook receivers (tests).
     """
-    async with open_target(settings, transport=transport) as target, trio.open_nursery() as nursery:
+    os.makedirs(settings.data_path, exist_ok=True)
+    async with (
+        open_target(settings, transport=transport) as target,
+        open_store(os.path.join(settings.data_path, "foreman.db")) as store,
+        trio.open_nursery() as nursery,
+    ):
         gate = Gate(settings.max_queue, settings.max_waiting_bytes)
         residency = Residency(
             target,
@@ -66,7 +78,10 @@ async def open_gateway(
             LOGGER.warning("starting degraded: %s", inventory.last_error)
         else:
             LOGGER.info("target %s has %d models", target.url, len(inventory.models))
-        yield Gateway(settings, target, nursery, gate, inventory, residency)
+        gateway = Gateway(settings, target, nursery, gate, inventory, residency)
+        gateway.jobs = Jobs(gateway, store, webhook_transport=webhook_transport)
+        await nursery.start(gateway.jobs.run)
+        yield gateway
         nursery.cancel_scope.cancel()
 
 
@@ -90,7 +105,6 @@ async def run(
     ``started()`` passes the bound URLs (with the real port when ``listen`` ends in ``:0``).
     """
     check_listen(settings.listen)  # fail at once, not after the first poll of the target
-    os.makedirs(settings.data_path, exist_ok=True)
     async with open_gateway(settings, transport=transport) as gateway:
         app = create_app(gateway)
         config = settings.hypercorn()

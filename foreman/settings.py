@@ -132,6 +132,17 @@ def _file(value: str) -> str:
     return path
 
 
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", re.IGNORECASE)
+
+
+def _duration(value: str) -> float:
+    """Seconds, or a number with a unit: ``3600``, ``90s``, ``30m``, ``12h``, ``7d``."""
+    match = _DURATION.fullmatch(value)
+    if match is None or float(match[1]) <= 0:
+        raise ValueError("expected a positive duration: seconds, or 90s, 30m, 12h, 7d")
+    return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2].lower()]
+
+
 def _level(value: str) -> str:
     level = value.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -171,6 +182,7 @@ _METAVARS: dict[Callable[[str], Any], str] = {
     _flag: "0|1",
     _path: "DIR",
     _file: "FILE",
+    _duration: "DURATION",
 }
 
 
@@ -340,6 +352,48 @@ OPTIONS: tuple[Option, ...] = (
         "(default: the platform's user data directory, e.g. ~/.local/share/foreman).",
     ),
     Option(
+        "max_jobs",
+        "FOREMAN_MAX_JOBS",
+        "--max-jobs",
+        "100000",
+        _count,
+        "Queued jobs stored at most; one more submitted gets 429 with Retry-After.",
+    ),
+    Option(
+        "embed_job_concurrency",
+        "FOREMAN_EMBED_JOB_CONCURRENCY",
+        "--embed-job-concurrency",
+        "4",
+        _count,
+        "Embed jobs run at once (they do not take the chat slot).",
+    ),
+    Option(
+        "job_max_attempts",
+        "FOREMAN_JOB_MAX_ATTEMPTS",
+        "--job-max-attempts",
+        "3",
+        _count,
+        "Runs a job may start; one interrupted by foreman's death after that fails "
+        '("interrupted").',
+    ),
+    Option(
+        "job_retention",
+        "FOREMAN_JOB_RETENTION",
+        "--job-retention",
+        "7d",
+        _duration,
+        "How long finished jobs and their artifacts are kept (e.g. 7d, 12h, 3600).",
+    ),
+    Option(
+        "webhook_secret",
+        "FOREMAN_WEBHOOK_SECRET",
+        "--webhook-secret",
+        None,
+        _secret,
+        "If set, state webhooks carry X-Foreman-Signature: sha256=<HMAC of the body>.",
+        secret=True,
+    ),
+    Option(
         "tls_cert",
         "FOREMAN_TLS_CERT",
         "--tls-cert",
@@ -383,6 +437,11 @@ class Settings:
     log_format: str = "text"
     metrics_public: bool = False
     data_dir: str | None = None
+    max_jobs: int = 100_000
+    embed_job_concurrency: int = 4
+    job_max_attempts: int = 3
+    job_retention: float = 7 * 86400.0
+    webhook_secret: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
 

@@ -9,7 +9,6 @@ the default clock.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +18,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 import trio
+import trio.testing
 
 from foreman import Gateway, Settings, create_app, open_gateway
 from foreman.app import App
@@ -43,7 +43,7 @@ def settings(**changes: Any) -> Settings:
         poll_interval=30.0,
         ps_interval=10.0,
         idle_timeout=60.0,
-        data_dir=os.path.join(tempfile.gettempdir(), "foreman-tests"),
+        data_dir=tempfile.mkdtemp(prefix="foreman-test-"),
     )
     return base.replace(**changes)
 
@@ -63,6 +63,17 @@ async def open_foreman(
             httpx.AsyncClient(transport=standin.transport(nursery), base_url=TARGET) as target,
         ):
             yield Foreman(gw, app, client, standin, target)
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    """trio's mock clock, jumping once every task has been blocked for 5 ms of real time.
+
+    pytest-trio's own jumps at once; but foreman's store runs in a thread, and a clock
+    that jumps while a thread works races through every periodic deadline (the
+    pollers) until the thread is done. A short real pause lets store calls finish.
+    """
+    return trio.testing.MockClock(autojump_threshold=0.005)
 
 
 @pytest.fixture

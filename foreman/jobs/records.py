@@ -1,0 +1,334 @@
+"""The jobs' rows: every query of the job queue, run in the store's thread.
+
+Each function takes the connection first (see :meth:`foreman.store.Store.call`) and
+runs inside one transaction. A state change and its webhook delivery are written
+in the same transaction (:func:`transition`), so a delivery is never lost or made
+up by a crash. Times are Unix seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ..jsonwire import dumps
+
+__all__ = [
+    "Job",
+    "JobState",
+    "artifacts_of",
+    "claim_next",
+    "count_queued",
+    "due_deliveries",
+    "get_job",
+    "insert_job",
+    "list_jobs",
+    "mark_delivery",
+    "peek_next",
+    "position_of",
+    "purge_finished",
+    "recover_interrupted",
+    "transition",
+]
+
+JobState = str  # queued | running | succeeded | failed | cancelled
+FINISHED = ("succeeded", "failed", "cancelled")
+_RANK = "CASE priority WHEN 'interactive' THEN 0 ELSE 1 END"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of ``jobs``."""
+
+    seq: int
+    id: str
+    endpoint: str
+    request: bytes
+    model: str | None
+    priority: str
+    state: str
+    attempts: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    metadata: dict[str, Any]
+    webhook_url: str | None
+    base_url: str
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        values = dict(row)
+        values["metadata"] = json.loads(values["metadata"])
+        return cls(**values)
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/jobs/{self.id}"
+
+
+def rfc3339(seconds: float | None) -> str | None:
+    """Unix seconds as RFC 3339 UTC (``2026-11-23T10:00:00.123456Z``), or None."""
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def insert_job(
+    db: sqlite3.Connection,
+    job_id: str,
+    endpoint: str,
+    request: bytes,
+    model: str | None,
+    priority: str,
+    metadata: dict[str, Any],
+    webhook_url: str | None,
+    base_url: str,
+    max_jobs: int,
+) -> Job | None:
+    """Store a new queued job; None when ``max_jobs`` queued jobs are stored already."""
+    if count_queued(db) >= max_jobs:
+        return None
+    now = time.time()
+    db.execute(
+        "INSERT INTO jobs (id, endpoint, request, model, priority, state, created_at, metadata,"
+        " webhook_url, base_url) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+        (
+            job_id,
+            endpoint,
+            request,
+            model,
+            priority,
+            now,
+            json.dumps(metadata),
+            webhook_url,
+            base_url,
+        ),
+    )
+    job = get_job(db, job_id)
+    assert job is not None
+    _deliver(db, job, "queued", None, now)
+    return job
+
+
+def get_job(db: sqlite3.Connection, job_id: str) -> Job | None:
+    row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return None if row is None else Job.from_row(row)
+
+
+def list_jobs(
+    db: sqlite3.Connection,
+    *,
+    state: str | None,
+    priority: str | None,
+    limit: int,
+    before: int | None,
+) -> list[Job]:
+    """Newest first; ``before`` is the cursor (a ``seq``): only jobs older than it."""
+    clauses, args = [], []
+    for column, value in (("state", state), ("priority", priority)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            args.append(value)
+    if before is not None:
+        clauses.append("seq < ?")
+        args.append(before)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    rows = db.execute(f"SELECT * FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*args, limit))
+    return [Job.from_row(row) for row in rows]
+
+
+def count_queued(db: sqlite3.Connection) -> int:
+    return db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
+
+
+def queue_depths(db: sqlite3.Connection) -> dict[str, int]:
+    """Queued jobs by lane: ``{"interactive": n, "batch": n}``."""
+    depths = {"interactive": 0, "batch": 0}
+    for priority, count in db.execute(
+        "SELECT priority, COUNT(*) FROM jobs WHERE state = 'queued' GROUP BY priority"
+    ):
+        depths[priority] = count
+    return depths
+
+
+def position_of(db: sqlite3.Connection, job: Job) -> int:
+    """How many queued jobs of the same kind run before ``job`` (0: it is next)."""
+    kinds = ("embed",) if job.endpoint == "embed" else ("chat", "generate")
+    rank = 0 if job.priority == "interactive" else 1
+    marks = ",".join("?" * len(kinds))
+    return db.execute(
+        f"SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND endpoint IN ({marks})"
+        f" AND ({_RANK} < ? OR ({_RANK} = ? AND seq < ?))",
+        (*kinds, rank, rank, job.seq),
+    ).fetchone()[0]
+
+
+def peek_next(db: sqlite3.Connection, endpoints: tuple[str, ...]) -> Job | None:
+    """The queued job of these endpoints that runs next, without taking it."""
+    marks = ",".join("?" * len(endpoints))
+    row = db.execute(
+        f"SELECT * FROM jobs WHERE state = 'queued' AND endpoint IN ({marks})"
+        f" ORDER BY {_RANK}, seq LIMIT 1",
+        endpoints,
+    ).fetchone()
+    return None if row is None else Job.from_row(row)
+
+
+def claim_next(db: sqlite3.Connection, endpoints: tuple[str, ...]) -> Job | None:
+    """Take the next queued job of these endpoints: it is ``running`` from now on."""
+    job = peek_next(db, endpoints)
+    if job is None:
+        return None
+    return transition(db, job.id, "running", attempts=job.attempts + 1, started_at=time.time())
+
+
+def transition(
+    db: sqlite3.Connection,
+    job_id: str,
+    state: str,
+    *,
+    only_from: tuple[str, ...] = (),
+    **changes: Any,
+) -> Job | None:
+    """Move a job to ``state`` (with column ``changes``) and queue its webhook delivery.
+
+    Returns the updated job, or None if it does not exist or is not in ``only_from``.
+    """
+    job = get_job(db, job_id)
+    if job is None or (only_from and job.state not in only_from):
+        return None
+    now = time.time()
+    if state in FINISHED:
+        changes.setdefault("finished_at", now)
+    columns = {"state": state, **changes}
+    db.execute(
+        f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
+        (*columns.values(), job_id),
+    )
+    updated = get_job(db, job_id)
+    assert updated is not None
+    if state != job.state:
+        _deliver(db, updated, state, job.state, now)
+    return updated
+
+
+def _deliver(
+    db: sqlite3.Connection, job: Job, state: str, previous: str | None, now: float
+) -> None:
+    if not job.webhook_url:
+        return
+    body = dumps(
+        {
+            "id": job.id,
+            "state": state,
+            "previous_state": previous,
+            "at": rfc3339(now),
+            "job_url": job.url,
+        }
+    )
+    db.execute(
+        "INSERT INTO deliveries (job_id, url, body, next_at) VALUES (?, ?, ?, ?)",
+        (job.id, job.webhook_url, body, now),
+    )
+
+
+def recover_interrupted(db: sqlite3.Connection, max_attempts: int) -> list[Job]:
+    """Jobs left ``running`` by a dead process: back to ``queued``, or ``failed``
+    (``interrupted``) once they have started ``max_attempts`` times."""
+    recovered = []
+    for job_id, attempts in db.execute(
+        "SELECT id, attempts FROM jobs WHERE state = 'running'"
+    ).fetchall():
+        if attempts >= max_attempts:
+            job = transition(db, job_id, "failed", error="interrupted")
+        else:
+            job = transition(db, job_id, "queued", started_at=None)
+        if job is not None:
+            recovered.append(job)
+    return recovered
+
+
+def artifacts_of(db: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
+    rows = db.execute(
+        "SELECT name, content_type, size, path FROM artifacts WHERE job_id = ? ORDER BY name",
+        (job_id,),
+    )
+    return [dict(row) for row in rows]
+
+
+def add_artifact(
+    db: sqlite3.Connection, job_id: str, name: str, content_type: str, size: int, path: str
+) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO artifacts (job_id, name, content_type, size, path)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (job_id, name, content_type, size, path),
+    )
+
+
+def webhook_summary(db: sqlite3.Connection, job_id: str) -> dict[str, Any]:
+    """``{"deliveries": delivered count, "last_status": status of the last attempt}``."""
+    delivered = db.execute(
+        "SELECT COUNT(*) FROM deliveries WHERE job_id = ? AND delivered_at IS NOT NULL",
+        (job_id,),
+    ).fetchone()[0]
+    last = db.execute(
+        "SELECT last_status FROM deliveries WHERE job_id = ? AND attempts > 0"
+        " ORDER BY seq DESC LIMIT 1",
+        (job_id,),
+    ).fetchone()
+    return {"deliveries": delivered, "last_status": None if last is None else last[0]}
+
+
+def due_deliveries(db: sqlite3.Connection, now: float, limit: int) -> list[dict[str, Any]]:
+    """Deliveries to attempt now: for each job only its oldest one not delivered yet,
+    so that a job's webhooks arrive in order."""
+    rows = db.execute(
+        "SELECT * FROM deliveries AS d WHERE delivered_at IS NULL AND next_at <= ?"
+        " AND seq = (SELECT MIN(seq) FROM deliveries WHERE job_id = d.job_id"
+        "            AND delivered_at IS NULL)"
+        " ORDER BY next_at LIMIT ?",
+        (now, limit),
+    )
+    return [dict(row) for row in rows]
+
+
+def next_delivery_at(db: sqlite3.Connection) -> float | None:
+    row = db.execute("SELECT MIN(next_at) FROM deliveries WHERE delivered_at IS NULL").fetchone()
+    return row[0]
+
+
+def mark_delivery(
+    db: sqlite3.Connection, seq: int, status: int | None, delivered: bool, next_at: float
+) -> None:
+    if delivered:
+        db.execute(
+            "UPDATE deliveries SET attempts = attempts + 1, last_status = ?, delivered_at = ?"
+            " WHERE seq = ?",
+            (status, time.time(), seq),
+        )
+    else:
+        db.execute(
+            "UPDATE deliveries SET attempts = attempts + 1, last_status = ?, next_at = ?"
+            " WHERE seq = ?",
+            (status, next_at, seq),
+        )
+
+
+def purge_finished(db: sqlite3.Connection, before: float) -> list[str]:
+    """Delete jobs finished before ``before`` (with their artifact and delivery rows);
+    returns their artifact paths, for the caller to delete."""
+    paths = [
+        row[0]
+        for row in db.execute(
+            "SELECT a.path FROM artifacts a JOIN jobs j ON j.id = a.job_id WHERE j.finished_at < ?",
+            (before,),
+        )
+    ]
+    db.execute("DELETE FROM jobs WHERE finished_at < ?", (before,))
+    return paths

@@ -1,0 +1,205 @@
+"""The ``/jobs`` API (control plane, Quart): submit, list, show, cancel, artifacts.
+
+* ``POST /jobs`` ``{"endpoint": "chat"|"generate"|"embed", "request": {...}, "priority":
+  "batch"|"interactive", "state_webhook_url": "https://...", "metadata": {...}}`` →
+  202, ``Location: /jobs/{id}``, the job. The request is checked as the synchronous
+  path would check it (its model against the inventory, one re-poll on a miss).
+* ``GET /jobs?state=&priority=&limit=&cursor=``: newest first; ``next_cursor`` pages on.
+* ``GET /jobs/{id}``; ``DELETE /jobs/{id}`` cancels (409 once finished).
+* ``GET /jobs/{id}/artifacts/{name}``: ``response.json`` (what Ollama answers with
+  ``"stream": false``) and, for streamed jobs, ``stream.ndjson`` (the target's bytes).
+
+Errors use Ollama's shape, ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+from urllib.parse import urlsplit
+
+import trio
+from quart import Blueprint, Response, request
+
+from ..errors import ForemanError, ModelNotFound
+from ..jsonwire import JSON_CONTENT_TYPE, dumps
+from ..names import is_cloud, normalize
+from . import records
+from .records import FINISHED, Job, rfc3339
+from .service import Jobs
+
+__all__ = ["job_routes"]
+
+ENDPOINTS = ("chat", "generate", "embed")
+PRIORITIES = ("batch", "interactive")
+MAX_PAGE = 500
+
+
+def _json(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(dumps(value), status=status, content_type=JSON_CONTENT_TYPE, headers=headers)
+
+
+def _error(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
+    return _json({"error": message}, status, headers)
+
+
+def job_routes(jobs: Jobs) -> Blueprint:
+    """The ``/jobs`` blueprint for ``jobs``."""
+    routes = Blueprint("jobs", __name__)
+
+    async def shape(job: Job) -> dict[str, Any]:
+        def read(db: Any) -> tuple[int | None, list[dict[str, Any]], dict[str, Any]]:
+            position = records.position_of(db, job) if job.state == "queued" else None
+            return position, records.artifacts_of(db, job.id), records.webhook_summary(db, job.id)
+
+        position, artifacts, webhook = await jobs.store.call(read)
+        out: dict[str, Any] = {
+            "id": job.id,
+            "endpoint": job.endpoint,
+            "model": job.model,
+            "state": job.state,
+            "priority": job.priority,
+        }
+        if position is not None:
+            out["position"] = position
+        out.update(
+            attempts=job.attempts,
+            created_at=rfc3339(job.created_at),
+            started_at=rfc3339(job.started_at),
+            finished_at=rfc3339(job.finished_at),
+            error=job.error,
+            metadata=job.metadata,
+            artifacts=[
+                {
+                    "name": a["name"],
+                    "url": f"/jobs/{job.id}/artifacts/{a['name']}",
+                    "size": a["size"],
+                    "content_type": a["content_type"],
+                }
+                for a in artifacts
+            ],
+            webhook=None if job.webhook_url is None else {"url": job.webhook_url, **webhook},
+        )
+        return out
+
+    @routes.post("/jobs")
+    async def submit() -> Response:
+        try:
+            body = json.loads(await request.get_data())
+        except ValueError:
+            return _error("the body must be a JSON object", 400)
+        problem = _problem(body)
+        if problem is not None:
+            return _error(problem, 422)
+        ollama_request = body["request"]
+        model = ollama_request.get("model")
+        if not isinstance(model, str) or not model:
+            return _error("model is required", 400)
+        if normalize(model) is None:
+            return _error("invalid model name", 400)
+        if not is_cloud(model):
+            try:
+                await jobs.gw.inventory.require(model)
+            except ModelNotFound:
+                if body["endpoint"] == "embed":
+                    return _error(f'model "{model}" not found, try pulling it first', 404)
+                raise
+            except ForemanError:
+                raise
+        job = await jobs.submit(
+            endpoint=body["endpoint"],
+            request=dumps(ollama_request),
+            model=model,
+            priority=body.get("priority", "batch"),
+            metadata=body.get("metadata") or {},
+            webhook_url=body.get("state_webhook_url"),
+            base_url=request.host_url.rstrip("/"),
+        )
+        if job is None:
+            return _error(
+                f"too many queued jobs (FOREMAN_MAX_JOBS={jobs.settings.max_jobs})",
+                429,
+                {"Retry-After": "60"},
+            )
+        return _json(await shape(job), 202, {"Location": f"/jobs/{job.id}"})
+
+    @routes.get("/jobs")
+    async def listing() -> Response:
+        args = request.args
+        state, priority = args.get("state"), args.get("priority")
+        if state is not None and state not in ("queued", "running", *FINISHED):
+            return _error(f"state: unknown state {state!r}", 422)
+        if priority is not None and priority not in PRIORITIES:
+            return _error(f"priority: unknown priority {priority!r}", 422)
+        try:
+            limit = int(args.get("limit", "50"))
+            cursor = int(args["cursor"]) if "cursor" in args else None
+        except ValueError:
+            return _error("limit and cursor must be whole numbers", 422)
+        if not 1 <= limit <= MAX_PAGE:
+            return _error(f"limit: between 1 and {MAX_PAGE}", 422)
+        page = await jobs.store.call(
+            lambda db: records.list_jobs(
+                db, state=state, priority=priority, limit=limit + 1, before=cursor
+            )
+        )
+        more = len(page) > limit
+        page = page[:limit]
+        return _json(
+            {
+                "jobs": [await shape(job) for job in page],
+                "next_cursor": str(page[-1].seq) if more else None,
+            }
+        )
+
+    @routes.get("/jobs/<job_id>")
+    async def show(job_id: str) -> Response:
+        job = await jobs.store.call(records.get_job, job_id)
+        if job is None:
+            return _error(f"job {job_id!r} not found", 404)
+        return _json(await shape(job))
+
+    @routes.delete("/jobs/<job_id>")
+    async def cancel(job_id: str) -> Response:
+        job = await jobs.store.call(records.get_job, job_id)
+        if job is None:
+            return _error(f"job {job_id!r} not found", 404)
+        if job.state in FINISHED:
+            return _error(f"job {job_id!r} is already {job.state}", 409)
+        job = await jobs.cancel(job_id)
+        assert job is not None
+        return _json(await shape(job))
+
+    @routes.get("/jobs/<job_id>/artifacts/<name>")
+    async def artifact(job_id: str, name: str) -> Response:
+        found = [
+            a for a in await jobs.store.call(records.artifacts_of, job_id) if a["name"] == name
+        ]
+        if not found:
+            return _error(f"job {job_id!r} has no artifact {name!r}", 404)
+        path = os.path.join(jobs.settings.data_path, found[0]["path"])
+        data = await trio.Path(path).read_bytes()
+        return Response(data, content_type=found[0]["content_type"])
+
+    return routes
+
+
+def _problem(body: Any) -> str | None:
+    """What is wrong with a ``POST /jobs`` body (the field first), or None."""
+    if not isinstance(body, dict):
+        return "the body must be a JSON object"
+    if body.get("endpoint") not in ENDPOINTS:
+        return f"endpoint: one of {', '.join(ENDPOINTS)}"
+    if not isinstance(body.get("request"), dict):
+        return "request: the Ollama request body, a JSON object"
+    if body.get("priority", "batch") not in PRIORITIES:
+        return f"priority: one of {', '.join(PRIORITIES)}"
+    if not isinstance(body.get("metadata", {}), dict):
+        return "metadata: a JSON object"
+    url = body.get("state_webhook_url")
+    if url is not None:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+            return "state_webhook_url: an http:// or https:// URL"
+    return None

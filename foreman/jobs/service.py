@@ -1,0 +1,341 @@
+"""The job queue's tasks: the batch worker, the embed worker, webhooks and the janitor.
+
+The shape (``docs/adr/0010-the-queue.md``)::
+
+    POST /jobs ──► store (queued) ──► batch worker ── gate.hold(lane) ──► target
+                                      [one task per target; the gate's lanes put
+                                       synchronous /api/chat callers first]
+    state change ──► store (delivery row, same transaction) ──► webhook sender ──► receiver
+
+Every task is started in the root nursery by :meth:`Jobs.run`, which supports
+``await nursery.start(jobs.run)``. A job's run is cancelled by ``DELETE /jobs/{id}``
+(its upstream request is aborted and the gate freed at once) and by foreman's
+shutdown (the job then goes back to ``queued`` when foreman starts again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import secrets
+import time
+from typing import Any
+
+import httpx2
+import trio
+
+from ..errors import TargetError, TargetStatus
+from ..gateway import Gateway
+from ..store import Store
+from . import records
+from .assemble import StreamError, assemble
+from .records import Job
+
+__all__ = ["Jobs"]
+
+LOGGER = logging.getLogger("foreman.jobs")
+
+CHATS = ("chat", "generate")
+EMBEDS = ("embed",)
+#: Seconds between webhook attempts: doubling from 1 up to this, and attempts at most.
+WEBHOOK_MAX_BACKOFF = 300.0
+WEBHOOK_MAX_ATTEMPTS = 20
+WEBHOOK_TIMEOUT = 10.0
+
+
+class Jobs:
+    """The durable job queue of one gateway.
+
+    Args:
+        gw: the gateway (target, gate, inventory, settings).
+        store: the open store.
+        webhook_transport: replaces the network for webhooks (tests).
+    """
+
+    def __init__(
+        self,
+        gw: Gateway,
+        store: Store,
+        *,
+        webhook_transport: httpx2.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.gw = gw
+        self.store = store
+        self.settings = gw.settings
+        self.artifact_dir = os.path.join(self.settings.data_path, "artifacts")
+        self.running: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
+        self.depths = {"interactive": 0, "batch": 0}
+        self.chat_job: str | None = None  # the chat or generate job holding the slot now
+        self._changed = trio.Event()  # the queue changed: workers look again
+        self._deliveries = trio.Event()  # a delivery is due: the sender looks again
+        self._webhook_transport = webhook_transport
+
+    # --- what the routes call ---------------------------------------------------------
+
+    async def submit(self, **fields: Any) -> Job | None:
+        """Store a new queued job (see :func:`records.insert_job`); None when the queue is full."""
+        job_id = secrets.token_hex(12)
+        job = await self.store.call(
+            records.insert_job,
+            job_id,
+            fields["endpoint"],
+            fields["request"],
+            fields["model"],
+            fields["priority"],
+            fields["metadata"],
+            fields["webhook_url"],
+            fields["base_url"],
+            self.settings.max_jobs,
+        )
+        await self._touched()
+        return job
+
+    async def cancel(self, job_id: str) -> Job | None:
+        """Cancel a queued or running job; returns it (None: no such job).
+
+        A running job's upstream request is aborted now; its state turns
+        ``cancelled`` as soon as its worker has let go (well within a second).
+        """
+        await self.store.call(records.transition, job_id, "cancelled", only_from=("queued",))
+        run = self.running.get(job_id)
+        if run is not None:
+            scope, finished = run
+            scope.cancel()
+            with trio.move_on_after(1.0):
+                await finished.wait()
+        await self._touched()
+        return await self.store.call(records.get_job, job_id)
+
+    # --- the tasks -------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Recover jobs a dead process left running, then run the queue's tasks; never returns.
+
+        Supports ``await nursery.start(jobs.run)``: ``started()`` comes once recovery is done.
+        """
+        recovered = await self.store.call(
+            records.recover_interrupted, self.settings.job_max_attempts
+        )
+        for job in recovered:
+            LOGGER.warning("job %s was interrupted by foreman's stop: now %s", job.id, job.state)
+        await self._touched()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._chat_worker)
+            nursery.start_soon(self._embed_worker)
+            nursery.start_soon(self._send_webhooks)
+            nursery.start_soon(self._janitor)
+            task_status.started()
+
+    async def _touched(self) -> None:
+        """The queue changed: refresh the depths and wake the workers and the sender."""
+        self.depths = await self.store.call(records.queue_depths)
+        for event in (self._changed, self._deliveries):
+            event.set()
+        self._changed, self._deliveries = trio.Event(), trio.Event()
+
+    async def _wait_for(self, endpoints: tuple[str, ...]) -> Job:
+        """The next queued job of these endpoints, once there is one and the target is up.
+
+        Waits on events only (a submission, a cancellation, the target coming back),
+        never on a timer: an idle queue costs nothing.
+        """
+        degraded = self.gw.inventory.degraded
+        while True:
+            changed = self._changed
+            job = await self.store.call(records.peek_next, endpoints)
+            if job is None:
+                await changed.wait()
+            elif degraded.value:  # unreachable is transient: the jobs wait
+                await degraded.wait_value(False)
+            else:
+                return job
+
+    async def _chat_worker(self) -> None:
+        """Run chat and generate jobs one at a time, through the gate's lanes."""
+        while True:
+            job = await self._wait_for(CHATS)
+            async with self.gw.gate.hold(lane=job.priority):  # type: ignore[arg-type]
+                # the best job now, which may not be the one waited for
+                job = await self.store.call(records.claim_next, CHATS)
+                if job is None:
+                    continue
+                self.chat_job = job.id
+                try:
+                    await self._run(job)
+                finally:
+                    self.chat_job = None
+
+    async def _embed_worker(self) -> None:
+        """Run embed jobs, ``FOREMAN_EMBED_JOB_CONCURRENCY`` at a time, beside the gate."""
+        limiter = trio.CapacityLimiter(max(1, self.settings.embed_job_concurrency))
+        async with trio.open_nursery() as nursery:
+            while True:
+                await self._wait_for(EMBEDS)
+                await limiter.acquire()
+                job = await self.store.call(records.claim_next, EMBEDS)
+                if job is None:
+                    limiter.release()
+                    continue
+                nursery.start_soon(self._run_released, job, limiter)
+
+    async def _run_released(self, job: Job, limiter: trio.CapacityLimiter) -> None:
+        try:
+            await self._run(job)
+        finally:
+            limiter.release()
+
+    async def _run(self, job: Job) -> None:
+        """Run one claimed job to its next state."""
+        scope, finished = trio.CancelScope(), trio.Event()
+        self.running[job.id] = (scope, finished)
+        outcome: tuple[str, dict[str, Any]] = ("cancelled", {})
+        try:
+            with scope:
+                outcome = await self._execute(job)
+        except Exception as exc:  # a bug must not stop the worker
+            LOGGER.exception("job %s failed inside foreman", job.id)
+            outcome = ("failed", {"error": f"foreman: internal error: {exc}"})
+        finally:
+            del self.running[job.id]
+            with trio.CancelScope(shield=True):
+                state, changes = outcome
+                if state == "queued":  # the target vanished: try again, attempt not spent
+                    changes = {"attempts": job.attempts - 1, "started_at": None, **changes}
+                await self.store.call(records.transition, job.id, state, **changes)
+                finished.set()
+                await self._touched()
+        LOGGER.info("job %s (%s %s): %s", job.id, job.endpoint, job.model, outcome[0])
+
+    async def _execute(self, job: Job) -> tuple[str, dict[str, Any]]:
+        """Send the job's request to the target; returns (next state, column changes)."""
+        gw, settings = self.gw, self.settings
+        body = json.loads(job.request)
+        streams = job.endpoint != "embed" and body.get("stream") is not False
+        request = gw.target.request(
+            "POST",
+            f"/api/{job.endpoint}".encode(),
+            headers=[(b"content-type", b"application/json")],
+            content=job.request,
+        )
+        timeout = settings.idle_timeout if streams else settings.response_timeout
+        try:
+            response = await gw.target.send(request, header_timeout=timeout)
+            try:
+                content = b"".join([chunk async for chunk in gw.target.chunks(response)])
+            finally:
+                with trio.CancelScope(shield=True):
+                    await response.aclose()
+        except TargetStatus as exc:
+            return "failed", {"error": str(exc)}
+        except TargetError as exc:
+            gw.inventory.kick()
+            LOGGER.warning(
+                "job %s: the target went away (%s); it goes back to the queue", job.id, exc
+            )
+            return "queued", {}
+        if response.status_code == 503:  # Ollama's own queue is full: later
+            return "queued", {}
+        if response.status_code != 200:
+            return "failed", {"error": _error_text(content, response.status_code)}
+        if streams:
+            try:
+                whole = assemble(job.endpoint, content)
+            except StreamError as exc:
+                await self._artifact(job, "stream.ndjson", "application/x-ndjson", content)
+                return "failed", {"error": str(exc)}
+            await self._artifact(job, "stream.ndjson", "application/x-ndjson", content)
+            content = whole
+        await self._artifact(job, "response.json", "application/json; charset=utf-8", content)
+        return "succeeded", {}
+
+    async def _artifact(self, job: Job, name: str, content_type: str, data: bytes) -> None:
+        relative = os.path.join("artifacts", job.id, name)
+        path = os.path.join(self.settings.data_path, relative)
+
+        def write() -> None:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as file:
+                file.write(data)
+
+        await trio.to_thread.run_sync(write)
+        await self.store.call(records.add_artifact, job.id, name, content_type, len(data), relative)
+
+    # --- webhooks ----------------------------------------------------------------------
+
+    async def _send_webhooks(self) -> None:
+        """Deliver state webhooks: due ones now, failed ones again with back-off; forever."""
+        async with httpx2.AsyncClient(
+            transport=self._webhook_transport,
+            timeout=WEBHOOK_TIMEOUT,
+            follow_redirects=False,
+            trust_env=False,
+        ) as client:
+            while True:
+                wake = self._deliveries
+                due = await self.store.call(records.due_deliveries, time.time(), 50)
+                if due:  # one job's deliveries go one at a time, in order; jobs in parallel
+                    async with trio.open_nursery() as batch:
+                        for delivery in due:
+                            batch.start_soon(self._deliver, client, delivery)
+                    continue
+                upcoming = await self.store.call(records.next_delivery_at)
+                delay = math.inf if upcoming is None else max(0.0, upcoming - time.time())
+                with trio.move_on_after(delay):  # a retry falls due, or a new delivery comes
+                    await wake.wait()
+
+    async def _deliver(self, client: httpx2.AsyncClient, delivery: dict[str, Any]) -> None:
+        headers = {"content-type": "application/json", "user-agent": "foreman"}
+        if self.settings.webhook_secret:
+            digest = hmac.new(
+                self.settings.webhook_secret.encode(), delivery["body"], hashlib.sha256
+            ).hexdigest()
+            headers["x-foreman-signature"] = f"sha256={digest}"
+        status: int | None = None
+        try:
+            response = await client.post(delivery["url"], content=delivery["body"], headers=headers)
+            status = response.status_code
+        except httpx2.HTTPError as exc:
+            LOGGER.info("webhook %s for job %s: %s", delivery["url"], delivery["job_id"], exc)
+        delivered = status is not None and 200 <= status < 300
+        attempts = delivery["attempts"] + 1
+        backoff = min(2.0 ** (attempts - 1), WEBHOOK_MAX_BACKOFF)
+        next_at = time.time() + backoff if attempts < WEBHOOK_MAX_ATTEMPTS else math.inf
+        if not delivered and attempts >= WEBHOOK_MAX_ATTEMPTS:
+            LOGGER.warning(
+                "webhook for job %s given up after %d attempts", delivery["job_id"], attempts
+            )
+        await self.store.call(records.mark_delivery, delivery["seq"], status, delivered, next_at)
+
+    # --- retention ---------------------------------------------------------------------
+
+    async def _janitor(self) -> None:
+        """Delete finished jobs and their artifacts after ``FOREMAN_JOB_RETENTION``."""
+        period = min(3600.0, max(1.0, self.settings.job_retention / 10))
+        while True:
+            paths = await self.store.call(
+                records.purge_finished, time.time() - self.settings.job_retention
+            )
+            if paths:
+                await trio.to_thread.run_sync(self._remove, paths)
+                LOGGER.info("janitor: removed %d artifacts of old jobs", len(paths))
+            await trio.sleep(period)
+
+    def _remove(self, paths: list[str]) -> None:
+        for relative in paths:
+            path = os.path.join(self.settings.data_path, relative)
+            try:
+                os.remove(path)
+                os.rmdir(os.path.dirname(path))
+            except OSError:
+                pass  # already gone, or the directory still has another artifact
+
+
+def _error_text(body: bytes, status: int) -> str:
+    try:
+        return str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return f"the target answered {status}"
