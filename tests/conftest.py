@@ -50,10 +50,23 @@ def settings(**changes: Any) -> Settings:
 
 @asynccontextmanager
 async def open_foreman(
-    nursery: trio.Nursery, standin: StandIn, **changes: Any
+    nursery: trio.Nursery,
+    standin: StandIn,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    webhook_transport: httpx.AsyncBaseTransport | None = None,
+    **changes: Any,
 ) -> AsyncIterator[Foreman]:
-    """foreman with ``settings(**changes)`` in front of ``standin``."""
-    async with open_gateway(settings(**changes), transport=standin.transport(nursery)) as gw:
+    """foreman with ``settings(**changes)`` in front of ``standin``.
+
+    ``transport`` replaces the way to the stand-in (to wrap it); ``webhook_transport``
+    receives the state webhooks.
+    """
+    async with open_gateway(
+        settings(**changes),
+        transport=transport or standin.transport(nursery),
+        webhook_transport=webhook_transport,
+    ) as gw:
         app = create_app(gw)
         async with (
             httpx.AsyncClient(

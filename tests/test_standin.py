@@ -339,6 +339,12 @@ async def test_num_predict_cuts_the_reply(
             "Unsupported type: 'bool'",
         ),
         ("/api/embed", b'{"model": "nomic-embed-text", "input": [1]}', 400, "invalid input type"),
+        (
+            "/api/chat",
+            b'{"model": "llama3.2", "x": ' + b"[" * 10_001 + b"]" * 10_001 + b"}",
+            400,
+            "invalid character '[' exceeded max depth",
+        ),
     ],
 )
 async def test_request_errors(
@@ -678,3 +684,31 @@ async def test_serve_on_a_real_socket() -> None:
                 assert response.headers["transfer-encoding"] == "chunked"
                 assert json.loads(response.text.splitlines()[-1])["done"] is True
             nursery.cancel_scope.cancel()
+
+
+async def test_nesting_python_cannot_parse_but_go_can_is_accepted(
+    client: httpx.AsyncClient, autojump_clock: trio.abc.Clock
+) -> None:
+    deep = b"[" * 9_998 + b"]" * 9_998  # with the two objects: Go's limit, 10,000
+    body = json.dumps(chat(stream=False)).encode()[:-1] + b', "options": {"x": ' + deep + b"}}"
+    response = await client.post("/api/chat", content=body)
+    assert response.status_code == 200 and response.json()["done"] is True
+
+
+async def test_a_frozen_stand_in_holds_requests_and_streams_until_thawed(
+    client: httpx.AsyncClient, standin: StandIn, autojump_clock: trio.abc.Clock
+) -> None:
+    lines: list[tuple[float, bytes]] = []
+    async with client.stream("POST", "/api/chat", json=chat()) as response:
+        async for line in response.aiter_lines():
+            lines.append((trio.current_time(), line))
+            if len(lines) == 2:
+                standin.freeze()
+                assert (await client.get("/_standin/stats")).status_code == 200  # exempt
+                with trio.move_on_after(60) as held:
+                    await client.get("/api/version")
+                assert held.cancelled_caught
+                standin.thaw()
+    assert json.loads(lines[-1][1])["done"] is True
+    gaps = [b[0] - a[0] for a, b in zip(lines, lines[1:], strict=False)]
+    assert max(gaps) >= 60  # the stream stopped while frozen, then went on

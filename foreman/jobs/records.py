@@ -232,8 +232,8 @@ def _deliver(
         }
     )
     db.execute(
-        "INSERT INTO deliveries (job_id, url, body, next_at) VALUES (?, ?, ?, ?)",
-        (job.id, job.webhook_url, body, now),
+        "INSERT INTO deliveries (job_id, url, body, next_at) VALUES (?, ?, ?, 0)",  # due now
+        (job.id, job.webhook_url, body),
     )
 
 
@@ -285,21 +285,31 @@ def webhook_summary(db: sqlite3.Connection, job_id: str) -> dict[str, Any]:
     return {"deliveries": delivered, "last_status": None if last is None else last[0]}
 
 
+#: SQL: delivery ``d`` is the oldest one of its job not delivered yet.
+_OLDEST_PENDING = (
+    "seq = (SELECT MIN(seq) FROM deliveries WHERE job_id = d.job_id AND delivered_at IS NULL)"
+)
+
+
 def due_deliveries(db: sqlite3.Connection, now: float, limit: int) -> list[dict[str, Any]]:
     """Deliveries to attempt now: for each job only its oldest one not delivered yet,
     so that a job's webhooks arrive in order."""
     rows = db.execute(
         "SELECT * FROM deliveries AS d WHERE delivered_at IS NULL AND next_at <= ?"
-        " AND seq = (SELECT MIN(seq) FROM deliveries WHERE job_id = d.job_id"
-        "            AND delivered_at IS NULL)"
-        " ORDER BY next_at LIMIT ?",
+        f" AND {_OLDEST_PENDING} ORDER BY next_at LIMIT ?",
         (now, limit),
     )
     return [dict(row) for row in rows]
 
 
 def next_delivery_at(db: sqlite3.Connection) -> float | None:
-    row = db.execute("SELECT MIN(next_at) FROM deliveries WHERE delivered_at IS NULL").fetchone()
+    """When the next delivery falls due (seconds since the epoch), None if none is pending.
+
+    Only each job's oldest pending delivery counts: the ones behind it wait for it.
+    """
+    row = db.execute(
+        f"SELECT MIN(next_at) FROM deliveries AS d WHERE delivered_at IS NULL AND {_OLDEST_PENDING}"
+    ).fetchone()
     return row[0]
 
 

@@ -73,6 +73,16 @@ class Jobs:
         self._changed = trio.Event()  # the queue changed: workers look again
         self._deliveries = trio.Event()  # a delivery is due: the sender looks again
         self._webhook_transport = webhook_transport
+        self._epoch = time.time()  # set again in run(): see now()
+
+    def now(self) -> float:
+        """Wall-clock seconds since the Unix epoch, read off trio's clock.
+
+        Timers (``trio.sleep``) and the stored times they are compared with
+        (webhook retries, retention) then run on one clock, which under a test's
+        ``MockClock`` jumps with it.
+        """
+        return self._epoch + trio.current_time()
 
     # --- what the routes call ---------------------------------------------------------
 
@@ -117,6 +127,7 @@ class Jobs:
 
         Supports ``await nursery.start(jobs.run)``: ``started()`` comes once recovery is done.
         """
+        self._epoch = time.time() - trio.current_time()
         recovered = await self.store.call(
             records.recover_interrupted, self.settings.job_max_attempts
         )
@@ -171,22 +182,23 @@ class Jobs:
 
     async def _embed_worker(self) -> None:
         """Run embed jobs, ``FOREMAN_EMBED_JOB_CONCURRENCY`` at a time, beside the gate."""
-        limiter = trio.CapacityLimiter(max(1, self.settings.embed_job_concurrency))
+        # a semaphore, not a CapacityLimiter: the slot is released by the job's own task
+        slots = trio.Semaphore(max(1, self.settings.embed_job_concurrency))
         async with trio.open_nursery() as nursery:
             while True:
                 await self._wait_for(EMBEDS)
-                await limiter.acquire()
+                await slots.acquire()
                 job = await self.store.call(records.claim_next, EMBEDS)
                 if job is None:
-                    limiter.release()
+                    slots.release()
                     continue
-                nursery.start_soon(self._run_released, job, limiter)
+                nursery.start_soon(self._run_released, job, slots)
 
-    async def _run_released(self, job: Job, limiter: trio.CapacityLimiter) -> None:
+    async def _run_released(self, job: Job, slots: trio.Semaphore) -> None:
         try:
             await self._run(job)
         finally:
-            limiter.release()
+            slots.release()
 
     async def _run(self, job: Job) -> None:
         """Run one claimed job to its next state."""
@@ -276,14 +288,15 @@ class Jobs:
         ) as client:
             while True:
                 wake = self._deliveries
-                due = await self.store.call(records.due_deliveries, time.time(), 50)
+                due = await self.store.call(records.due_deliveries, self.now(), 50)
                 if due:  # one job's deliveries go one at a time, in order; jobs in parallel
                     async with trio.open_nursery() as batch:
                         for delivery in due:
                             batch.start_soon(self._deliver, client, delivery)
                     continue
                 upcoming = await self.store.call(records.next_delivery_at)
-                delay = math.inf if upcoming is None else max(0.0, upcoming - time.time())
+                # a millisecond late, so that the retry is surely due when we look again
+                delay = math.inf if upcoming is None else max(0.0, upcoming - self.now()) + 0.001
                 with trio.move_on_after(delay):  # a retry falls due, or a new delivery comes
                     await wake.wait()
 
@@ -303,7 +316,7 @@ class Jobs:
         delivered = status is not None and 200 <= status < 300
         attempts = delivery["attempts"] + 1
         backoff = min(2.0 ** (attempts - 1), WEBHOOK_MAX_BACKOFF)
-        next_at = time.time() + backoff if attempts < WEBHOOK_MAX_ATTEMPTS else math.inf
+        next_at = self.now() + backoff if attempts < WEBHOOK_MAX_ATTEMPTS else math.inf
         if not delivered and attempts >= WEBHOOK_MAX_ATTEMPTS:
             LOGGER.warning(
                 "webhook for job %s given up after %d attempts", delivery["job_id"], attempts
@@ -317,7 +330,7 @@ class Jobs:
         period = min(3600.0, max(1.0, self.settings.job_retention / 10))
         while True:
             paths = await self.store.call(
-                records.purge_finished, time.time() - self.settings.job_retention
+                records.purge_finished, self.now() - self.settings.job_retention
             )
             if paths:
                 await trio.to_thread.run_sync(self._remove, paths)

@@ -50,6 +50,7 @@ class StandInApp(QuartTrio):
         head = method == "HEAD"
         control = path.startswith("/_standin/")
         if not control:
+            await standin.wait_thawed()
             standin.requests[f"{method} {path}"] += 1
             standin.last_headers = headers
             if standin.token is not None and headers.get("authorization") != (
@@ -190,6 +191,16 @@ def create_app(standin: StandIn) -> StandInApp:
             standin.faults = Faults.from_json(json.loads(await request.get_data() or b"{}"))
         except ValueError as exc:
             return error(400, str(exc))
+        return json_response(standin.stats())
+
+    @app.route("/_standin/freeze", methods=["POST"])
+    async def freeze() -> Response:
+        standin.freeze()
+        return json_response(standin.stats())
+
+    @app.route("/_standin/thaw", methods=["POST"])
+    async def thaw() -> Response:
+        standin.thaw()
         return json_response(standin.stats())
 
     @app.route("/_standin/reset", methods=["POST"])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import zlib
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -155,6 +155,7 @@ async def lines(
     token_rate: float,
     faults: Callable[[], Any],
     on_close: Callable[[], None],
+    thawed: Callable[[], Awaitable[None]],
 ) -> AsyncGenerator[dict[str, Any], None]:
     """Produce a reply's lines at ``token_rate`` lines per second.
 
@@ -162,13 +163,15 @@ async def lines(
     Before line ``i`` (0-based) the current ``faults()`` apply: ``stall_after == i``
     sleeps until cancelled, ``die_after == i`` raises :class:`ConnectionAborted`,
     ``runner_error_after == i`` yields Ollama's ``{"error": ...}`` and ends.
-    ``on_close`` runs in ``finally`` (end, error or cancellation).
+    ``on_close`` runs in ``finally`` (end, error or cancellation); ``thawed()`` is
+    awaited before every line (it blocks while the stand-in is frozen).
     """
     try:
         gap = 1.0 / token_rate if token_rate > 0 else 0.0
         eval_started = trio.current_time()
         for index in range(len(plan.tokens) + 1):
             await trio.sleep(gap)
+            await thawed()
             current = faults()
             if current.stall_after == index:
                 await trio.sleep_forever()

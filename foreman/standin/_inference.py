@@ -206,6 +206,7 @@ async def _infer(standin: StandIn, kind: Literal["chat", "generate"]) -> Respons
         plan,
         token_rate=standin.token_rate,
         faults=lambda: standin.faults,
+        thawed=standin.wait_thawed,
         # a stream's request ends with its body; a single object is sent after this
         on_close=lease().close if streaming else lambda: None,
     )

@@ -117,6 +117,7 @@ class StandIn:
             default_keep_alive=default_keep_alive,
         )
         self.reachable = True
+        self._thawed: trio.Event | None = None
         self.faults = Faults()
         self.chats_in_flight = self.max_chats_in_flight = self.chats_total = 0
         self.embeds_in_flight = self.max_embeds_in_flight = self.embeds_total = 0
@@ -134,6 +135,24 @@ class StandIn:
     def come_back(self) -> None:
         """Accept connections again (loaded models stay loaded; see :meth:`unload_all`)."""
         self.reachable = True
+
+    def freeze(self) -> None:
+        """Behave like a stopped process (``SIGSTOP``): connections are accepted, but no
+        request gets an answer and no stream sends another line until :meth:`thaw`.
+        The ``/_standin/`` control endpoints keep answering."""
+        if self._thawed is None:
+            self._thawed = trio.Event()
+
+    def thaw(self) -> None:
+        """Undo :meth:`freeze`: every held request and stream goes on where it stopped."""
+        if self._thawed is not None:
+            self._thawed.set()
+            self._thawed = None
+
+    async def wait_thawed(self) -> None:
+        """Return at once unless frozen; else when :meth:`thaw` is called."""
+        while self._thawed is not None:
+            await self._thawed.wait()
 
     def transport(self, nursery: trio.Nursery) -> httpx2.AsyncBaseTransport:
         """An in-process httpx2 transport to :attr:`app`, honouring :attr:`reachable`."""

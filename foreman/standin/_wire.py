@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -200,6 +201,44 @@ def _go_decode_error(exc: json.JSONDecodeError, text: str) -> str:
     return f"invalid character {char} looking for beginning of value"
 
 
+GO_MAX_DEPTH: Final = 10_000  # encoding/json's maxNestingDepth
+
+
+def _first_value(text: str) -> Any:
+    """The first JSON value of ``text``, nested as deep as Go allows (10,000 levels).
+
+    Python's parser recurses per level and stops near 1,000; on that, the depth is
+    counted and Go's ``exceeded max depth`` syntax error raised beyond 10,000, else
+    the value parsed again with room to recurse (a few MiB of C stack).
+    """
+    decoder = json.JSONDecoder(parse_constant=_reject_constant)
+    try:
+        return decoder.raw_decode(text)[0]
+    except RecursionError:
+        pass
+    depth, in_string, escaped = 0, False, False
+    for char in text:
+        if in_string:
+            in_string = escaped or char != '"'
+            escaped = not escaped and char == "\\"
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > GO_MAX_DEPTH:
+                raise RequestError(400, f"invalid character {_quote_char(char)} exceeded max depth")
+        elif char in "]}":
+            depth -= 1
+            if depth == 0:
+                break
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + 3 * GO_MAX_DEPTH)
+    try:
+        return decoder.raw_decode(text)[0]
+    finally:
+        sys.setrecursionlimit(limit)
+
+
 def decode_body(raw: bytes, go_type: str, fields: Mapping[str, str]) -> dict[str, Any]:
     """Decode a request body as gin's ``ShouldBindJSON`` into ``go_type`` would.
 
@@ -222,7 +261,7 @@ def decode_body(raw: bytes, go_type: str, fields: Mapping[str, str]) -> dict[str
     if not text:
         raise RequestError(400, "missing request body")
     try:
-        value, _ = json.JSONDecoder(parse_constant=_reject_constant).raw_decode(text)
+        value = _first_value(text)
     except json.JSONDecodeError as exc:
         raise RequestError(400, _go_decode_error(exc, text)) from None
     except _Constant as exc:

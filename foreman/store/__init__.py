@@ -36,17 +36,19 @@ class Store:
         self._connection = connection
         self._limiter = trio.CapacityLimiter(1)  # one thread at a time: the one writer
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(connection, *args)`` in the store's thread, in one transaction.
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(connection, *args, **kwargs)`` in the store's thread, in one transaction.
 
         Cancellation does not interrupt a call already running (SQLite is not
         interruptible midway); the caller returns once it is done.
         """
-        return await trio.to_thread.run_sync(self._transaction, fn, args, limiter=self._limiter)
+        return await trio.to_thread.run_sync(
+            self._transaction, lambda db: fn(db, *args, **kwargs), limiter=self._limiter
+        )
 
-    def _transaction(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._connection:  # commit, or roll back on an exception
-            return fn(self._connection, *args)
+            return fn(self._connection)
 
 
 def _migrate(connection: sqlite3.Connection) -> int:
