@@ -1,4 +1,4 @@
-"""The ``foreman`` command: ``serve``, ``demo`` and ``standin``.
+"""The ``foreman`` command: ``serve``, ``demo``, ``standin`` and ``jobs``.
 
 Every ``serve`` flag is also an environment variable (see :data:`foreman.settings.OPTIONS`);
 a flag wins over its variable. An invalid value exits with status 2 and one line
@@ -18,6 +18,7 @@ import click
 import trio
 
 from . import __version__
+from .jobs.cli import jobs
 from .logs import configure_logging
 from .settings import OPTIONS, ConfigError, Settings
 
@@ -235,3 +236,6 @@ def standin(
             LOGGER.info("stand-in Ollama target serving on %s", ", ".join(urls))
 
     trio.run(run)
+
+
+main.add_command(jobs)

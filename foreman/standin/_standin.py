@@ -85,6 +85,8 @@ class StandIn:
         embeds_in_flight, max_embeds_in_flight, embeds_total: the same for
             ``/api/embed`` and ``/api/embeddings``.
         requests: ``"GET /api/tags"`` -> count, every request that reached the app.
+        prompts: the last message's content (chat) or the prompt (generate) -> count,
+            for every chat or generate request naming a known model.
         last_headers: lower-cased request headers of the most recent request.
     """
 
@@ -122,6 +124,7 @@ class StandIn:
         self.chats_in_flight = self.max_chats_in_flight = self.chats_total = 0
         self.embeds_in_flight = self.max_embeds_in_flight = self.embeds_total = 0
         self.requests: collections.Counter[str] = collections.Counter()
+        self.prompts: collections.Counter[str] = collections.Counter()
         self.last_headers: dict[str, str] = {}
         self._epoch: tuple[trio.abc.Clock, int] | None = None
         self.app = create_app(self)
@@ -194,6 +197,7 @@ class StandIn:
             "max_embeds_in_flight": self.max_embeds_in_flight,
             "embeds_total": self.embeds_total,
             "requests": dict(self.requests),
+            "prompts": dict(self.prompts),
             "resident": self.resident(),
             "faults": dataclasses.asdict(self.faults),
         }
@@ -204,6 +208,7 @@ class StandIn:
         self.max_chats_in_flight = self.chats_in_flight
         self.max_embeds_in_flight = self.embeds_in_flight
         self.requests.clear()
+        self.prompts.clear()
         self.last_headers = {}
 
     def track(self, kind: Literal["chats", "embeds"]) -> Callable[[], None]:
