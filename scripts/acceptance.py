@@ -6,16 +6,20 @@ on free loopback ports, drives foreman with ``ollama.Client`` — chat (streamed
 and not), generate, embed, embeddings, list, ps, show — first without and then
 with ``FOREMAN_TOKEN``, checks every answer, checks at the stand-in that
 concurrent chats never overlapped while embeds did, and that SIGTERM stops
-foreman with exit status 0. Then the abuse and outage checks: odd path
-spellings and non-ASCII headers over a raw socket, ``Connection: close`` and
-HTTP/1.0 clients, a target frozen with ``SIGSTOP`` and thawed with
-``SIGCONT``, and a forced second signal (exit status 1).
+foreman with exit status 0. With the token it also submits a batch job to
+``/jobs``, waits for its signed state webhooks and checks its artifacts. Then
+the abuse and outage checks: odd path spellings and non-ASCII headers over a
+raw socket, ``Connection: close`` and HTTP/1.0 clients, a target frozen with
+``SIGSTOP`` and thawed with ``SIGCONT``, and a forced second signal (exit
+status 1).
 
 Usage: python scripts/acceptance.py   (exit status 0 when every check passed)
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import http.client
 import json
 import os
@@ -23,10 +27,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import ollama
 from _procs import foreman_process, free_port, wait_http
@@ -129,6 +136,71 @@ def drive(client: ollama.Client, target: str) -> None:
         f"    max chats in flight at the target: {after['max_chats_in_flight']}, "
         f"max embeds in flight: {after['max_embeds_in_flight']}"
     )
+
+
+def batch_job(url: str, token: str, secret: str) -> None:
+    """Submit a batch chat job; wait for its signed webhooks; check both artifacts."""
+    received: list[tuple[bytes, str]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((body, self.headers.get("X-Foreman-Signature", "")))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    def call(path: str, body: dict | None = None) -> tuple[int, bytes]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{url}{path}", data=data, headers=auth)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+
+    try:
+        request = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "a batch job"}]}
+        status, body = call(
+            "/jobs",
+            {
+                "endpoint": "chat",
+                "request": request,
+                "state_webhook_url": f"http://127.0.0.1:{server.server_address[1]}/hook",
+            },
+        )
+        job = json.loads(body)
+        check(status == 202 and job["state"] == "queued", "POST /jobs queues a batch job (202)")
+        deadline = time.monotonic() + 30
+        while len(received) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        states = [json.loads(body)["state"] for body, _ in received]
+        check(states == ["queued", "running", "succeeded"], f"its webhooks came in order: {states}")
+        signed = all(
+            signature == "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+            for body, signature in received
+        )
+        check(signed, "every webhook carries the HMAC-SHA256 of its body")
+        job = json.loads(call(f"/jobs/{job['id']}")[1])
+        check(job["state"] == "succeeded" and job["attempts"] == 1, "GET /jobs/{id}: succeeded")
+        whole = json.loads(call(f"/jobs/{job['id']}/artifacts/response.json")[1])
+        lines = [
+            json.loads(line)
+            for line in call(f"/jobs/{job['id']}/artifacts/stream.ndjson")[1].splitlines()
+        ]
+        check(
+            whole["done"]
+            and lines[-1]["done"]
+            and whole["message"]["content"] == "".join(x["message"]["content"] for x in lines)
+            and whole["eval_count"] == lines[-1]["eval_count"],
+            f"response.json is the stream's {len(lines)} lines as one answer",
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def raw_request(
@@ -279,12 +351,14 @@ def main() -> int:
     target_port, foreman_port = free_port(), free_port()
     target = f"http://127.0.0.1:{target_port}"
     url = f"http://127.0.0.1:{foreman_port}"
+    data_dir = tempfile.TemporaryDirectory(prefix="foreman-acceptance-")
     env = {
         "FOREMAN_OLLAMA_URL": target,
         "FOREMAN_LISTEN": f"127.0.0.1:{foreman_port}",
         "FOREMAN_EMBED_MODEL": EMBED_MODEL,
         "FOREMAN_PS_INTERVAL": "0.5",
         "FOREMAN_LOG_LEVEL": "warning",
+        "FOREMAN_DATA_DIR": data_dir.name,
     }
     os.environ.pop("OLLAMA_API_KEY", None)  # the client sends it as a bearer to any host
     stand_in_args = [
@@ -307,7 +381,8 @@ def main() -> int:
             check(foreman.wait(20) == 0, "SIGTERM stops foreman with exit status 0")
 
         print("== foreman with FOREMAN_TOKEN")
-        with foreman_process(["serve"], {**env, "FOREMAN_TOKEN": "acceptance-token"}) as foreman:
+        secured = {**env, "FOREMAN_TOKEN": "acceptance-token", "FOREMAN_WEBHOOK_SECRET": "hush"}
+        with foreman_process(["serve"], secured) as foreman:
             wait_http(f"{url}/healthz")
             try:
                 ollama.Client(host=url).list()
@@ -321,6 +396,7 @@ def main() -> int:
                 ollama.Client(host=url, headers={"Authorization": "Bearer acceptance-token"}),
                 target,
             )
+            batch_job(url, "acceptance-token", "hush")
             foreman.send_signal(signal.SIGINT)
             check(foreman.wait(20) == 0, "SIGINT stops foreman with exit status 0")
 
@@ -333,6 +409,7 @@ def main() -> int:
             foreman.send_signal(signal.SIGTERM)
             check(foreman.wait(20) == 0, "SIGTERM stops foreman with exit status 0")
         forced_stop(env)
+    data_dir.cleanup()
     print(f"acceptance: {len(CHECKS)} passed, 0 failed")
     return 0
 
