@@ -29,6 +29,10 @@ acceptance:
 bench *ARGS:
     scripts/bootstrap dev && .venv/bin/python scripts/bench.py {{ARGS}}
 
+# the job queue: enqueue rate, GET /jobs/{id} latency and memory with 10,000 jobs stored
+bench-jobs *ARGS:
+    scripts/bootstrap dev && .venv/bin/python scripts/bench_jobs.py {{ARGS}}
+
 # lint and format check
 lint:
     scripts/bootstrap dev && .venv/bin/ruff check . && .venv/bin/ruff format --check .

@@ -272,6 +272,29 @@ async def test_a_bad_submission_is_refused_as_the_sync_path_would(
     assert (await fm.client.get("/jobs")).json()["jobs"] == []
 
 
+async def test_a_batch_is_stored_all_or_nothing_and_runs_in_order(
+    nursery: trio.Nursery, standin: StandIn, autojump_clock: trio.abc.Clock
+) -> None:
+    async with foreman_with_jobs(nursery, standin, max_jobs=5) as (fm, _, recorder):
+        batch = [{"endpoint": "chat", "request": chat_body(text=f"doc {i}")} for i in range(3)]
+        bad = await fm.client.post("/jobs", json=[*batch, {"endpoint": "chat", "request": {}}])
+        assert bad.status_code == 400 and bad.json() == {"error": "jobs[3]: model is required"}
+        unknown = await fm.client.post("/jobs", json=[{**batch[0], "request": chat_body("nope")}])
+        assert unknown.json() == {"error": "jobs[0]: model 'nope' not found"}
+        assert (await fm.client.post("/jobs", json=[])).status_code == 422
+        too_many = await fm.client.post("/jobs", json=batch * 2)  # 6 > FOREMAN_MAX_JOBS=5
+        assert too_many.status_code == 429
+        assert (await fm.client.get("/jobs")).json()["jobs"] == []  # nothing was stored
+        response = await fm.client.post("/jobs", json=batch)
+        assert response.status_code == 202
+        stored = response.json()["jobs"]
+        assert [set(job) for job in stored] == [{"id", "state", "url"}] * 3
+        for job in stored:
+            done = await wait_state(fm, job["id"], "succeeded", "failed")
+            assert done["state"] == "succeeded" and job["url"] == f"/jobs/{job['id']}"
+        assert recorder.chats == ["doc 0", "doc 1", "doc 2"]
+
+
 async def test_queued_jobs_wait_for_an_unreachable_target_and_the_queue_bounds_them(
     nursery: trio.Nursery, standin: StandIn, autojump_clock: trio.abc.Clock
 ) -> None:

@@ -25,7 +25,7 @@ __all__ = [
     "count_queued",
     "due_deliveries",
     "get_job",
-    "insert_job",
+    "insert_jobs",
     "list_jobs",
     "mark_delivery",
     "peek_next",
@@ -37,7 +37,6 @@ __all__ = [
 
 JobState = str  # queued | running | succeeded | failed | cancelled
 FINISHED = ("succeeded", "failed", "cancelled")
-_RANK = "CASE priority WHEN 'interactive' THEN 0 ELSE 1 END"
 
 
 @dataclass(frozen=True)
@@ -78,41 +77,40 @@ def rfc3339(seconds: float | None) -> str | None:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
-def insert_job(
-    db: sqlite3.Connection,
-    job_id: str,
-    endpoint: str,
-    request: bytes,
-    model: str | None,
-    priority: str,
-    metadata: dict[str, Any],
-    webhook_url: str | None,
-    base_url: str,
-    max_jobs: int,
-) -> Job | None:
-    """Store a new queued job; None when ``max_jobs`` queued jobs are stored already."""
-    if count_queued(db) >= max_jobs:
+def insert_jobs(
+    db: sqlite3.Connection, jobs: list[dict[str, Any]], max_jobs: int
+) -> list[Job] | None:
+    """Store new queued jobs, all or none; None when the queued jobs would then be more
+    than ``max_jobs``.
+
+    Each of ``jobs`` is ``{"id", "endpoint", "request": bytes, "model", "priority",
+    "metadata": dict, "webhook_url", "base_url"}``.
+    """
+    if count_queued(db) + len(jobs) > max_jobs:
         return None
     now = time.time()
-    db.execute(
-        "INSERT INTO jobs (id, endpoint, request, model, priority, state, created_at, metadata,"
-        " webhook_url, base_url) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
-        (
-            job_id,
-            endpoint,
-            request,
-            model,
-            priority,
-            now,
-            json.dumps(metadata),
-            webhook_url,
-            base_url,
-        ),
-    )
-    job = get_job(db, job_id)
-    assert job is not None
-    _deliver(db, job, "queued", None, now)
-    return job
+    stored = []
+    for fields in jobs:
+        db.execute(
+            "INSERT INTO jobs (id, endpoint, request, model, priority, state, created_at,"
+            " metadata, webhook_url, base_url) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+            (
+                fields["id"],
+                fields["endpoint"],
+                fields["request"],
+                fields["model"],
+                fields["priority"],
+                now,
+                json.dumps(fields["metadata"]),
+                fields["webhook_url"],
+                fields["base_url"],
+            ),
+        )
+        job = get_job(db, fields["id"])
+        assert job is not None
+        _deliver(db, job, "queued", None, now)
+        stored.append(job)
+    return stored
 
 
 def get_job(db: sqlite3.Connection, job_id: str) -> Job | None:
@@ -159,24 +157,40 @@ def queue_depths(db: sqlite3.Connection) -> dict[str, int]:
 def position_of(db: sqlite3.Connection, job: Job) -> int:
     """How many queued jobs of the same kind run before ``job`` (0: it is next)."""
     kinds = ("embed",) if job.endpoint == "embed" else ("chat", "generate")
-    rank = 0 if job.priority == "interactive" else 1
-    marks = ",".join("?" * len(kinds))
-    return db.execute(
-        f"SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND endpoint IN ({marks})"
-        f" AND ({_RANK} < ? OR ({_RANK} = ? AND seq < ?))",
-        (*kinds, rank, rank, job.seq),
-    ).fetchone()[0]
+    ahead = 0
+    for endpoint in kinds:  # each count is a range of the jobs_lane index
+        if job.priority == "batch":
+            ahead += db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND endpoint = ?"
+                " AND priority = 'interactive'",
+                (endpoint,),
+            ).fetchone()[0]
+        ahead += db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND endpoint = ?"
+            " AND priority = ? AND seq < ?",
+            (endpoint, job.priority, job.seq),
+        ).fetchone()[0]
+    return ahead
 
 
 def peek_next(db: sqlite3.Connection, endpoints: tuple[str, ...]) -> Job | None:
-    """The queued job of these endpoints that runs next, without taking it."""
-    marks = ",".join("?" * len(endpoints))
-    row = db.execute(
-        f"SELECT * FROM jobs WHERE state = 'queued' AND endpoint IN ({marks})"
-        f" ORDER BY {_RANK}, seq LIMIT 1",
-        endpoints,
-    ).fetchone()
-    return None if row is None else Job.from_row(row)
+    """The queued job of these endpoints that runs next, without taking it.
+
+    Interactive before batch, then first submitted; one index lookup per lane and endpoint.
+    """
+    for priority in ("interactive", "batch"):
+        rows = [
+            db.execute(
+                "SELECT * FROM jobs WHERE state = 'queued' AND endpoint = ? AND priority = ?"
+                " ORDER BY seq LIMIT 1",
+                (endpoint, priority),
+            ).fetchone()
+            for endpoint in endpoints
+        ]
+        found = [row for row in rows if row is not None]
+        if found:
+            return Job.from_row(min(found, key=lambda row: row["seq"]))
+    return None
 
 
 def claim_next(db: sqlite3.Connection, endpoints: tuple[str, ...]) -> Job | None:

@@ -4,6 +4,8 @@
   "batch"|"interactive", "state_webhook_url": "https://...", "metadata": {...}}`` →
   202, ``Location: /jobs/{id}``, the job. The request is checked as the synchronous
   path would check it (its model against the inventory, one re-poll on a miss).
+  An array of up to 1,000 such objects is stored all or nothing, in one transaction →
+  202, ``{"jobs": [{"id", "state", "url"}, ...]}``; an error names the item (``jobs[3]: ...``).
 * ``GET /jobs?state=&priority=&limit=&cursor=``: newest first; ``next_cursor`` pages on.
 * ``GET /jobs/{id}``; ``DELETE /jobs/{id}`` cancels (409 once finished).
 * ``GET /jobs/{id}/artifacts/{name}``: ``response.json`` (what Ollama answers with
@@ -22,7 +24,7 @@ from urllib.parse import urlsplit
 import trio
 from quart import Blueprint, Response, request
 
-from ..errors import ForemanError, ModelNotFound
+from ..errors import ModelNotFound
 from ..jsonwire import JSON_CONTENT_TYPE, dumps
 from ..names import is_cloud, normalize
 from . import records
@@ -34,6 +36,7 @@ __all__ = ["job_routes"]
 ENDPOINTS = ("chat", "generate", "embed")
 PRIORITIES = ("batch", "interactive")
 MAX_PAGE = 500
+MAX_BATCH = 1000  # jobs in one POST /jobs array
 
 
 def _json(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -83,46 +86,67 @@ def job_routes(jobs: Jobs) -> Blueprint:
         )
         return out
 
+    async def checked(body: Any) -> dict[str, Any] | tuple[str, int]:
+        """A job's fields for :meth:`Jobs.submit`, or (error, status) as the sync path says it.
+
+        Raises:
+            TargetError: the target is unreachable and the model unknown (503).
+        """
+        problem = _problem(body)
+        if problem is not None:
+            return problem, 422
+        ollama_request = body["request"]
+        model = ollama_request.get("model")
+        if not isinstance(model, str) or not model:
+            return "model is required", 400
+        if normalize(model) is None:
+            return "invalid model name", 400
+        if not is_cloud(model):
+            try:
+                await jobs.gw.inventory.require(model)
+            except ModelNotFound as exc:
+                if body["endpoint"] == "embed":
+                    return f'model "{model}" not found, try pulling it first', 404
+                return str(exc), 404
+        return {
+            "endpoint": body["endpoint"],
+            "request": dumps(ollama_request),
+            "model": model,
+            "priority": body.get("priority", "batch"),
+            "metadata": body.get("metadata") or {},
+            "webhook_url": body.get("state_webhook_url"),
+            "base_url": request.host_url.rstrip("/"),
+        }
+
     @routes.post("/jobs")
     async def submit() -> Response:
         try:
             body = json.loads(await request.get_data())
         except ValueError:
-            return _error("the body must be a JSON object", 400)
-        problem = _problem(body)
-        if problem is not None:
-            return _error(problem, 422)
-        ollama_request = body["request"]
-        model = ollama_request.get("model")
-        if not isinstance(model, str) or not model:
-            return _error("model is required", 400)
-        if normalize(model) is None:
-            return _error("invalid model name", 400)
-        if not is_cloud(model):
-            try:
-                await jobs.gw.inventory.require(model)
-            except ModelNotFound:
-                if body["endpoint"] == "embed":
-                    return _error(f'model "{model}" not found, try pulling it first', 404)
-                raise
-            except ForemanError:
-                raise
-        job = await jobs.submit(
-            endpoint=body["endpoint"],
-            request=dumps(ollama_request),
-            model=model,
-            priority=body.get("priority", "batch"),
-            metadata=body.get("metadata") or {},
-            webhook_url=body.get("state_webhook_url"),
-            base_url=request.host_url.rstrip("/"),
-        )
-        if job is None:
+            return _error("the body must be a JSON object (or an array of them)", 400)
+        batch = isinstance(body, list)
+        if batch and not 1 <= len(body) <= MAX_BATCH:
+            return _error(f"a batch holds 1 to {MAX_BATCH} jobs", 422)
+        fields = []
+        for index, item in enumerate(body if batch else [body]):
+            result = await checked(item)
+            if isinstance(result, tuple):
+                message, status = result
+                return _error(f"jobs[{index}]: {message}" if batch else message, status)
+            fields.append(result)
+        stored = await jobs.submit(fields)
+        if stored is None:
             return _error(
                 f"too many queued jobs (FOREMAN_MAX_JOBS={jobs.settings.max_jobs})",
                 429,
                 {"Retry-After": "60"},
             )
-        return _json(await shape(job), 202, {"Location": f"/jobs/{job.id}"})
+        if batch:
+            return _json(
+                {"jobs": [{"id": j.id, "state": j.state, "url": f"/jobs/{j.id}"} for j in stored]},
+                202,
+            )
+        return _json(await shape(stored[0]), 202, {"Location": f"/jobs/{stored[0].id}"})
 
     @routes.get("/jobs")
     async def listing() -> Response:

@@ -86,23 +86,19 @@ class Jobs:
 
     # --- what the routes call ---------------------------------------------------------
 
-    async def submit(self, **fields: Any) -> Job | None:
-        """Store a new queued job (see :func:`records.insert_job`); None when the queue is full."""
-        job_id = secrets.token_hex(12)
-        job = await self.store.call(
-            records.insert_job,
-            job_id,
-            fields["endpoint"],
-            fields["request"],
-            fields["model"],
-            fields["priority"],
-            fields["metadata"],
-            fields["webhook_url"],
-            fields["base_url"],
-            self.settings.max_jobs,
-        )
-        await self._touched()
-        return job
+    async def submit(self, fields: list[dict[str, Any]]) -> list[Job] | None:
+        """Store new queued jobs, all or none (see :func:`records.insert_jobs`).
+
+        Returns them, or None when they would take the queue past ``FOREMAN_MAX_JOBS``.
+        """
+        rows = [{"id": secrets.token_hex(12), **job} for job in fields]
+
+        def insert(db: Any) -> tuple[list[Job] | None, dict[str, int]]:
+            return records.insert_jobs(db, rows, self.settings.max_jobs), records.queue_depths(db)
+
+        stored, self.depths = await self.store.call(insert)  # one trip to the store thread
+        self._wake(deliveries=any(row["webhook_url"] for row in rows))
+        return stored
 
     async def cancel(self, job_id: str) -> Job | None:
         """Cancel a queued or running job; returns it (None: no such job).
@@ -144,9 +140,15 @@ class Jobs:
     async def _touched(self) -> None:
         """The queue changed: refresh the depths and wake the workers and the sender."""
         self.depths = await self.store.call(records.queue_depths)
-        for event in (self._changed, self._deliveries):
-            event.set()
-        self._changed, self._deliveries = trio.Event(), trio.Event()
+        self._wake(deliveries=True)
+
+    def _wake(self, *, deliveries: bool) -> None:
+        """Wake the workers (they look for work again) and, if asked, the webhook sender."""
+        self._changed.set()
+        self._changed = trio.Event()
+        if deliveries:
+            self._deliveries.set()
+            self._deliveries = trio.Event()
 
     async def _wait_for(self, endpoints: tuple[str, ...]) -> Job:
         """The next queued job of these endpoints, once there is one and the target is up.
