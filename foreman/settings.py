@@ -20,6 +20,7 @@ import httpx2
 import platformdirs
 from hypercorn.config import Config as HypercornConfig
 
+from . import reasons
 from .names import normalize
 
 __all__ = ["GRACE_MARGIN", "OPTIONS", "ConfigError", "Option", "Settings"]
@@ -490,7 +491,11 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def hypercorn(self) -> HypercornConfig:
-        """The hypercorn config: bind ``listen``, the grace period, no access log."""
+        """The hypercorn config: bind ``listen``, the grace period, no access log.
+
+        Also gives hypercorn's status lines Ollama's reason phrases (:mod:`foreman.reasons`).
+        """
+        reasons.install()
         config = HypercornConfig()
         config.bind = [self.listen]
         # foreman ends what is left when its own grace is over (a 503, an error line);

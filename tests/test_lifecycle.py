@@ -217,3 +217,26 @@ def test_version_comes_from_one_place() -> None:
 
     result = foreman_command("--version")
     assert result.stdout.strip() == f"foreman, version {foreman.__version__}"
+
+
+async def test_status_lines_carry_reason_phrases_as_ollama_sends_them() -> None:
+    async def status_line(url: str, request: bytes) -> bytes:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(request)
+            received = b""
+            while b"\r\n" not in received:
+                received += await stream.receive_some()
+        return received.split(b"\r\n", 1)[0]
+
+    get = b"GET /api/tags HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    missing = b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 16\r\n\r\n"
+    with trio.fail_after(15):
+        async with real_foreman(StandIn()) as (url, shutdown, stopped):
+            assert await status_line(url, get) == b"HTTP/1.1 200 OK"
+            assert await status_line(url, missing + b'{"model":"nope"}') == (
+                b"HTTP/1.1 404 Not Found"
+            )
+            shutdown.set()
+            await stopped.wait()

@@ -1,7 +1,7 @@
 """Who may talk to a loopback-bound Ollama: its Host check and CORS origin list.
 
 Mirrors ``allowedHostsMiddleware`` and the gin-contrib/cors setup in Ollama's
-``server/routes.go`` (reference §1) with the default ``OLLAMA_ORIGINS``: a
+``server/routes.go`` with the default ``OLLAMA_ORIGINS``: a
 request whose ``Host`` is not local, or whose ``Origin`` is not allowed, gets
 **403 with an empty body**. The stand-in always behaves as if bound to loopback.
 """

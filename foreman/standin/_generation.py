@@ -6,7 +6,7 @@ gets ``"hello there hello there hello there"``, one word per token. Thinking mod
 (capability ``thinking``) think first, in :data:`THINKING`. Embeddings are
 derived from a sha256 of the text: short, deterministic, L2-normalised.
 
-Line shapes and key order follow reference §3.6 (chat) and §3.7 (generate);
+Line shapes and key order follow Ollama's ``/api/chat`` and ``/api/generate`` answers;
 durations are integer nanoseconds, ``created_at`` is wall-clock UTC.
 """
 

@@ -1,6 +1,7 @@
 """The stand-in's "disk": model specs and Ollama's model-name rules.
 
-Names follow ``types/model/name.go`` (reference §7): ``[host/][namespace/]model[:tag]``
+Names follow Ollama's ``types/model/name.go`` (see ``docs/ollama-protocol.md``):
+``[host/][namespace/]model[:tag]``
 with defaults ``registry.ollama.ai``, ``library`` and ``latest``, matched
 case-insensitively per part. ``llama3.2``, ``Llama3.2:LATEST`` and
 ``registry.ollama.ai/library/llama3.2:latest`` are one model; ``llama3.2`` is not

@@ -1,6 +1,6 @@
 """Residency: which models are "loaded", for how long, and who may use them.
 
-A simplified copy of Ollama's scheduler (``server/sched.go``, reference §8):
+A simplified copy of Ollama's scheduler (``server/sched.go``, ``docs/ollama-protocol.md``):
 
 * at most ``max_loaded`` runners; a request for a model that is not loaded waits
   its turn for the single loader (one load at a time, FIFO), which evicts the

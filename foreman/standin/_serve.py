@@ -9,6 +9,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
+from .. import reasons
 from ._standin import StandIn
 
 __all__ = ["serve"]
@@ -31,11 +32,12 @@ async def serve(
     effect here (stop the server instead). As with a loopback-bound Ollama, the
     Host check applies whatever the bind address.
     """
+    reasons.install()  # "HTTP/1.1 200 OK", as Ollama
     config = Config()
     config.bind = [bind]
     config.include_server_header = False  # Ollama sends none
     config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")  # the process's own handlers
+    config.errorlog = logging.getLogger("foreman.standin.server")  # the process's handlers
     await hypercorn_serve(
         standin.app,  # type: ignore[arg-type]
         config,

@@ -57,7 +57,7 @@ class Faults:
 
 
 class StandIn:
-    """A fake Ollama server (reference: ``/work/shared/reference/ollama-api.md``).
+    """A fake Ollama server, as ``docs/ollama-protocol.md`` describes Ollama.
 
     Serves Ollama's native API from :attr:`app` (a ``quart_trio.QuartTrio``), either
     in-process through :meth:`transport` or on a socket through :func:`serve`.
@@ -172,7 +172,7 @@ class StandIn:
             self.models.pop(parsed.key, None)
 
     def find(self, name: str) -> ModelSpec | None:
-        """The model ``name`` resolves to as Ollama resolves names (reference §7), if any."""
+        """The model ``name`` resolves to as Ollama resolves names, if any."""
         parsed = parse_name(name)
         return None if parsed is None else self.models.get(parsed.key)
 

@@ -1,7 +1,7 @@
 """Ollama's wire details: Go-style JSON, timestamps, durations and request decoding.
 
 Everything here mirrors what Ollama's Go server (gin + ``encoding/json``) puts on
-the wire (reference §1, §5.1, §6): compact JSON with ``<>&`` escaped, RFC 3339
+the wire (``docs/ollama-protocol.md``): compact JSON with ``<>&`` escaped, RFC 3339
 timestamps with trailing zeros trimmed, ``time.Duration`` as integer
 nanoseconds, ``keep_alive`` as seconds or a Go duration string, and decoder
 error texts close to Go's.
@@ -130,7 +130,7 @@ def _parse_go_duration(text: str) -> float:
 
 
 def parse_keep_alive(value: Any) -> float | None:
-    """``keep_alive`` as Ollama reads it (reference §5.1), in seconds.
+    """``keep_alive`` as Ollama reads it, in seconds.
 
     A number is seconds, a string a Go duration (``"10m"``, ``"1h30m"``, ``"-1m"``);
     negative means forever (:data:`FOREVER`). ``None`` (absent or ``null``) means
