@@ -36,6 +36,10 @@ class Foreman:
     target: httpx.AsyncClient  # talks to the stand-in directly, bypassing foreman
 
 
+#: Every test's data directory lives in here, removed when the test run ends.
+DATA_ROOT = tempfile.TemporaryDirectory(prefix="foreman-tests-")
+
+
 def settings(**changes: Any) -> Settings:
     base = Settings(
         ollama_url=TARGET,
@@ -43,7 +47,7 @@ def settings(**changes: Any) -> Settings:
         poll_interval=30.0,
         ps_interval=10.0,
         idle_timeout=60.0,
-        data_dir=tempfile.mkdtemp(prefix="foreman-test-"),
+        data_dir=tempfile.mkdtemp(dir=DATA_ROOT.name),
     )
     return base.replace(**changes)
 

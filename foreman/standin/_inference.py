@@ -149,7 +149,7 @@ async def _infer(standin: StandIn, kind: Literal["chat", "generate"]) -> Respons
     spec = _find(standin, model, f"model '{model}' not found")
     prompt = body.get("prompt") or ""
     empty = not messages if kind == "chat" else not prompt
-    standin.prompts[(messages[-1].get("content") or "") if messages else prompt] += 1
+    standin.prompts[((messages[-1].get("content") or "") if messages else prompt)[:100]] += 1
     head = {"model": model, "created_at": standin.timestamp()}
     nothing = (
         {"message": {"role": "assistant", "content": ""}} if kind == "chat" else {"response": ""}

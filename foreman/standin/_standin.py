@@ -85,7 +85,8 @@ class StandIn:
         embeds_in_flight, max_embeds_in_flight, embeds_total: the same for
             ``/api/embed`` and ``/api/embeddings``.
         requests: ``"GET /api/tags"`` -> count, every request that reached the app.
-        prompts: the last message's content (chat) or the prompt (generate) -> count,
+        prompts: the last message's content (chat) or the prompt (generate), its first
+            100 characters -> count,
             for every chat or generate request naming a known model.
         last_headers: lower-cased request headers of the most recent request.
     """
