@@ -11,6 +11,7 @@ can drift. Names and units (seconds, tokens):
 * ``foreman_chats_in_flight``, ``foreman_chats_waiting``, ``foreman_embeds_in_flight``;
 * ``foreman_target_reachable`` (0/1), ``foreman_last_successful_poll_timestamp_seconds``,
   ``foreman_models`` (in the inventory), ``foreman_models_resident``, ``foreman_warmups_total``;
+* ``foreman_jobs_queued{lane}``, ``foreman_jobs_finished_total{state}`` (the job queue);
 * ``foreman_tokens_total{model,direction}`` (``in``: ``prompt_eval_count``, ``out``:
   ``eval_count``, read from the final NDJSON line or the whole answer, never changing a byte).
 """
@@ -159,6 +160,19 @@ class _GatewayCollector(Collector):
         warmups = CounterMetricFamily("foreman_warmups", "Warm-ups of the embedder sent.")
         warmups.add_metric([], residency.warmups)
         yield warmups
+        if gw.jobs is not None:
+            depth = GaugeMetricFamily(
+                "foreman_jobs_queued", "Jobs waiting in the queue, by lane.", labels=["lane"]
+            )
+            for lane, count in gw.jobs.depths.items():
+                depth.add_metric([lane], count)
+            yield depth
+            finished = CounterMetricFamily(
+                "foreman_jobs_finished", "Jobs that ended, by state.", labels=["state"]
+            )
+            for state, count in gw.jobs.finished.items():
+                finished.add_metric([state], count)
+            yield finished
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -202,6 +202,9 @@ async def test_cancel_a_waiting_job_a_running_job_and_not_a_finished_one(
         assert (await fm.client.delete("/jobs/nope")).status_code == 404
         await trio.sleep(1)  # the webhooks go out beside the queue
         assert receiver.states(running["id"]) == ["queued", "running", "cancelled"]
+        metrics = (await fm.client.get("/metrics")).text
+        assert 'foreman_jobs_finished_total{state="cancelled"} 2.0' in metrics
+        assert 'foreman_jobs_queued{lane="batch"} 0.0' in metrics
 
 
 async def test_webhooks_are_signed_retried_in_order_and_survive_a_restart(

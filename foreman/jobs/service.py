@@ -70,6 +70,8 @@ class Jobs:
         self.running: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
         self.depths = {"interactive": 0, "batch": 0}
         self.chat_job: str | None = None  # the chat or generate job holding the slot now
+        #: jobs ended by this process, by state (``/metrics``)
+        self.finished = {"succeeded": 0, "failed": 0, "cancelled": 0}
         self._changed = trio.Event()  # the queue changed: workers look again
         self._deliveries = trio.Event()  # a delivery is due: the sender looks again
         self._webhook_transport = webhook_transport
@@ -106,7 +108,10 @@ class Jobs:
         A running job's upstream request is aborted now; its state turns
         ``cancelled`` as soon as its worker has let go (well within a second).
         """
-        await self.store.call(records.transition, job_id, "cancelled", only_from=("queued",))
+        if await self.store.call(
+            records.transition, job_id, "cancelled", only_from=("queued",)
+        ):  # a queued one: cancelled now; a running one: by its worker, below
+            self.finished["cancelled"] += 1
         run = self.running.get(job_id)
         if run is not None:
             scope, finished = run
@@ -220,6 +225,8 @@ class Jobs:
                 if state == "queued":  # the target vanished: try again, attempt not spent
                     changes = {"attempts": job.attempts - 1, "started_at": None, **changes}
                 await self.store.call(records.transition, job.id, state, **changes)
+                if state in self.finished:
+                    self.finished[state] += 1
                 finished.set()
                 await self._touched()
         LOGGER.info("job %s (%s %s): %s", job.id, job.endpoint, job.model, outcome[0])
