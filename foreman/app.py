@@ -9,8 +9,9 @@ For each request, in this order (``docs/adr/0008-fast-data-plane.md``):
 2. Ollama's browser protections, done by foreman itself (:mod:`foreman.access`):
    a foreign ``Host`` (when listening on loopback) or ``Origin`` gets 403 with
    an empty body; an allowed CORS preflight gets 204;
-3. the bearer token (``FOREMAN_TOKEN``), for everything but ``/healthz``, ``/readyz``
-   and, with ``FOREMAN_METRICS_PUBLIC=1``, ``/metrics``;
+3. the bearer key (``FOREMAN_TOKEN``, or a user's key: :mod:`foreman.users`), for
+   everything but ``/healthz``, ``/readyz`` and, with ``FOREMAN_METRICS_PUBLIC=1``,
+   ``/metrics``; the user goes into the ASGI scope as ``scope["foreman.user"]``;
 4. the control plane (:mod:`foreman.control`, Quart) for foreman's own paths,
    the data plane (:mod:`foreman.dataplane`) for Ollama's.
 
@@ -22,7 +23,6 @@ an NDJSON stream.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 import secrets
@@ -38,6 +38,7 @@ from .exchange import Exchange
 from .gateway import Gateway
 from .jsonwire import JSON_CONTENT_TYPE, error_body
 from .metrics import route_label
+from .users import USER_SCOPE_KEY
 
 __all__ = ["App", "create_app"]
 
@@ -60,7 +61,8 @@ class App:
         self.control = create_control_app(gw)
         self.data = DataPlane(gw)
         self.access = Access(settings.origins, check_host=listens_on_loopback(settings.listen))
-        self._token = settings.token.encode() if settings.token else None
+        assert gw.users is not None, "open_gateway() makes the users"
+        self.users = gw.users
         self._public = UNAUTHENTICATED | ({"/metrics"} if settings.metrics_public else set())
         self.metrics = gw.metrics
 
@@ -130,15 +132,15 @@ class App:
                     return
 
         path = scope["path"]
-        if (
-            self._token is not None
-            and path not in self._public
-            and not self._authorized(headers.authorization)
-        ):
-            exchange.outcome = "error"
-            headers = [*_JSON, (b"www-authenticate", b"Bearer"), *extra]
-            await respond(send, 401, error_body("unauthorized"), headers=headers)
-            return
+        if path not in self._public:
+            user = self.users.authenticate(headers.authorization)
+            if user is None:
+                exchange.outcome = "error"
+                headers = [*_JSON, (b"www-authenticate", b"Bearer"), *extra]
+                await respond(send, 401, error_body("unauthorized"), headers=headers)
+                return
+            exchange.user = user.name
+            scope[USER_SCOPE_KEY] = user
         if is_control(path):
             exchange.route = route_label(path)
             await self.control(scope, receive, send)
@@ -176,12 +178,6 @@ class App:
         elif exchange.ndjson and not exchange.response_complete:
             line = error_body(SHUTTING_DOWN) + b"\n"
             await send({"type": "http.response.body", "body": line, "more_body": False})
-
-    def _authorized(self, authorization: bytes | None) -> bool:
-        """Whether ``Authorization`` carries ``Bearer <FOREMAN_TOKEN>`` (constant time)."""
-        scheme, _, given = (authorization or b"").partition(b" ")
-        assert self._token is not None
-        return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self._token)
 
 
 class _RequestHeaders:

@@ -1,4 +1,4 @@
-"""The ``foreman`` command: ``serve``, ``demo``, ``standin`` and ``jobs``.
+"""The ``foreman`` command: ``serve``, ``demo``, ``standin``, ``jobs`` and ``users``.
 
 Every ``serve`` flag is also an environment variable (see :data:`foreman.settings.OPTIONS`);
 a flag wins over its variable. An invalid value exits with status 2 and one line
@@ -21,6 +21,7 @@ from . import __version__
 from .jobs.cli import jobs
 from .logs import configure_logging
 from .settings import OPTIONS, ConfigError, Settings
+from .users.cli import users
 
 __all__ = ["main"]
 
@@ -239,3 +240,4 @@ def standin(
 
 
 main.add_command(jobs)
+main.add_command(users)

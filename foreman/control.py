@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -21,18 +20,20 @@ from werkzeug.exceptions import HTTPException
 from .errors import ForemanError
 from .gateway import Gateway
 from .jobs import job_routes
-from .jsonwire import JSON_CONTENT_TYPE, dumps
+from .jsonwire import JSON_CONTENT_TYPE, dumps, rfc3339
+from .users.routes import user_routes
 
 __all__ = ["CONTROL_PATHS", "create_control_app", "health", "is_control"]
 
-#: Paths the control plane serves (and everything under ``/jobs/``); every other path
-#: belongs to the data plane.
+#: Paths the control plane serves, and everything under ``/jobs/`` and ``/admin/``;
+#: every other path belongs to the data plane.
 CONTROL_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/jobs"})
+CONTROL_PREFIXES = ("/jobs/", "/admin/")
 
 
 def is_control(path: str) -> bool:
     """Whether ``path`` is foreman's own (control plane) rather than Ollama's."""
-    return path in CONTROL_PATHS or path.startswith("/jobs/")
+    return path in CONTROL_PATHS or path.startswith(CONTROL_PREFIXES)
 
 
 def json_response(value: Any, status: int = 200) -> Response:
@@ -52,6 +53,8 @@ def create_control_app(gw: Gateway) -> QuartTrio:
 
     if gw is not None and gw.jobs is not None:
         app.register_blueprint(job_routes(gw.jobs))
+    if gw is not None and gw.users is not None:
+        app.register_blueprint(user_routes(gw.users))
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
@@ -74,12 +77,6 @@ def create_control_app(gw: Gateway) -> QuartTrio:
         return json_response(health(gw), 503 if gw.inventory.degraded.value else 200)
 
     return app
-
-
-def _timestamp(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
 def health(gw: Gateway) -> dict[str, Any]:
@@ -105,14 +102,14 @@ def health(gw: Gateway) -> dict[str, Any]:
             "model": residency.embed_model,
             "resident": residency.embedder_resident(),
             "warmups": residency.warmups,
-            "last_warmup": _timestamp(residency.last_warmup),
+            "last_warmup": rfc3339(residency.last_warmup),
             "last_error": residency.last_warmup_error,
         }
     return {
         "status": "degraded" if inventory.degraded.value else "ok",
         "target": gw.target.url,
         "error": str(inventory.last_error) if inventory.degraded.value else None,
-        "last_poll": _timestamp(last),
+        "last_poll": rfc3339(last),
         "last_poll_age_seconds": None if last is None else round(time.time() - last, 3),
         "models": len(inventory.models),
         "resident": None if residency.resident is None else list(residency.resident),

@@ -28,6 +28,7 @@ class Exchange:
     started: float
     client: str = "-"
     request_id: str = ""
+    user: str = "-"  # who the bearer key says the client is (foreman.users)
     route: str = "other"  # the metrics label (:func:`foreman.metrics.route_label`)
     model: str | None = None
     status: int | None = None
@@ -52,8 +53,9 @@ class Exchange:
             return
         duration = now - self.started
         ACCESS.info(
-            "%s %s %s model=%s status=%s gate_wait=%s duration=%.3fs outcome=%s id=%s",
+            "%s %s %s %s model=%s status=%s gate_wait=%s duration=%.3fs outcome=%s id=%s",
             self.client,
+            self.user,
             self.method,
             self.path,
             self.model or "-",
@@ -64,6 +66,7 @@ class Exchange:
             self.request_id,
             extra={
                 "client": self.client,
+                "user": self.user,
                 "request_id": self.request_id,
                 "method": self.method,
                 "path": self.path,

@@ -18,6 +18,7 @@ from .target import Target
 
 if TYPE_CHECKING:
     from .jobs import Jobs
+    from .users import Users
 
 __all__ = ["Gateway"]
 
@@ -38,6 +39,7 @@ class Gateway:
     inventory: Inventory
     residency: Residency
     jobs: Jobs | None = None  # the job queue (None: not started, as in unit tests)
+    users: Users | None = None  # the API keys (None: only FOREMAN_TOKEN, as in unit tests)
     metrics: Metrics = field(default_factory=Metrics)
     embeds_in_flight: int = 0
     in_flight: AsyncValue[int] = field(default_factory=lambda: AsyncValue(0))

@@ -9,9 +9,10 @@ says itself (errors, health); the target's bytes are never re-encoded.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["JSON_CONTENT_TYPE", "dumps", "error_body", "request_fields"]
+__all__ = ["JSON_CONTENT_TYPE", "dumps", "error_body", "request_fields", "rfc3339"]
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 
@@ -50,3 +51,10 @@ def request_fields(body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         return {}
     return {key.lower(): item for key, item in value.items()}
+
+
+def rfc3339(seconds: float | None) -> str | None:
+    """Unix seconds as RFC 3339 UTC (``2026-11-23T10:00:00.123456Z``), or None."""
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")

@@ -29,6 +29,7 @@ from .residency import Residency
 from .settings import Settings
 from .store import open_store
 from .target import open_target
+from .users import Users
 
 __all__ = ["Gateway", "open_gateway", "run", "serve_until_signalled"]
 
@@ -79,6 +80,8 @@ async def open_gateway(
         else:
             LOGGER.info("target %s has %d models", target.url, len(inventory.models))
         gateway = Gateway(settings, target, nursery, gate, inventory, residency)
+        gateway.users = Users(store, settings.token)
+        await nursery.start(gateway.users.run)
         gateway.jobs = Jobs(gateway, store, webhook_transport=webhook_transport)
         await nursery.start(gateway.jobs.run)
         yield gateway

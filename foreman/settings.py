@@ -414,6 +414,11 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
+def default_data_dir() -> str:
+    """The platform's user data directory for foreman (``~/.local/share/foreman`` on Linux)."""
+    return platformdirs.user_data_dir("foreman", appauthor=False)
+
+
 @dataclass(frozen=True)
 class Settings:
     """foreman's configuration. Times are in seconds; ``listen`` is ``HOST:PORT``."""
@@ -456,7 +461,7 @@ class Settings:
     @property
     def data_path(self) -> str:
         """``data_dir``, or the platform's user data directory for foreman."""
-        return self.data_dir or platformdirs.user_data_dir("foreman", appauthor=False)
+        return self.data_dir or default_data_dir()
 
     @property
     def scheme(self) -> str:

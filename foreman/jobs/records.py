@@ -12,10 +12,9 @@ import json
 import sqlite3
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from ..jsonwire import dumps
+from ..jsonwire import dumps, rfc3339
 
 __all__ = [
     "Job",
@@ -68,13 +67,6 @@ class Job:
     @property
     def url(self) -> str:
         return f"{self.base_url}/jobs/{self.id}"
-
-
-def rfc3339(seconds: float | None) -> str | None:
-    """Unix seconds as RFC 3339 UTC (``2026-11-23T10:00:00.123456Z``), or None."""
-    if seconds is None:
-        return None
-    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
 def insert_jobs(

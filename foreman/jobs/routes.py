@@ -25,10 +25,10 @@ import trio
 from quart import Blueprint, Response, request
 
 from ..errors import ModelNotFound
-from ..jsonwire import JSON_CONTENT_TYPE, dumps
+from ..jsonwire import JSON_CONTENT_TYPE, dumps, rfc3339
 from ..names import is_cloud, normalize
 from . import records
-from .records import FINISHED, Job, rfc3339
+from .records import FINISHED, Job
 from .service import Jobs
 
 __all__ = ["job_routes"]

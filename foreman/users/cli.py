@@ -1,0 +1,104 @@
+"""``foreman users add|list|revoke``: manage API keys in foreman's data directory.
+
+These commands open the store directly (``--data-dir``, ``FOREMAN_DATA_DIR``), so
+they work whether foreman runs or not; a running foreman sees a change within
+``foreman.users.REFRESH`` seconds. ``add`` prints the new key once, on stdout.
+Exit status 1 with one line on stderr on a bad name, a taken name or an unknown user.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+import trio
+from rich.console import Console
+from rich.table import Table
+
+from ..settings import default_data_dir
+from ..store import open_store
+from . import create_user, list_users, revoke_user
+
+__all__ = ["users"]
+
+T = TypeVar("T")
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"foreman: {message}", err=True)
+    sys.exit(1)
+
+
+def _call(data_dir: str | None, fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(db, *args)`` in one transaction on the store in ``data_dir``."""
+    path = data_dir or default_data_dir()
+    os.makedirs(path, exist_ok=True)
+
+    async def run() -> T:
+        async with open_store(os.path.join(path, "foreman.db")) as store:
+            return await store.call(fn, *args)
+
+    try:
+        return trio.run(run)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+@click.group()
+@click.option(
+    "--data-dir",
+    envvar="FOREMAN_DATA_DIR",
+    show_envvar=True,
+    metavar="DIR",
+    help="foreman's data directory (default: the platform's user data directory).",
+)
+@click.pass_context
+def users(ctx: click.Context, data_dir: str | None) -> None:
+    """Users and their API keys: add, list, revoke.
+
+    With no FOREMAN_TOKEN and no user foreman is open to anyone who can reach
+    it; once a user has been made, every request needs a key (or FOREMAN_TOKEN),
+    even after every user is revoked.
+    """
+    ctx.obj = data_dir
+
+
+@users.command()
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="The user may manage users (/admin/api/).")
+@click.pass_obj
+def add(data_dir: str | None, name: str, admin: bool) -> None:
+    """Add a user and print its new API key (shown this once only)."""
+    user, key = _call(data_dir, create_user, name, "admin" if admin else "user")
+    click.echo(f"created {user['role']} {user['name']}; its key (shown once):", err=True)
+    click.echo(key)
+
+
+@users.command("list")
+@click.pass_obj
+def list_(data_dir: str | None) -> None:
+    """Every user: name, role, the start of its key, created, revoked."""
+    rows = _call(data_dir, list_users)
+    if not rows:
+        click.echo("no users")
+        return
+    table = Table("name", "role", "key", "created", "revoked")
+    for row in rows:
+        table.add_row(
+            row["name"], row["role"], row["key_prefix"], row["created_at"], row["revoked_at"] or ""
+        )
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+@users.command()
+@click.argument("name")
+@click.pass_obj
+def revoke(data_dir: str | None, name: str) -> None:
+    """Revoke a user's key (a running foreman refuses it within seconds)."""
+    user = _call(data_dir, revoke_user, name)
+    if user is None:
+        _fail(f"user {name!r} not found")
+    click.echo(f"revoked {name}")
