@@ -31,6 +31,7 @@ from typing import Any
 import trio
 
 from .access import PREFLIGHT_HEADERS, Access, listens_on_loopback
+from .bodies import ReadBodyFirst, drain
 from .control import create_control_app, is_control
 from .dataplane import ClientGone, DataPlane, respond, retry_after, route_key
 from .errors import ForemanError, GateFull
@@ -58,7 +59,8 @@ class App:
     def __init__(self, gw: Gateway) -> None:
         settings = gw.settings
         self.gw = gw
-        self.control = create_control_app(gw)
+        # the control plane reads each body before Quart routes it (foreman.bodies)
+        self.control = ReadBodyFirst(create_control_app(gw), settings.max_body)
         self.data = DataPlane(gw)
         self.access = Access(settings.origins, check_host=listens_on_loopback(settings.listen))
         assert gw.users is not None, "open_gateway() makes the users"
@@ -116,11 +118,11 @@ class App:
             extra.append((b"connection", b"close"))  # hypercorn then closes after the answer
 
         if not self.access.host_allowed(host):
-            await respond(send, 403, b"", headers=extra)
+            await respond(send, 403, b"", headers=await _drained(receive, extra))
             return
         if origin is not None:
             if not self.access.origin_allowed(origin, host):
-                await respond(send, 403, b"", headers=extra)
+                await respond(send, 403, b"", headers=await _drained(receive, extra))
                 return
             if not self.access.same_origin(origin, host):
                 extra += [
@@ -136,7 +138,8 @@ class App:
             user = self.users.authenticate(headers.authorization)
             if user is None:
                 exchange.outcome = "error"
-                headers = [*_JSON, (b"www-authenticate", b"Bearer"), *extra]
+                headers = [*_JSON, (b"www-authenticate", b"Bearer")]
+                headers += await _drained(receive, extra)
                 await respond(send, 401, error_body("unauthorized"), headers=headers)
                 return
             exchange.user = user.name
@@ -148,7 +151,8 @@ class App:
         key = route_key(path)
         exchange.route = route_label(key)
         if key is None:
-            await respond(send, 404, b"404 page not found", headers=_TEXT + extra)
+            headers = _TEXT + await _drained(receive, extra)
+            await respond(send, 404, b"404 page not found", headers=headers)
             return
 
         error: ForemanError | None = None
@@ -178,6 +182,14 @@ class App:
         elif exchange.ndjson and not exchange.response_complete:
             line = error_body(SHUTTING_DOWN) + b"\n"
             await send({"type": "http.response.body", "body": line, "more_body": False})
+
+
+async def _drained(receive: Any, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``extra`` once the unread request body is read (:func:`foreman.bodies.drain`), with
+    ``Connection: close`` added if it could not be read to its end."""
+    if await drain(receive) or (b"connection", b"close") in extra:
+        return extra
+    return [*extra, (b"connection", b"close")]
 
 
 class _RequestHeaders:

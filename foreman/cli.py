@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -96,12 +97,19 @@ def serve(**values: str | None) -> None:
 def _exit_with(settings: Settings, async_fn: Callable[..., Any], *args: Any) -> None:
     """Run ``async_fn(*args)`` under trio and exit with the status it returns.
 
-    A listen address that cannot be bound (in use, not this machine's) exits 1 with one line.
+    A listen address that cannot be bound (in use, not this machine's) exits 1 with one
+    line; so does a system error that stops foreman (its data directory or database
+    unusable, a TLS file unreadable): supervisors restart it, people read one line.
     """
+    from .service import CannotListen
+
     try:
         status = trio.run(async_fn, *args)
-    except* OSError as group:
+    except* CannotListen as group:
         click.echo(f"foreman: cannot listen on {settings.listen}: {_leaf(group)}", err=True)
+        sys.exit(1)
+    except* (OSError, sqlite3.Error) as group:
+        click.echo(f"foreman: stopped: {_leaf(group)}", err=True)
         sys.exit(1)
     sys.exit(status)
 

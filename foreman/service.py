@@ -130,19 +130,26 @@ async def run(
     LOGGER.info("stopped")
 
 
+class CannotListen(Exception):
+    """``listen`` cannot be bound: the message says why (``[Errno 98] Address in use``)."""
+
+
 def check_listen(listen: str) -> None:
     """Bind ``HOST:PORT`` once and let go, so a bad address fails before anything starts.
 
     Raises:
-        OSError: the address is in use or not this machine's.
+        CannotListen: the address is in use, not this machine's, or not found.
     """
     host, _, port = listen.rpartition(":")
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host.strip("[]"), int(port), type=socket.SOCK_STREAM
-    )[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind(address)
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]"), int(port), type=socket.SOCK_STREAM
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise CannotListen(str(exc)) from exc
 
 
 async def _stop_when_drained(gw: Gateway, draining: trio.Event, server: trio.CancelScope) -> None:

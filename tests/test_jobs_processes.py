@@ -1,4 +1,5 @@
-"""The job queue with real processes: a SIGKILL loses no job; the ``foreman jobs`` CLI."""
+"""Real processes: a SIGKILL loses no job; the ``foreman jobs`` CLI; keep-alive after
+answers that did not read their request's body."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -211,3 +213,21 @@ def test_the_jobs_cli_submits_waits_lists_shows_and_cancels(tmp_path: Path) -> N
 
         gone = cli("list")
         assert gone.returncode == 1 and gone.stderr.startswith("foreman: cannot reach foreman")
+
+
+def test_an_answer_that_did_not_read_its_body_leaves_keep_alive_healthy(tmp_path: Path) -> None:
+    """A 404 to a POST with a body (the control plane's, the stand-in's) and the next
+    request on the same pooled connection: it must be answered (it used to hang)."""
+    chat = chat_body()
+    with standin("--token-rate", "1000") as target, foreman(target, tmp_path) as (url, _):
+        for base, unread in [(url, "/jobs/a/b/c"), (url, "/api/x/../chat"), (target, "/api/chat/")]:
+            with httpx.Client(base_url=base, timeout=5.0) as client:
+                for _ in range(40):  # the hang came within a few rounds
+                    with ThreadPoolExecutor(4) as pool:
+                        answers = list(
+                            pool.map(
+                                lambda path: client.post(path, json=chat).status_code,
+                                [unread, "/api/chat", unread, "/api/tags"],
+                            )
+                        )
+                    assert answers[1] == 200 and answers[3] in (200, 405), answers

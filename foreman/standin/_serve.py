@@ -10,6 +10,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from .. import reasons
+from ..bodies import DRAIN_LIMIT, ReadBodyFirst
 from ._standin import StandIn
 
 __all__ = ["serve"]
@@ -39,7 +40,8 @@ async def serve(
     config.accesslog = None
     config.errorlog = logging.getLogger("foreman.standin.server")  # the process's handlers
     await hypercorn_serve(
-        standin.app,  # type: ignore[arg-type]
+        # Go's net/http reads an unread body (up to 256 KiB) and keeps the connection
+        ReadBodyFirst(standin.app, DRAIN_LIMIT),  # type: ignore[arg-type]
         config,
         shutdown_trigger=shutdown_trigger,
         task_status=task_status,
