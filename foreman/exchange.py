@@ -10,6 +10,7 @@ import trio
 __all__ = ["Exchange"]
 
 ACCESS = logging.getLogger("foreman.access")
+PROBES = frozenset({"/healthz", "/readyz"})
 
 
 @dataclass(eq=False)
@@ -44,15 +45,20 @@ class Exchange:
     shutdown: bool = False  # cancelled because foreman's grace period ended
 
     def log(self, now: float) -> None:
-        """Write the one access-log record of this request (``foreman.access``, INFO).
+        """Write the one access-log record of this request (``foreman.access``, INFO;
+        DEBUG for a ``/healthz`` or ``/readyz`` answered 200).
 
         The fields go into the message and, for JSON logs, in as keys
         (see :mod:`foreman.logs`).
         """
-        if not ACCESS.isEnabledFor(logging.INFO):
+        # a health probe that finds foreman well is logged at DEBUG: probes come every few s
+        probe = self.path in PROBES and self.status == 200
+        level = logging.DEBUG if probe else logging.INFO
+        if not ACCESS.isEnabledFor(level):
             return
         duration = now - self.started
-        ACCESS.info(
+        ACCESS.log(
+            level,
             "%s %s %s %s model=%s status=%s gate_wait=%s duration=%.3fs outcome=%s id=%s",
             self.client,
             self.user,
