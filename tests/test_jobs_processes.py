@@ -126,16 +126,18 @@ def test_a_sigkill_mid_job_loses_nothing_and_the_job_runs_again(tmp_path: Path) 
                 for i in range(50)
             ]
             # freeze the target in the middle of one job's stream, then kill foreman
+            interrupted = None
             for _ in range(50):
                 until(lambda: _count(url, "succeeded") >= 5, what="five jobs done")
                 httpx.post(f"{target}/_standin/freeze")
-                time.sleep(0.2)  # what is on its way arrives
-                if httpx.get(f"{target}/_standin/stats").json()["chats_in_flight"] == 1:
+                time.sleep(0.3)  # what is on its way arrives
+                running = httpx.get(f"{url}/jobs", params={"state": "running"}).json()["jobs"]
+                prompts = httpx.get(f"{target}/_standin/stats").json()["prompts"]
+                if len(running) == 1 and prompts.get(f"job {ids.index(running[0]['id'])}"):
+                    interrupted = running[0]["id"]  # the target is streaming its answer
                     break
                 httpx.post(f"{target}/_standin/thaw")  # frozen between two jobs: again
-            running = httpx.get(f"{url}/jobs", params={"state": "running"}).json()["jobs"]
-            assert len(running) == 1
-            interrupted = running[0]["id"]
+            assert interrupted is not None
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
         httpx.post(f"{target}/_standin/thaw")
