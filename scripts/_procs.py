@@ -52,3 +52,12 @@ def foreman_process(
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident memory (``VmRSS``), in MB (MiB, as Linux counts)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")

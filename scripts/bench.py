@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from _procs import free_port, wait_http
+from _procs import free_port, rss_mb, wait_http
 
 SCRIPTS = Path(__file__).resolve().parent
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "why is the sky blue?"}]}
@@ -343,14 +343,6 @@ def embeds_beside_stream(url: str, count: int) -> list[float]:
 
 
 # --- processes ------------------------------------------------------------------------------
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 def _die_with_parent() -> None:

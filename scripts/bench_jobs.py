@@ -28,16 +28,7 @@ import time
 
 import httpx2
 import trio
-from _procs import foreman_process, free_port, wait_http
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
+from _procs import foreman_process, free_port, rss_mb, wait_http
 
 JOB = {
     "endpoint": "chat",

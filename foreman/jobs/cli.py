@@ -12,12 +12,13 @@ import json
 import sys
 import time
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 import httpx2
-from rich.console import Console
 from rich.table import Column, Table
+
+from ..terminal import fail, print_table
 
 __all__ = ["jobs"]
 
@@ -44,19 +45,14 @@ class _Api:
         try:
             response = self.client.request(method, path, **kwargs)
         except httpx2.HTTPError as exc:
-            _fail(f"cannot reach foreman at {self.url}: {exc}")
+            fail(f"cannot reach foreman at {self.url}: {exc}")
         if response.status_code >= 400:
             try:
                 message = response.json()["error"]
             except (ValueError, KeyError, TypeError):
                 message = response.text.strip() or response.reason_phrase
-            _fail(f"{message} (HTTP {response.status_code})")
+            fail(f"{message} (HTTP {response.status_code})")
         return response
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"foreman: {message}", err=True)
-    sys.exit(1)
 
 
 def _json_argument(text: str, what: str) -> Any:
@@ -148,8 +144,7 @@ def list_jobs(
     elif not page["jobs"]:
         click.echo("no jobs")
     else:
-        # a pipe gets whole lines rather than rich's 80 columns
-        Console(width=None if sys.stdout.isatty() else 200).print(_table(page["jobs"]))
+        print_table(_table(page["jobs"]))
 
 
 @jobs.command()
@@ -220,6 +215,6 @@ def submit(
         time.sleep(0.5)
         job = api.call("GET", f"/jobs/{job['id']}").json()
     if job["state"] != "succeeded":
-        _fail(f"job {job['id']} {job['state']}: {job.get('error') or ''}".rstrip(": "))
+        fail(f"job {job['id']} {job['state']}: {job.get('error') or ''}".rstrip(": "))
     response = api.call("GET", f"/jobs/{job['id']}/artifacts/response.json")
     click.echo(response.text)

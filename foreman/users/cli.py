@@ -9,27 +9,21 @@ Exit status 1 with one line on stderr on a bad name, a taken name or an unknown 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 import trio
-from rich.console import Console
 from rich.table import Table
 
 from ..settings import default_data_dir
 from ..store import open_store
+from ..terminal import fail, print_table
 from . import create_user, list_users, revoke_user
 
 __all__ = ["users"]
 
 T = TypeVar("T")
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"foreman: {message}", err=True)
-    sys.exit(1)
 
 
 def _call(data_dir: str | None, fn: Callable[..., T], *args: Any) -> T:
@@ -44,7 +38,7 @@ def _call(data_dir: str | None, fn: Callable[..., T], *args: Any) -> T:
     try:
         return trio.run(run)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @click.group()
@@ -90,7 +84,7 @@ def list_(data_dir: str | None) -> None:
         table.add_row(
             row["name"], row["role"], row["key_prefix"], row["created_at"], row["revoked_at"] or ""
         )
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    print_table(table)
 
 
 @users.command()
@@ -100,5 +94,5 @@ def revoke(data_dir: str | None, name: str) -> None:
     """Revoke a user's key (a running foreman refuses it within seconds)."""
     user = _call(data_dir, revoke_user, name)
     if user is None:
-        _fail(f"user {name!r} not found")
+        fail(f"user {name!r} not found")
     click.echo(f"revoked {name}")

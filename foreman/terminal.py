@@ -1,0 +1,24 @@
+"""What the client commands (``foreman jobs``, ``foreman users``) share: failing in one
+line and printing tables."""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["fail", "print_table"]
+
+
+def fail(message: str) -> NoReturn:
+    """``foreman: MESSAGE`` on stderr, exit status 1."""
+    click.echo(f"foreman: {message}", err=True)
+    sys.exit(1)
+
+
+def print_table(table: Table) -> None:
+    """Print ``table`` on stdout: as wide as the terminal, or whole lines into a pipe."""
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
