@@ -20,7 +20,8 @@ from werkzeug.exceptions import HTTPException
 from .errors import ForemanError
 from .gateway import Gateway
 from .jobs import job_routes
-from .jsonwire import JSON_CONTENT_TYPE, dumps, rfc3339
+from .jsonwire import rfc3339
+from .responses import json_response
 from .users.routes import user_routes
 
 __all__ = ["CONTROL_PATHS", "create_control_app", "health", "is_control"]
@@ -34,11 +35,6 @@ CONTROL_PREFIXES = ("/jobs/", "/admin/")
 def is_control(path: str) -> bool:
     """Whether ``path`` is foreman's own (control plane) rather than Ollama's."""
     return path in CONTROL_PATHS or path.startswith(CONTROL_PREFIXES)
-
-
-def json_response(value: Any, status: int = 200) -> Response:
-    """A JSON response as Ollama writes one (see :mod:`foreman.jsonwire`)."""
-    return Response(dumps(value), status=status, content_type=JSON_CONTENT_TYPE)
 
 
 def create_control_app(gw: Gateway) -> QuartTrio:

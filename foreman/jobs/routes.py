@@ -25,8 +25,9 @@ import trio
 from quart import Blueprint, Response, request
 
 from ..errors import ModelNotFound
-from ..jsonwire import JSON_CONTENT_TYPE, dumps, rfc3339
+from ..jsonwire import dumps, rfc3339
 from ..names import is_cloud, normalize
+from ..responses import error_response, json_response
 from . import records
 from .records import FINISHED, Job
 from .service import Jobs
@@ -37,14 +38,6 @@ ENDPOINTS = ("chat", "generate", "embed")
 PRIORITIES = ("batch", "interactive")
 MAX_PAGE = 500
 MAX_BATCH = 1000  # jobs in one POST /jobs array
-
-
-def _json(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(dumps(value), status=status, content_type=JSON_CONTENT_TYPE, headers=headers)
-
-
-def _error(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
-    return _json({"error": message}, status, headers)
 
 
 def job_routes(jobs: Jobs) -> Blueprint:
@@ -123,46 +116,46 @@ def job_routes(jobs: Jobs) -> Blueprint:
         try:
             body = json.loads(await request.get_data())
         except ValueError:
-            return _error("the body must be a JSON object (or an array of them)", 400)
+            return error_response("the body must be a JSON object (or an array of them)", 400)
         batch = isinstance(body, list)
         if batch and not 1 <= len(body) <= MAX_BATCH:
-            return _error(f"a batch holds 1 to {MAX_BATCH} jobs", 422)
+            return error_response(f"a batch holds 1 to {MAX_BATCH} jobs", 422)
         fields = []
         for index, item in enumerate(body if batch else [body]):
             result = await checked(item)
             if isinstance(result, tuple):
                 message, status = result
-                return _error(f"jobs[{index}]: {message}" if batch else message, status)
+                return error_response(f"jobs[{index}]: {message}" if batch else message, status)
             fields.append(result)
         stored = await jobs.submit(fields)
         if stored is None:
-            return _error(
+            return error_response(
                 f"too many queued jobs (FOREMAN_MAX_JOBS={jobs.settings.max_jobs})",
                 429,
                 {"Retry-After": "60"},
             )
         if batch:
-            return _json(
+            return json_response(
                 {"jobs": [{"id": j.id, "state": j.state, "url": f"/jobs/{j.id}"} for j in stored]},
                 202,
             )
-        return _json(await shape(stored[0]), 202, {"Location": f"/jobs/{stored[0].id}"})
+        return json_response(await shape(stored[0]), 202, {"Location": f"/jobs/{stored[0].id}"})
 
     @routes.get("/jobs")
     async def listing() -> Response:
         args = request.args
         state, priority = args.get("state"), args.get("priority")
         if state is not None and state not in ("queued", "running", *FINISHED):
-            return _error(f"state: unknown state {state!r}", 422)
+            return error_response(f"state: unknown state {state!r}", 422)
         if priority is not None and priority not in PRIORITIES:
-            return _error(f"priority: unknown priority {priority!r}", 422)
+            return error_response(f"priority: unknown priority {priority!r}", 422)
         try:
             limit = int(args.get("limit", "50"))
             cursor = int(args["cursor"]) if "cursor" in args else None
         except ValueError:
-            return _error("limit and cursor must be whole numbers", 422)
+            return error_response("limit and cursor must be whole numbers", 422)
         if not 1 <= limit <= MAX_PAGE:
-            return _error(f"limit: between 1 and {MAX_PAGE}", 422)
+            return error_response(f"limit: between 1 and {MAX_PAGE}", 422)
         page = await jobs.store.call(
             lambda db: records.list_jobs(
                 db, state=state, priority=priority, limit=limit + 1, before=cursor
@@ -170,7 +163,7 @@ def job_routes(jobs: Jobs) -> Blueprint:
         )
         more = len(page) > limit
         page = page[:limit]
-        return _json(
+        return json_response(
             {
                 "jobs": [await shape(job) for job in page],
                 "next_cursor": str(page[-1].seq) if more else None,
@@ -181,19 +174,19 @@ def job_routes(jobs: Jobs) -> Blueprint:
     async def show(job_id: str) -> Response:
         job = await jobs.store.call(records.get_job, job_id)
         if job is None:
-            return _error(f"job {job_id!r} not found", 404)
-        return _json(await shape(job))
+            return error_response(f"job {job_id!r} not found", 404)
+        return json_response(await shape(job))
 
     @routes.delete("/jobs/<job_id>")
     async def cancel(job_id: str) -> Response:
         job = await jobs.store.call(records.get_job, job_id)
         if job is None:
-            return _error(f"job {job_id!r} not found", 404)
+            return error_response(f"job {job_id!r} not found", 404)
         if job.state in FINISHED:
-            return _error(f"job {job_id!r} is already {job.state}", 409)
+            return error_response(f"job {job_id!r} is already {job.state}", 409)
         job = await jobs.cancel(job_id)
         assert job is not None
-        return _json(await shape(job))
+        return json_response(await shape(job))
 
     @routes.get("/jobs/<job_id>/artifacts/<name>")
     async def artifact(job_id: str, name: str) -> Response:
@@ -201,7 +194,7 @@ def job_routes(jobs: Jobs) -> Blueprint:
             a for a in await jobs.store.call(records.artifacts_of, job_id) if a["name"] == name
         ]
         if not found:
-            return _error(f"job {job_id!r} has no artifact {name!r}", 404)
+            return error_response(f"job {job_id!r} has no artifact {name!r}", 404)
         path = os.path.join(jobs.settings.data_path, found[0]["path"])
         data = await trio.Path(path).read_bytes()
         return Response(data, content_type=found[0]["content_type"])

@@ -75,7 +75,7 @@ class Jobs:
         self._changed = trio.Event()  # the queue changed: workers look again
         self._deliveries = trio.Event()  # a delivery is due: the sender looks again
         self._webhook_transport = webhook_transport
-        self._epoch = time.time()  # set again in run(): see now()
+        self._epoch = time.time() - trio.current_time()  # see now(); built inside trio
 
     def now(self) -> float:
         """Wall-clock seconds since the Unix epoch, read off trio's clock.
@@ -128,7 +128,6 @@ class Jobs:
 
         Supports ``await nursery.start(jobs.run)``: ``started()`` comes once recovery is done.
         """
-        self._epoch = time.time() - trio.current_time()
         recovered = await self.store.call(
             records.recover_interrupted, self.settings.job_max_attempts
         )

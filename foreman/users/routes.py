@@ -19,14 +19,10 @@ from typing import Any
 
 from quart import Blueprint, Response, request
 
-from ..jsonwire import JSON_CONTENT_TYPE, dumps
+from ..responses import error_response, json_response
 from . import USER_SCOPE_KEY, Users, create_user, list_users, revoke_user
 
 __all__ = ["user_routes"]
-
-
-def _json(value: Any, status: int = 200) -> Response:
-    return Response(dumps(value), status=status, content_type=JSON_CONTENT_TYPE)
 
 
 def _admins_only(
@@ -36,7 +32,7 @@ def _admins_only(
     async def checked(*args: Any, **kwargs: Any) -> Response:
         user = request.scope.get(USER_SCOPE_KEY)
         if user is None or not user.is_admin:
-            return _json({"error": "admins only"}, 403)
+            return error_response("admins only", 403)
         return await handler(*args, **kwargs)
 
     return checked
@@ -49,7 +45,7 @@ def user_routes(users: Users) -> Blueprint:
     @routes.get("/admin/api/users")
     @_admins_only
     async def listing() -> Response:
-        return _json({"users": await users.store.call(list_users)})
+        return json_response({"users": await users.store.call(list_users)})
 
     @routes.post("/admin/api/users")
     @_admins_only
@@ -59,23 +55,23 @@ def user_routes(users: Users) -> Blueprint:
         except ValueError:
             body = None
         if not isinstance(body, dict):
-            return _json({"error": "the body must be a JSON object"}, 400)
+            return error_response("the body must be a JSON object", 400)
         try:
             user, key = await users.store.call(
                 create_user, body.get("name"), body.get("role", "user")
             )
         except ValueError as exc:
-            return _json({"error": str(exc)}, 422)
+            return error_response(str(exc), 422)
         await users.reload()
-        return _json({**user, "key": key}, 201)
+        return json_response({**user, "key": key}, 201)
 
     @routes.delete("/admin/api/users/<name>")
     @_admins_only
     async def revoke(name: str) -> Response:
         user = await users.store.call(revoke_user, name)
         if user is None:
-            return _json({"error": f"user {name!r} not found"}, 404)
+            return error_response(f"user {name!r} not found", 404)
         await users.reload()
-        return _json(user)
+        return json_response(user)
 
     return routes
