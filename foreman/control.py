@@ -17,6 +17,7 @@ from quart import Response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from .backends.routes import backend_routes
 from .errors import ForemanError
 from .gateway import Gateway
 from .jobs import job_routes
@@ -51,6 +52,8 @@ def create_control_app(gw: Gateway) -> QuartTrio:
         app.register_blueprint(job_routes(gw.jobs))
     if gw is not None and gw.users is not None:
         app.register_blueprint(user_routes(gw.users))
+    if gw is not None and gw.backends is not None:
+        app.register_blueprint(backend_routes(gw.backends))
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
@@ -87,7 +90,8 @@ def health(gw: Gateway) -> dict[str, Any]:
          "chats": {"in_flight": 0 | 1, "waiting": int, "max_waiting": int,
                    "waiting_bytes": int},
          "embeds_in_flight": int,
-         "jobs": {"queued": {"interactive": int, "batch": int}, "running": id | None}}
+         "jobs": {"queued": {"interactive": int, "batch": int}, "running": id | None},
+         "backends": [{"name", "type", "state"}, ...]}
     """
     inventory, residency = gw.inventory, gw.residency
     gate = gw.gate.statistics()
@@ -120,4 +124,10 @@ def health(gw: Gateway) -> dict[str, Any]:
         "jobs": None
         if gw.jobs is None
         else {"queued": dict(gw.jobs.depths), "running": gw.jobs.chat_job},
+        "backends": []
+        if gw.backends is None
+        else [
+            {"name": r.name, "type": r.type, "state": gw.backends.status(r.id).state}
+            for r in gw.backends.records.values()
+        ],
     }

@@ -22,25 +22,33 @@ upstream and frees the gate at once.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 from urllib.parse import quote
 
 import trio
 
-from .errors import BodyTooLarge, TargetError, TargetUnreachable
+from .backends import OllamaBackend
+from .bodies import drain
+from .errors import BodyTooLarge, CannotEmbed, TargetError, TargetUnreachable
 from .exchange import Exchange
 from .gateway import Gateway
-from .jsonwire import JSON_CONTENT_TYPE, request_fields
+from .jsonwire import JSON_CONTENT_TYPE, dumps, request_fields
+from .listing import reachable_models
 from .names import is_cloud, normalize
-from .relay import relay
+from .relay import NDJSON, relay
+from .routing import Route, fallback, resolve
+from .users import USER_SCOPE_KEY
 
 __all__ = ["DataPlane", "route_key"]
 
 LOGGER = logging.getLogger("foreman.dataplane")
+
+_JSON = [(b"content-type", JSON_CONTENT_TYPE.encode())]
 
 GATED = frozenset({"/api/chat", "/api/generate"})
 EMBEDS = frozenset({"/api/embed", "/api/embeddings"})
@@ -106,58 +114,144 @@ class DataPlane:
             handler = self._tags
         else:
             handler = self._passthrough
-        await handler(exchange, scope, receive, send, extra_headers)
+        await handler(exchange, scope, receive, send, extra_headers, key)
 
     # --- routes ---------------------------------------------------------------------
 
     async def _chat(
-        self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any
+        self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any, key: str
     ) -> None:
-        gw = self.gw
         body = await self._read_body(scope, receive)
         fields = request_fields(body)
         model = fields.get("model")
         exchange.count_tokens = True
+        name = model if isinstance(model, str) else ""
+        exchange.model = name or None
+        route = self._route(scope, name, chat=True)
+        backend = self.gw.builtin
+        if route is not None:
+            extra = self._routed(exchange, route, extra)
+            if route.backend.type != "ollama":
+                await self._translate(route, key, fields, exchange, receive, send, extra)
+                return
+            backend = route.backend
+            if route.model != name:
+                body = _with_model(body, route.model)
+        try:
+            await self._ollama_chat(backend, body, fields, exchange, scope, receive, send, extra)
+        except TargetUnreachable:
+            alternative = None
+            if route is not None and not exchange.response_started and self.gw.backends:
+                alternative = fallback(self.gw.backends, _user(scope), route)
+            if alternative is None:
+                raise
+            LOGGER.info("%s is unreachable: falling back to %s", backend.name, alternative.label)
+            extra = self._routed(exchange, alternative, extra)
+            await self._translate(alternative, key, fields, exchange, receive, send, extra)
+
+    async def _ollama_chat(
+        self,
+        backend: OllamaBackend,
+        body: bytes,
+        fields: dict[str, Any],
+        exchange: Exchange,
+        scope: Any,
+        receive: Any,
+        send: Any,
+        extra: Any,
+    ) -> None:
+        """Relay a chat or generate to an Ollama backend, through its gate."""
+        model = fields.get("model")
         if isinstance(model, str) and model:
-            exchange.model = model
             if scope["method"] == "POST" and normalize(model) is not None and not is_cloud(model):
-                await gw.inventory.require(model)
+                await backend.inventory.require(request_fields(body).get("model", model))
         # A stream's status line must come within the idle timeout (model load included);
         # a "stream": false answer comes whole at the end, within the response timeout.
         timeout = self.settings.response_timeout
         if fields.get("stream") is not False:
             timeout = self.settings.idle_timeout
-        async with _watching(receive, exchange, gw.nursery):
-            async with gw.gate.hold(len(body)) as waited:
+        async with _watching(receive, exchange, self.gw.nursery):
+            async with backend.gate.hold(len(body)) as waited:
                 exchange.gate_wait = waited
-                request = self._request(scope, body)
+                request = self._request(backend, scope, body)
                 del body  # the request holds it now, and only for as long as it is sent
-                await self._relay(request, send, exchange, timeout, extra)
+                await self._relay(backend, request, send, exchange, timeout, extra)
+
+    async def _translate(
+        self,
+        route: Route,
+        key: str,
+        fields: dict[str, Any],
+        exchange: Exchange,
+        receive: Any,
+        send: Any,
+        extra: Any,
+    ) -> None:
+        """Answer a chat or generate from a Claude or OpenAI-compatible backend, in
+        Ollama's shape (NDJSON lines as the backend's deltas arrive, or one JSON object)."""
+        endpoint = "chat" if key == "/api/chat" else "generate"
+        translator = route.backend.translator  # type: ignore[union-attr]
+        async with _watching(receive, exchange, self.gw.nursery):
+            content_type, chunks = await translator.answer(endpoint, fields, route.model)
+            headers = [(b"content-type", content_type.encode()), *extra]
+            async with aclosing(chunks):
+                if not content_type.startswith(NDJSON):
+                    body = b"".join([chunk async for chunk in chunks])
+                    exchange.final_line = body
+                    await respond(send, 200, body, headers=headers)
+                    return
+                exchange.ndjson = True
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                last = b""
+                async for last in chunks:
+                    await send({"type": "http.response.body", "body": last, "more_body": True})
+            exchange.final_line = last
+            if last.startswith(b'{"error"'):
+                exchange.outcome = "error"
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _embed(
-        self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any
+        self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any, key: str
     ) -> None:
-        gw = self.gw
         body = await self._read_body(scope, receive)
         model = request_fields(body).get("model")
-        exchange.model = model if isinstance(model, str) else None
-        request = self._request(scope, body)
+        name = model if isinstance(model, str) else ""
+        exchange.model = name or None
+        backend = self.gw.builtin
+        route = self._route(scope, name, chat=False)
+        if route is not None:
+            extra = self._routed(exchange, route, extra)
+            if route.backend.type != "ollama":
+                raise CannotEmbed(route.backend.name, route.backend.type)
+            backend = route.backend
+            if route.model != name:
+                body = _with_model(body, route.model)
+        request = self._request(backend, scope, body)
         del body
-        gw.embeds_in_flight += 1
+        backend.embeds_in_flight += 1
         try:
-            async with _watching(receive, exchange, gw.nursery):
-                await self._relay(request, send, exchange, self.settings.idle_timeout, extra)
+            async with _watching(receive, exchange, self.gw.nursery):
+                await self._relay(
+                    backend, request, send, exchange, self.settings.idle_timeout, extra
+                )
         finally:
-            gw.embeds_in_flight -= 1
+            backend.embeds_in_flight -= 1
 
     async def _tags(
-        self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any
+        self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any, key: str
     ) -> None:
-        inventory = self.gw.inventory
+        gw = self.gw
+        if gw.backends is not None:
+            listing = reachable_models(gw.backends, _user(scope))
+            if listing is not None:  # more than the builtin backend: foreman's own list
+                await drain(receive)
+                await respond(send, 200, listing, headers=_JSON + extra)
+                return
+        inventory = gw.inventory
         if not inventory.degraded.value or inventory.body is None:
-            request = self._request(scope, await self._read_body(scope, receive))
+            request = self._request(gw.builtin, scope, await self._read_body(scope, receive))
             try:
-                status, headers, body = await self.gw.target.fetch(
+                status, headers, body = await gw.target.fetch(
                     request, total_timeout=self.settings.control_timeout
                 )
             except TargetError as exc:
@@ -171,34 +265,41 @@ class DataPlane:
         else:
             inventory.kick()
         assert inventory.body is not None
-        content_type = [(b"content-type", JSON_CONTENT_TYPE.encode())]
-        await respond(send, 200, inventory.body, headers=content_type + extra)
+        await respond(send, 200, inventory.body, headers=_JSON + extra)
 
     async def _passthrough(
-        self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any
+        self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any, key: str
     ) -> None:
+        builtin = self.gw.builtin
         first = await receive()
         if first["type"] == "http.disconnect":
             raise ClientGone()
         content: bytes | AsyncIterator[bytes] = first.get("body", b"")
         if first.get("more_body", False):  # a large upload: streamed, never held whole
             content = _stream_body(first["body"], receive)
-        request = self._request(scope, content, keep_length=True)
+        request = self._request(builtin, scope, content, keep_length=True)
+        timeout = self.settings.idle_timeout
         if isinstance(content, bytes):
             async with _watching(receive, exchange, self.gw.nursery):
-                await self._relay(request, send, exchange, self.settings.idle_timeout, extra)
+                await self._relay(builtin, request, send, exchange, timeout, extra)
         else:
-            await self._relay(request, send, exchange, self.settings.idle_timeout, extra)
+            await self._relay(builtin, request, send, exchange, timeout, extra)
 
     # --- helpers --------------------------------------------------------------------
 
     async def _relay(
-        self, request: Any, send: Any, exchange: Exchange, header_timeout: float, extra: Any
+        self,
+        backend: OllamaBackend,
+        request: Any,
+        send: Any,
+        exchange: Exchange,
+        header_timeout: float,
+        extra: Any,
     ) -> None:
-        inventory = self.gw.inventory
+        inventory = backend.inventory
         try:
             await relay(
-                self.gw.target,
+                backend.target,
                 request,
                 send,
                 exchange,
@@ -211,16 +312,32 @@ class DataPlane:
         if exchange.outcome == "error" or inventory.degraded.value:
             inventory.kick()  # it failed mid-stream, or the target is back
 
-    def _request(self, scope: Any, content: Any, *, keep_length: bool = False) -> Any:
+    def _request(
+        self, backend: OllamaBackend, scope: Any, content: Any, *, keep_length: bool = False
+    ) -> Any:
         wanted = FORWARDED | {b"content-length"} if keep_length else FORWARDED
         headers = [(k, v) for k, v in scope["headers"] if k.lower() in wanted]
-        return self.gw.target.request(
+        return backend.target.request(
             scope["method"],
             quote(scope["path"], safe=_PATH_SAFE).encode(),
             query=scope["query_string"],
             headers=headers,
             content=content if content else None,
         )
+
+    def _route(self, scope: Any, model: str, *, chat: bool) -> Route | None:
+        """The route of a POST's model, or None: the builtin backend, as in v1."""
+        backends = self.gw.backends
+        if backends is None or scope["method"] != "POST":
+            return None
+        return resolve(backends, _user(scope), model, chat=chat)
+
+    @staticmethod
+    def _routed(exchange: Exchange, route: Route, extra: Any) -> list[tuple[bytes, bytes]]:
+        """``extra`` with ``X-Foreman-Backend``; the access log names the route too."""
+        exchange.backend = route.label
+        headers = [(k, v) for k, v in extra if k != b"x-foreman-backend"]
+        return [*headers, (b"x-foreman-backend", route.label.encode())]
 
     async def _read_body(self, scope: Any, receive: Any) -> bytes:
         """The whole request body, up to ``max_body`` bytes.
@@ -250,6 +367,25 @@ class DataPlane:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _user(scope: Any) -> str:
+    user = scope.get(USER_SCOPE_KEY)
+    return user.name if user is not None else "anonymous"
+
+
+def _with_model(body: bytes, model: str) -> bytes:
+    """The request body with its ``model`` field (any case, as Go matches it) replaced."""
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return body  # unreadable: the backend answers it as it would have
+    if not isinstance(value, dict):
+        return body
+    keys = [k for k in value if k.lower() == "model"] or ["model"]
+    for k in keys:
+        value[k] = model
+    return dumps(value)
 
 
 async def _stream_body(first: bytes, receive: Any) -> AsyncIterator[bytes]:

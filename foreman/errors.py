@@ -3,15 +3,20 @@
 Hierarchy::
 
     ForemanError                      status_code, message -> {"error": message}
-    ├── TargetError                   something went wrong talking to the target
+    ├── TargetError                   something went wrong talking to the target (or to
+    │   │                             another backend: ``kind`` names it, e.g.
+    │   │                             ``anthropic backend``)
     │   ├── TargetUnreachable   503   refused, DNS failure, connect timeout (+ Retry-After)
     │   ├── TargetTimeout       504   the target went quiet for longer than the idle timeout
     │   ├── TargetBroken        502   the connection broke after it was made
+    │   ├── TargetUnauthorized  502   the backend refused foreman's API key (401, 403)
+    │   ├── TargetBusy          503   the backend is overloaded or rate-limited (429, 529)
     │   └── TargetStatus        502   an HTTP error status from the target to foreman's own
     │                                 calls (tags, ps, warm-up); a client's calls get the
     │                                 target's answer itself, untouched
     ├── ModelNotFound           404   not in the target's inventory, even after a re-poll
     ├── BodyTooLarge            413   a request body over FOREMAN_MAX_BODY
+    ├── CannotEmbed             400   an embed routed to a backend without embeddings
     └── GateFull                503   too many chats (or bytes) already waiting at the gate,
                                       or foreman's grace period ended while one waited
 
@@ -26,13 +31,16 @@ import httpx2
 
 __all__ = [
     "BodyTooLarge",
+    "CannotEmbed",
     "ForemanError",
     "GateFull",
     "ModelNotFound",
     "TargetBroken",
     "TargetError",
+    "TargetBusy",
     "TargetStatus",
     "TargetTimeout",
+    "TargetUnauthorized",
     "TargetUnreachable",
     "classify",
 ]
@@ -49,50 +57,68 @@ class ForemanError(Exception):
 
 
 class TargetError(ForemanError):
-    """The target could not be used. ``target`` is its base URL."""
+    """The target could not be used. ``target`` is its base URL (or a backend's name);
+    ``kind`` says what it is: ``ollama target`` (v1's words), ``anthropic backend``, ..."""
 
     status_code = 502
-    template = "ollama target {target}: {detail}"
+    template = "{kind} {target}: {detail}"
 
-    def __init__(self, target: str, detail: str) -> None:
+    def __init__(self, target: str, detail: str, *, kind: str = "ollama target") -> None:
         super().__init__(target, detail)
         self.target = target
         self.detail = detail
+        self.kind = kind
 
     def __str__(self) -> str:
-        return self.template.format(target=self.target, detail=self.detail)
+        return self.template.format(kind=self.kind, target=self.target, detail=self.detail)
 
 
 class TargetUnreachable(TargetError):
     """No connection could be made (refused, DNS, connect timeout). Transient."""
 
     status_code = 503
-    template = "ollama target {target} is unreachable: {detail}"
+    template = "{kind} {target} is unreachable: {detail}"
 
 
 class TargetTimeout(TargetError):
     """The target sent nothing for longer than the idle timeout."""
 
     status_code = 504
-    template = "ollama target {target} timed out: {detail}"
+    template = "{kind} {target} timed out: {detail}"
 
 
 class TargetBroken(TargetError):
     """The connection failed after it was made (reset, truncated body, protocol error)."""
 
     status_code = 502
-    template = "ollama target {target} broke the connection: {detail}"
+    template = "{kind} {target} broke the connection: {detail}"
 
 
 class TargetStatus(TargetError):
     """The target answered one of foreman's own calls with an error status (``status``)."""
 
     status_code = 502
-    template = "ollama target {target} answered {detail}"
+    template = "{kind} {target} answered {detail}"
 
-    def __init__(self, target: str, detail: str, status: int = 0) -> None:
-        super().__init__(target, detail)
+    def __init__(
+        self, target: str, detail: str, status: int = 0, *, kind: str = "ollama target"
+    ) -> None:
+        super().__init__(target, detail, kind=kind)
         self.status = status
+
+
+class TargetUnauthorized(TargetError):
+    """The backend refused foreman's API key (its 401 or 403): a setting to fix, not transient."""
+
+    status_code = 502
+    template = "{kind} {target} refused foreman's API key: {detail}"
+
+
+class TargetBusy(TargetError):
+    """The backend is overloaded or rate-limits foreman (429, Anthropic's 529). Transient."""
+
+    status_code = 503
+    template = "{kind} {target} is busy: {detail}"
 
 
 class ModelNotFound(ForemanError):
@@ -114,6 +140,15 @@ class BodyTooLarge(ForemanError):
         super().__init__(f"request body too large: the limit is {limit} bytes (FOREMAN_MAX_BODY)")
 
 
+class CannotEmbed(ForemanError):
+    """An embed routed (by alias or ``backend/model``) to a backend with no embeddings API."""
+
+    status_code = 400
+
+    def __init__(self, backend: str, kind: str) -> None:
+        super().__init__(f"backend {backend!r} ({kind}) has no embeddings API")
+
+
 class GateFull(ForemanError):
     """Ollama's own 503 when its pending queue is full (two spaces after the period)."""
 
@@ -123,12 +158,13 @@ class GateFull(ForemanError):
         super().__init__("server busy, please try again.  maximum pending requests exceeded")
 
 
-def classify(exc: httpx2.HTTPError, target: str) -> TargetError:
+def classify(exc: httpx2.HTTPError, target: str, *, kind: str = "ollama target") -> TargetError:
     """Turn an httpx transport failure into foreman's error type.
 
     Args:
         exc: what httpx raised while talking to the target.
-        target: the target's base URL, named in the message.
+        target: the target's base URL (or the backend's name), named in the message.
+        kind: what ``target`` is, for the message (``ollama target``, ``anthropic backend``).
 
     Returns:
         :class:`TargetUnreachable` for :class:`httpx2.ConnectError` and
@@ -137,7 +173,7 @@ def classify(exc: httpx2.HTTPError, target: str) -> TargetError:
     """
     detail = str(exc) or type(exc).__name__
     if isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout):
-        return TargetUnreachable(target, detail)
+        return TargetUnreachable(target, detail, kind=kind)
     if isinstance(exc, httpx2.TimeoutException):
-        return TargetTimeout(target, f"{type(exc).__name__}: {detail}")
-    return TargetBroken(target, detail)
+        return TargetTimeout(target, f"{type(exc).__name__}: {detail}", kind=kind)
+    return TargetBroken(target, detail, kind=kind)

@@ -32,6 +32,7 @@ class Exchange:
     user: str = "-"  # who the bearer key says the client is (foreman.users)
     route: str = "other"  # the metrics label (:func:`foreman.metrics.route_label`)
     model: str | None = None
+    backend: str | None = None  # the route, "backend/model" (foreman.routing)
     status: int | None = None
     gate_wait: float | None = None
     outcome: str = "done"
@@ -59,12 +60,14 @@ class Exchange:
         duration = now - self.started
         ACCESS.log(
             level,
-            "%s %s %s %s model=%s status=%s gate_wait=%s duration=%.3fs outcome=%s id=%s",
+            "%s %s %s %s model=%s backend=%s status=%s gate_wait=%s duration=%.3fs outcome=%s"
+            " id=%s",
             self.client,
             self.user,
             self.method,
             self.path,
             self.model or "-",
+            self.backend or "-",
             self.status if self.status is not None else "-",
             "-" if self.gate_wait is None else f"{self.gate_wait:.3f}s",
             duration,
@@ -77,6 +80,7 @@ class Exchange:
                 "method": self.method,
                 "path": self.path,
                 "model": self.model,
+                "backend": self.backend,
                 "status": self.status,
                 "gate_wait": None if self.gate_wait is None else round(self.gate_wait, 6),
                 "duration": round(duration, 6),

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import trio
 from trio_util import AsyncValue
 
+from .backends.runtime import OllamaBackend
 from .exchange import Exchange
 from .gate import Gate
 from .inventory import Inventory
@@ -17,6 +18,7 @@ from .settings import Settings
 from .target import Target
 
 if TYPE_CHECKING:
+    from .backends import Backends
     from .jobs import Jobs
     from .users import Users
 
@@ -38,12 +40,18 @@ class Gateway:
     gate: Gate
     inventory: Inventory
     residency: Residency
+    builtin: OllamaBackend  # the backend of FOREMAN_OLLAMA_URL (target, gate, ... above)
     jobs: Jobs | None = None  # the job queue (None: not started, as in unit tests)
     users: Users | None = None  # the API keys (None: only FOREMAN_TOKEN, as in unit tests)
+    backends: Backends | None = None  # every backend (None: only the target, as in unit tests)
     metrics: Metrics = field(default_factory=Metrics)
-    embeds_in_flight: int = 0
     in_flight: AsyncValue[int] = field(default_factory=lambda: AsyncValue(0))
     live: set[Exchange] = field(default_factory=set)
+
+    @property
+    def embeds_in_flight(self) -> int:
+        """Embed requests at the builtin backend now."""
+        return self.builtin.embeds_in_flight
 
     def __post_init__(self) -> None:
         self.metrics.watch(self)

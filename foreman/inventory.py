@@ -35,6 +35,7 @@ class Inventory:
             answering errors); set back to False by the first poll that succeeds.
         last_success: wall-clock time (Unix seconds) of the last successful poll, or None.
         last_error: why the last poll failed, or None.
+        last_poll: wall-clock time (Unix seconds) the last poll finished, or None.
         polls: how many polls have finished, successful or not.
 
     Args:
@@ -54,6 +55,7 @@ class Inventory:
         self.degraded = AsyncBool(False)
         self.last_success: float | None = None
         self.last_error: TargetError | None = None
+        self.last_poll: float | None = None
         self.polls = AsyncValue(0)
         self._polling = False
         self._kick = trio.Event()
@@ -110,6 +112,7 @@ class Inventory:
                 self._on_reachable()
         finally:
             self._polling = False
+            self.last_poll = time.time()
             self.polls.value += 1
 
     def kick(self) -> None:

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 
 import httpx2
@@ -21,6 +21,8 @@ import trio
 from hypercorn.trio import serve
 
 from .app import create_app
+from .backends import Backends, OllamaBackend
+from .backends.registry import Sealer, ensure_builtin
 from .gate import Gate
 from .gateway import Gateway
 from .inventory import Inventory
@@ -42,6 +44,7 @@ async def open_gateway(
     *,
     transport: httpx2.AsyncBaseTransport | None = None,
     webhook_transport: httpx2.AsyncBaseTransport | None = None,
+    backend_transports: Mapping[str, httpx2.AsyncBaseTransport] | None = None,
 ) -> AsyncIterator[Gateway]:
     """Open the target client and start the watchers; yield the :class:`Gateway`.
 
@@ -53,6 +56,8 @@ async def open_gateway(
         settings: foreman's settings.
         transport: replaces the network to the target (tests use the stand-in's).
         webhook_transport: replaces the network to webhook receivers (tests).
+        backend_transports: endpoint URL → transport replacing the network to an
+            added backend (tests).
     """
     os.makedirs(settings.data_path, exist_ok=True)
     async with (
@@ -79,9 +84,14 @@ async def open_gateway(
             LOGGER.warning("starting degraded: %s", inventory.last_error)
         else:
             LOGGER.info("target %s has %d models", target.url, len(inventory.models))
-        gateway = Gateway(settings, target, nursery, gate, inventory, residency)
+        sealer = Sealer(settings.secret_key, settings.data_path)
+        record = await store.call(ensure_builtin, sealer, settings.ollama_url)
+        builtin = OllamaBackend(record, target, gate, inventory, residency, settings.poll_interval)
+        gateway = Gateway(settings, target, nursery, gate, inventory, residency, builtin)
         gateway.users = Users(store, settings.token)
         await nursery.start(gateway.users.run)
+        gateway.backends = Backends(settings, store, sealer, builtin, transports=backend_transports)
+        await nursery.start(gateway.backends.run)
         gateway.jobs = Jobs(gateway, store, webhook_transport=webhook_transport)
         await nursery.start(gateway.jobs.run)
         yield gateway

@@ -395,6 +395,25 @@ OPTIONS: tuple[Option, ...] = (
         secret=True,
     ),
     Option(
+        "heartbeat_interval",
+        "FOREMAN_HEARTBEAT_INTERVAL",
+        "--heartbeat-interval",
+        "30",
+        _seconds,
+        "Seconds between checks of each backend (a backend is healthy after a success"
+        " within the last 60 s).",
+    ),
+    Option(
+        "secret_key",
+        "FOREMAN_SECRET_KEY",
+        "--secret-key",
+        None,
+        _secret,
+        "Key that encrypts backends' API keys at rest; unset: a generated key file"
+        " (secret.key, mode 0600) in the data directory.",
+        secret=True,
+    ),
+    Option(
         "tls_cert",
         "FOREMAN_TLS_CERT",
         "--tls-cert",
@@ -448,6 +467,8 @@ class Settings:
     job_max_attempts: int = 3
     job_retention: float = 7 * 86400.0
     webhook_secret: str | None = None
+    heartbeat_interval: float = 30.0
+    secret_key: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
 

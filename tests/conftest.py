@@ -59,17 +59,20 @@ async def open_foreman(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     webhook_transport: httpx.AsyncBaseTransport | None = None,
+    backend_transports: dict[str, httpx.AsyncBaseTransport] | None = None,
     **changes: Any,
 ) -> AsyncIterator[Foreman]:
     """foreman with ``settings(**changes)`` in front of ``standin``.
 
     ``transport`` replaces the way to the stand-in (to wrap it); ``webhook_transport``
-    receives the state webhooks.
+    receives the state webhooks; ``backend_transports`` maps endpoint URLs of added
+    backends to their stand-ins.
     """
     async with open_gateway(
         settings(**changes),
         transport=transport or standin.transport(nursery),
         webhook_transport=webhook_transport,
+        backend_transports=backend_transports,
     ) as gw:
         app = create_app(gw)
         async with (

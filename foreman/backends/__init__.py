@@ -1,0 +1,221 @@
+"""Backends: the upstream LLM servers foreman routes to, and the tasks that keep them.
+
+The registry lives in the store (:mod:`.registry`); :class:`Backends` keeps the
+active ones running, one cancel scope each in the root nursery::
+
+    root nursery
+    ├── builtin Ollama backend (FOREMAN_OLLAMA_URL): poller, ps watcher, warm-up
+    │                                               (started by open_gateway, as in v1)
+    └── Backends.run
+        ├── per added Ollama backend: target, gate, tags poller (= heartbeat), ps watcher
+        └── per anthropic / openai backend: translator + heartbeat (GET /v1/models)
+
+Adding, changing or deleting a backend through ``/admin/api/backends`` starts,
+restarts or cancels its tasks at once (:meth:`Backends.changed`). Routing a
+request's ``model`` to a backend is :mod:`foreman.routing`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx2
+import trio
+
+from ..gate import Gate
+from ..inventory import Inventory
+from ..residency import Residency
+from ..settings import Settings
+from ..store import Store
+from ..target import open_target
+from . import registry
+from .registry import BackendRecord, Preferences, Sealer
+from .runtime import ApiBackend, OllamaBackend, Status
+
+__all__ = ["ApiBackend", "Backend", "Backends", "OllamaBackend", "Status"]
+
+LOGGER = logging.getLogger("foreman.backends")
+
+Backend = OllamaBackend | ApiBackend
+
+
+def make_translator(
+    record: BackendRecord, transport: httpx2.AsyncBaseTransport | None, settings: Settings
+) -> Any:
+    """The translator for an ``anthropic`` or ``openai`` backend (imported on first use:
+    the SDKs take a while to import and most gateways never need them)."""
+    if record.type == "anthropic":
+        from .anthropic import AnthropicBackend as translator_class
+    else:
+        from .openai import OpenAIBackend as translator_class
+    return translator_class(
+        record.name,
+        record.endpoint,
+        record.api_key,
+        transport=transport,
+        timeout=settings.response_timeout,
+        connect_timeout=settings.connect_timeout,
+    )
+
+
+class Backends:
+    """Every backend: the records, the running ones, and each user's preferences.
+
+    Args:
+        settings: foreman's settings (timeouts, ``heartbeat_interval``).
+        store: the open store.
+        sealer: decrypts API keys.
+        builtin: the running backend of ``FOREMAN_OLLAMA_URL`` (its tasks are the
+            caller's).
+        transports: endpoint URL → transport replacing the network to it (tests).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        sealer: Sealer,
+        builtin: OllamaBackend,
+        *,
+        transports: Mapping[str, httpx2.AsyncBaseTransport] | None = None,
+    ) -> None:
+        self.settings, self.store, self.sealer = settings, store, sealer
+        self.builtin = builtin
+        self.records: dict[int, BackendRecord] = {builtin.record.id: builtin.record}
+        self.running: dict[int, Backend] = {builtin.record.id: builtin}
+        self.selected: dict[int, str | None] = {builtin.record.id: builtin.record.selected_model}
+        self.preferences: dict[str, Preferences] = {}
+        self._scopes: dict[int, trio.CancelScope] = {}
+        self._transports = dict(transports or {})
+        self._nursery: trio.Nursery | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start every active backend's tasks; never returns.
+
+        Supports ``await nursery.start(backends.run)``: ``started()`` comes once every
+        backend's tasks are started (not once they are connected: that is their status).
+        """
+        self.preferences = await self.store.call(registry.all_preferences)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self.builtin.record_discoveries, self.record)
+            for record in await self.store.call(registry.list_backends, self.sealer):
+                self.records[record.id] = record
+                self.selected[record.id] = record.selected_model
+                if not record.builtin and record.is_active:
+                    await nursery.start(self._serve, record)
+            task_status.started()
+
+    async def changed(self, backend_id: int) -> None:
+        """A backend was added, changed or deleted in the store: restart or stop its tasks."""
+        assert self._nursery is not None, "Backends.run() is not running"
+        scope = self._scopes.pop(backend_id, None)
+        if scope is not None:
+            scope.cancel()
+            self.running.pop(backend_id, None)
+        record = await self.store.call(registry.get_backend, self.sealer, backend_id)
+        if record is None:
+            self.records.pop(backend_id, None)
+            self.selected.pop(backend_id, None)
+            self.preferences = await self.store.call(registry.all_preferences)  # SET NULL
+            return
+        self.records[backend_id] = record
+        self.selected[backend_id] = record.selected_model
+        if record.builtin:
+            self.builtin.record = record
+        elif record.is_active:
+            await self._nursery.start(self._serve, record)
+
+    async def _serve(
+        self,
+        record: BackendRecord,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run one added backend until its cancel scope is cancelled."""
+        with trio.CancelScope() as scope:
+            self._scopes[record.id] = scope
+            transport = self._transports.get((record.endpoint or "").rstrip("/"))
+            try:
+                if record.type == "ollama":
+                    await self._serve_ollama(record, transport, task_status)
+                else:
+                    await self._serve_api(record, transport, task_status)
+            finally:
+                if self._scopes.get(record.id) is scope:
+                    del self._scopes[record.id]
+                    self.running.pop(record.id, None)
+
+    async def _serve_ollama(
+        self, record: BackendRecord, transport: Any, task_status: trio.TaskStatus[None]
+    ) -> None:
+        assert record.endpoint is not None
+        settings = self.settings.replace(
+            ollama_url=record.endpoint, ollama_token=record.api_key, embed_model=None
+        )
+        interval = self.settings.heartbeat_interval
+        async with open_target(settings, transport=transport) as target:
+            gate = Gate(settings.max_queue, settings.max_waiting_bytes)
+            inventory = Inventory(target, interval)
+            residency = Residency(
+                target,
+                None,
+                settings.ps_interval,
+                chats_in_flight=lambda: gate.statistics().in_flight,
+            )
+            backend = OllamaBackend(record, target, gate, inventory, residency, interval)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(inventory.run)
+                nursery.start_soon(residency.watch)
+                nursery.start_soon(backend.record_discoveries, self.record)
+                self.running[record.id] = backend
+                LOGGER.info("backend %s (ollama, %s) started", record.name, record.endpoint)
+                task_status.started()
+
+    async def _serve_api(
+        self, record: BackendRecord, transport: Any, task_status: trio.TaskStatus[None]
+    ) -> None:
+        translator = make_translator(record, transport, self.settings)
+        try:
+            backend = ApiBackend(record, translator, self.settings.heartbeat_interval)
+            self.running[record.id] = backend
+            LOGGER.info("backend %s (%s) started", record.name, record.type)
+            task_status.started()
+            await backend.heartbeat(self.record)
+        finally:
+            with trio.CancelScope(shield=True):
+                await translator.aclose()
+
+    async def record(self, backend_id: int, models: list[tuple[str, int | None]]) -> None:
+        """Store what a discovery found (a store error only costs this record)."""
+        try:
+            self.selected[backend_id] = await self.store.call(
+                registry.record_models, backend_id, models, time.time()
+            )
+        except Exception as exc:  # sqlite3.Error, or the backend was deleted meanwhile
+            LOGGER.warning("backend %d: cannot record its models: %s", backend_id, exc)
+
+    # --- what routing and the admin API read ---------------------------------------------
+
+    def visible(self, user_name: str) -> dict[str, Backend]:
+        """The running backends a user may route to, by name: shared ones and their own."""
+        return {
+            backend.name: backend
+            for backend in self.running.values()
+            if backend.record.owner is None or backend.record.owner == user_name
+        }
+
+    def status(self, backend_id: int) -> Status:
+        backend = self.running.get(backend_id)
+        if backend is None:  # inactive, or starting
+            record = self.records.get(backend_id)
+            return Status(state="inactive" if record and not record.is_active else "connecting")
+        return backend.status
+
+    def preferences_of(self, user_name: str) -> Preferences:
+        return self.preferences.get(user_name) or Preferences()

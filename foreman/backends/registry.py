@@ -1,0 +1,506 @@
+"""The backend registry in the store: backends, their discovered models, users' preferences.
+
+Every function here takes the store's connection first and runs in the store's thread
+(``await store.call(fn, ...)``). API keys are kept encrypted (:class:`Sealer`, Fernet)
+and leave this module only decrypted for the backend's own client, or masked
+(``…wxyz``) for everyone else.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from ..jsonwire import rfc3339
+
+__all__ = [
+    "TYPES",
+    "BackendRecord",
+    "FieldError",
+    "Preferences",
+    "Sealer",
+    "delete_backend",
+    "ensure_builtin",
+    "get_preferences",
+    "insert_backend",
+    "list_backends",
+    "list_models",
+    "put_preferences",
+    "record_models",
+    "select_model",
+    "update_backend",
+]
+
+TYPES = ("ollama", "anthropic", "openai")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+#: The name of the backend FOREMAN_OLLAMA_URL names.
+BUILTIN_NAME = "ollama"
+
+
+class FieldError(ValueError):
+    """A field of a request is wrong: a 422 naming ``field``."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class Sealer:
+    """Encrypts API keys at rest with Fernet (AES-128-CBC + HMAC-SHA256).
+
+    The key is ``FOREMAN_SECRET_KEY`` (any string; a Fernet key is derived from its
+    SHA-256) or, when that is unset, a random key kept in ``DATA_DIR/secret.key``
+    (created with mode 0600). Losing that file loses the stored API keys: the
+    backends stay, and report the key as unreadable until it is set again.
+    """
+
+    def __init__(self, secret: str | None, data_path: str) -> None:
+        if secret:
+            key = base64.urlsafe_b64encode(hashlib.sha256(secret.encode()).digest())
+        else:
+            key = _key_file(os.path.join(data_path, "secret.key"))
+        self._fernet = Fernet(key)
+
+    def seal(self, api_key: str | None) -> bytes | None:
+        return None if not api_key else self._fernet.encrypt(api_key.encode())
+
+    def open(self, sealed: bytes | None) -> str | None:
+        """The API key, or None when there is none or it cannot be decrypted."""
+        if sealed is None:
+            return None
+        try:
+            return self._fernet.decrypt(sealed).decode()
+        except InvalidToken:
+            return None
+
+
+def _key_file(path: str) -> bytes:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        with open(path, "rb") as existing:
+            return existing.read().strip()
+    key = Fernet.generate_key()
+    with os.fdopen(fd, "wb") as created:
+        created.write(key + b"\n")
+    return key
+
+
+@dataclass(frozen=True)
+class BackendRecord:
+    """One row of ``backends``. Times are Unix seconds; ``api_key`` is decrypted."""
+
+    id: int
+    name: str
+    type: str
+    endpoint: str | None
+    api_key: str | None
+    owner: str | None  # a user's name; None: shared
+    is_default: bool
+    is_active: bool
+    builtin: bool
+    created_at: float
+    updated_at: float
+    selected_model: str | None
+    key_unreadable: bool = False  # a key is stored but cannot be decrypted
+
+    def shown(self) -> dict[str, Any]:
+        """What the API shows: ``{"id", "name", "type", "endpoint", "api_key" (masked or
+        None), "owner", "is_default", "is_active", "builtin", "selected_model",
+        "created_at", "updated_at"}`` (times RFC 3339 UTC)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "type": self.type,
+            "endpoint": self.endpoint,
+            "api_key": _masked(self.api_key, self.key_unreadable),
+            "owner": self.owner,
+            "is_default": self.is_default,
+            "is_active": self.is_active,
+            "builtin": self.builtin,
+            "selected_model": self.selected_model,
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+        }
+
+
+def _masked(api_key: str | None, unreadable: bool) -> str | None:
+    if unreadable:
+        return "<unreadable: FOREMAN_SECRET_KEY changed?>"
+    if not api_key:
+        return None
+    return "…" + api_key[-4:] if len(api_key) >= 12 else "…"
+
+
+def _record(row: sqlite3.Row, sealer: Sealer) -> BackendRecord:
+    api_key = sealer.open(row["api_key"])
+    return BackendRecord(
+        id=row["id"],
+        name=row["name"],
+        type=row["type"],
+        endpoint=row["endpoint"],
+        api_key=api_key,
+        owner=row["owner"],
+        is_default=bool(row["is_default"]),
+        is_active=bool(row["is_active"]),
+        builtin=bool(row["builtin"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        selected_model=row["selected_model"],
+        key_unreadable=row["api_key"] is not None and api_key is None,
+    )
+
+
+_SELECT = """
+    SELECT b.*, (SELECT model_name FROM backend_models m
+                 WHERE m.backend_id = b.id AND m.is_selected) AS selected_model
+    FROM backends b
+"""
+
+
+def list_backends(db: sqlite3.Connection, sealer: Sealer) -> list[BackendRecord]:
+    """Every backend, oldest first."""
+    return [_record(row, sealer) for row in db.execute(_SELECT + " ORDER BY b.id")]
+
+
+def get_backend(db: sqlite3.Connection, sealer: Sealer, backend_id: int) -> BackendRecord | None:
+    row = db.execute(_SELECT + " WHERE b.id = ?", (backend_id,)).fetchone()
+    return None if row is None else _record(row, sealer)
+
+
+def ensure_builtin(db: sqlite3.Connection, sealer: Sealer, endpoint: str) -> BackendRecord:
+    """The backend ``FOREMAN_OLLAMA_URL`` names, created on the first start and its
+    endpoint brought up to date on every start. The first one is the shared default."""
+    now = time.time()
+    row = db.execute("SELECT id FROM backends WHERE builtin").fetchone()
+    if row is None:
+        taken = db.execute("SELECT 1 FROM backends WHERE name = ?", (BUILTIN_NAME,)).fetchone()
+        is_default = not db.execute("SELECT 1 FROM backends WHERE is_default").fetchone()
+        cursor = db.execute(
+            "INSERT INTO backends (name, type, endpoint, is_default, builtin, created_at,"
+            " updated_at) VALUES (?, 'ollama', ?, ?, 1, ?, ?)",
+            (BUILTIN_NAME + ("-builtin" if taken else ""), endpoint, is_default, now, now),
+        )
+        backend_id = cursor.lastrowid
+    else:
+        backend_id = row["id"]
+        db.execute(
+            "UPDATE backends SET endpoint = ?, updated_at = ? WHERE id = ? AND endpoint != ?",
+            (endpoint, now, backend_id, endpoint),
+        )
+    record = get_backend(db, sealer, backend_id)
+    assert record is not None
+    return record
+
+
+def validate(fields: Any, *, creating: bool) -> dict[str, Any]:
+    """The checked columns of a create (all required ones) or an update (any subset).
+
+    Takes the request's JSON object: ``name``, ``type``, ``endpoint``, ``api_key``,
+    ``is_default``, ``is_active`` and, for admins, ``owner``.
+
+    Raises:
+        FieldError: the first wrong field (unknown fields are wrong too).
+    """
+    if not isinstance(fields, dict):
+        raise FieldError("body", "must be a JSON object")
+    known = {"name", "type", "endpoint", "api_key", "is_default", "is_active", "owner"}
+    for key in fields:
+        if key not in known:
+            raise FieldError(key, "unknown field")
+    checked: dict[str, Any] = {}
+    if "name" in fields or creating:
+        name = fields.get("name")
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise FieldError(
+                "name", "1 to 64 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
+            )
+        checked["name"] = name
+    if "type" in fields or creating:
+        if fields.get("type") not in TYPES:
+            raise FieldError("type", f"one of {', '.join(TYPES)}")
+        checked["type"] = fields["type"]
+    if "endpoint" in fields:
+        endpoint = fields["endpoint"]
+        if endpoint is not None:
+            parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
+            if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+                raise FieldError("endpoint", "an http:// or https:// URL")
+            endpoint = endpoint.rstrip("/")
+        checked["endpoint"] = endpoint
+    if "api_key" in fields:
+        api_key = fields["api_key"]
+        if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
+            raise FieldError("api_key", "a non-empty string, or null for none")
+        checked["api_key"] = api_key.strip() if api_key else None
+    for flag in ("is_default", "is_active"):
+        if flag in fields:
+            if not isinstance(fields[flag], bool):
+                raise FieldError(flag, "true or false")
+            checked[flag] = fields[flag]
+    if "owner" in fields:
+        owner = fields["owner"]
+        if owner is not None and not isinstance(owner, str):
+            raise FieldError("owner", "a user's name, or null for shared")
+        checked["owner"] = owner
+    if creating:
+        kind = checked["type"]
+        if kind == "ollama" and not checked.get("endpoint"):
+            raise FieldError("endpoint", "required for an ollama backend")
+        if kind == "anthropic" and not checked.get("api_key"):
+            raise FieldError("api_key", "required for an anthropic backend")
+    return checked
+
+
+def insert_backend(
+    db: sqlite3.Connection, sealer: Sealer, checked: dict[str, Any], owner: str | None
+) -> BackendRecord:
+    """Add a backend from :func:`validate`'d fields, owned by ``owner`` (None: shared).
+
+    Raises:
+        FieldError: the name is taken.
+    """
+    now = time.time()
+    try:
+        cursor = db.execute(
+            "INSERT INTO backends (name, type, endpoint, api_key, owner, is_active,"
+            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                checked["name"],
+                checked["type"],
+                checked.get("endpoint"),
+                sealer.seal(checked.get("api_key")),
+                owner,
+                checked.get("is_active", True),
+                now,
+                now,
+            ),
+        )
+    except sqlite3.IntegrityError:
+        raise FieldError("name", f"a backend {checked['name']!r} exists already") from None
+    backend_id = cursor.lastrowid
+    assert backend_id is not None
+    if checked.get("is_default"):
+        _make_default(db, backend_id)
+    record = get_backend(db, sealer, backend_id)
+    assert record is not None
+    return record
+
+
+def update_backend(
+    db: sqlite3.Connection, sealer: Sealer, backend_id: int, checked: dict[str, Any]
+) -> BackendRecord | None:
+    """Change a backend's fields (None: no such backend).
+
+    The builtin backend's name, type and endpoint come from foreman's settings.
+
+    Raises:
+        FieldError: a change the builtin backend cannot take, or a name taken.
+    """
+    record = get_backend(db, sealer, backend_id)
+    if record is None:
+        return None
+    if record.builtin:
+        for fixed in ("name", "type", "endpoint", "api_key", "owner"):
+            if fixed in checked:
+                raise FieldError(fixed, "set by FOREMAN_OLLAMA_URL/TOKEN for this backend")
+    columns = {k: v for k, v in checked.items() if k not in ("is_default", "api_key")}
+    if "api_key" in checked:
+        columns["api_key"] = sealer.seal(checked["api_key"])
+    if columns:
+        assignments = ", ".join(f"{column} = ?" for column in columns)
+        try:
+            db.execute(
+                f"UPDATE backends SET {assignments}, updated_at = ? WHERE id = ?",
+                (*columns.values(), time.time(), backend_id),
+            )
+        except sqlite3.IntegrityError:
+            raise FieldError("name", f"a backend {checked['name']!r} exists already") from None
+    if checked.get("is_default"):
+        _make_default(db, backend_id)
+    elif checked.get("is_default") is False:
+        db.execute("UPDATE backends SET is_default = 0 WHERE id = ?", (backend_id,))
+    return get_backend(db, sealer, backend_id)
+
+
+def _make_default(db: sqlite3.Connection, backend_id: int) -> None:
+    db.execute("UPDATE backends SET is_default = (id = ?)", (backend_id,))
+
+
+def delete_backend(db: sqlite3.Connection, backend_id: int) -> bool:
+    """Delete a backend and its models; False if there is none.
+
+    Raises:
+        FieldError: it is the builtin backend (remove FOREMAN_OLLAMA_URL instead).
+    """
+    row = db.execute("SELECT builtin FROM backends WHERE id = ?", (backend_id,)).fetchone()
+    if row is None:
+        return False
+    if row["builtin"]:
+        raise FieldError("id", "the backend of FOREMAN_OLLAMA_URL cannot be deleted")
+    db.execute("DELETE FROM backends WHERE id = ?", (backend_id,))
+    return True
+
+
+# --- models ----------------------------------------------------------------------------
+
+
+def record_models(
+    db: sqlite3.Connection, backend_id: int, models: list[tuple[str, int | None]], now: float
+) -> str | None:
+    """Store what a discovery found: each model's size and ``last_seen_at = now``.
+
+    Models not found keep their rows and their old ``last_seen_at``. The first model
+    ever found on a backend becomes its selected one. Returns the selected model.
+    """
+    db.executemany(
+        "INSERT INTO backend_models (backend_id, model_name, size_bytes, last_seen_at)"
+        " VALUES (?, ?, ?, ?) ON CONFLICT (backend_id, model_name) DO UPDATE SET"
+        " size_bytes = excluded.size_bytes, last_seen_at = excluded.last_seen_at",
+        [(backend_id, name, size, now) for name, size in models],
+    )
+    if (
+        models
+        and not db.execute(
+            "SELECT 1 FROM backend_models WHERE backend_id = ? AND is_selected", (backend_id,)
+        ).fetchone()
+    ):
+        select_model(db, backend_id, models[0][0])
+    row = db.execute(
+        "SELECT model_name FROM backend_models WHERE backend_id = ? AND is_selected", (backend_id,)
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def list_models(db: sqlite3.Connection, backend_id: int, seen_since: float) -> list[dict[str, Any]]:
+    """A backend's models by name: ``[{"name", "size_bytes", "is_selected", "last_seen_at",
+    "available"}]``; ``available`` is whether the last discovery (at ``seen_since`` or
+    later) found it."""
+    rows = db.execute(
+        "SELECT * FROM backend_models WHERE backend_id = ? ORDER BY model_name", (backend_id,)
+    )
+    return [
+        {
+            "name": row["model_name"],
+            "size_bytes": row["size_bytes"],
+            "is_selected": bool(row["is_selected"]),
+            "last_seen_at": rfc3339(row["last_seen_at"]),
+            "available": row["last_seen_at"] >= seen_since,
+        }
+        for row in rows
+    ]
+
+
+def select_model(db: sqlite3.Connection, backend_id: int, model: str) -> bool:
+    """Make ``model`` the backend's selected one; False if the backend never had it."""
+    if not db.execute(
+        "SELECT 1 FROM backend_models WHERE backend_id = ? AND model_name = ?",
+        (backend_id, model),
+    ).fetchone():
+        return False
+    db.execute(
+        "UPDATE backend_models SET is_selected = (model_name = ?) WHERE backend_id = ?",
+        (model, backend_id),
+    )
+    return True
+
+
+# --- preferences -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preferences:
+    """One user's routing preferences.
+
+    ``default_backend_id``: None means the shared default. ``fallback_to_claude``:
+    None means on when a Claude backend exists. ``aliases``: alias → ``backend/model``,
+    ``backend`` (its selected model) or a model of the default backend.
+    """
+
+    default_backend_id: int | None = None
+    fallback_to_claude: bool | None = None
+    aliases: dict[str, str] | None = None
+
+    def shown(self) -> dict[str, Any]:
+        return {
+            "default_backend_id": self.default_backend_id,
+            "fallback_to_claude": self.fallback_to_claude,
+            "aliases": dict(self.aliases or {}),
+        }
+
+
+def get_preferences(db: sqlite3.Connection, user_name: str) -> Preferences:
+    row = db.execute("SELECT * FROM preferences WHERE user_name = ?", (user_name,)).fetchone()
+    if row is None:
+        return Preferences()
+    fallback = row["fallback_to_claude"]
+    return Preferences(
+        row["default_backend_id"],
+        None if fallback is None else bool(fallback),
+        json.loads(row["aliases"]),
+    )
+
+
+def all_preferences(db: sqlite3.Connection) -> dict[str, Preferences]:
+    """Every user's preferences, by user name."""
+    names = [row[0] for row in db.execute("SELECT user_name FROM preferences")]
+    return {name: get_preferences(db, name) for name in names}
+
+
+def check_preferences(fields: Any, visible: set[int]) -> Preferences:
+    """The checked preferences of a ``PUT`` (every field; an absent one is reset).
+
+    Args:
+        visible: the ids of the backends the user may route to.
+
+    Raises:
+        FieldError: the first wrong field.
+    """
+    if not isinstance(fields, dict):
+        raise FieldError("body", "must be a JSON object")
+    for key in fields:
+        if key not in ("default_backend_id", "fallback_to_claude", "aliases"):
+            raise FieldError(key, "unknown field")
+    default = fields.get("default_backend_id")
+    if default is not None and (
+        not isinstance(default, int) or isinstance(default, bool) or default not in visible
+    ):
+        raise FieldError("default_backend_id", "the id of a backend you can use, or null")
+    fallback = fields.get("fallback_to_claude")
+    if fallback is not None and not isinstance(fallback, bool):
+        raise FieldError("fallback_to_claude", "true, false or null (on if Claude exists)")
+    aliases = fields.get("aliases") or {}
+    if not isinstance(aliases, dict):
+        raise FieldError("aliases", 'an object {"alias": "backend/model"}')
+    for alias, value in aliases.items():
+        if not ALIAS.fullmatch(alias) or "/" in alias:
+            raise FieldError("aliases", f"{alias!r} is not a valid alias name")
+        if not isinstance(value, str) or not value.strip():
+            raise FieldError("aliases", f"{alias!r} must name a model")
+    return Preferences(default, fallback, aliases)
+
+
+def put_preferences(db: sqlite3.Connection, user_name: str, preferences: Preferences) -> None:
+    db.execute(
+        "INSERT INTO preferences (user_name, default_backend_id, fallback_to_claude, aliases)"
+        " VALUES (?, ?, ?, ?) ON CONFLICT (user_name) DO UPDATE SET"
+        " default_backend_id = excluded.default_backend_id,"
+        " fallback_to_claude = excluded.fallback_to_claude, aliases = excluded.aliases",
+        (
+            user_name,
+            preferences.default_backend_id,
+            preferences.fallback_to_claude,
+            json.dumps(preferences.aliases or {}),
+        ),
+    )

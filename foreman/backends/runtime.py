@@ -1,0 +1,214 @@
+"""A running backend: what foreman keeps in memory and in the task tree for each one.
+
+* :class:`OllamaBackend` owns what v1 had once: its target client, gate (the worker
+  slot: one chat at a time), tags poller (:class:`~foreman.inventory.Inventory`, which
+  is also its heartbeat), ps residency watcher and embedder warm-up supervisor.
+* :class:`ApiBackend` wraps a translator (:mod:`.anthropic`, :mod:`.openai`) and its
+  heartbeat, a ``GET /v1/models`` every ``FOREMAN_HEARTBEAT_INTERVAL`` seconds.
+
+Both report a :class:`Status` and record what discovery found in the store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+
+from ..errors import TargetError, TargetStatus, TargetUnauthorized
+from ..gate import Gate
+from ..inventory import Inventory
+from ..residency import Residency
+from ..target import Target
+from .registry import BackendRecord
+
+__all__ = ["HEALTHY_WITHIN", "ApiBackend", "OllamaBackend", "Status", "Translator"]
+
+LOGGER = logging.getLogger("foreman.backends")
+
+#: A backend is healthy when its last successful check is at most this many seconds old
+#: (or two heartbeat intervals, if that is longer).
+HEALTHY_WITHIN = 60.0
+#: Seconds a heartbeat check may take.
+CHECK_TIMEOUT = 5.0
+
+#: Records discovered models: ``await record(backend_id, [(name, size_bytes)])``.
+Recorder = Callable[[int, list[tuple[str, int | None]]], Awaitable[None]]
+
+
+@dataclass
+class Status:
+    """A backend's state as its heartbeat last saw it. Times are Unix seconds.
+
+    ``state``: ``connecting`` (no check finished yet), ``connected``, ``unreachable``
+    (no connection, a timeout, an error status) or ``unauthorized`` (the backend
+    refused foreman's key).
+    """
+
+    state: str = "connecting"
+    last_ping: float | None = None
+    last_success: float | None = None
+    last_error: str | None = None
+    model_count: int = 0
+
+    def healthy(self, now: float, interval: float) -> bool:
+        """A success within :data:`HEALTHY_WITHIN` seconds (or two ``interval``\\ s)."""
+        window = max(HEALTHY_WITHIN, 2 * interval)
+        return (
+            self.state == "connected"
+            and self.last_success is not None
+            and now - self.last_success <= window
+        )
+
+    def failed(self, exc: TargetError) -> None:
+        self.last_ping, self.last_error = time.time(), str(exc)
+        unauthorized = isinstance(exc, TargetUnauthorized) or (
+            isinstance(exc, TargetStatus) and exc.status in (401, 403)
+        )
+        self.state = "unauthorized" if unauthorized else "unreachable"
+
+    def succeeded(self, model_count: int) -> None:
+        self.last_ping = self.last_success = time.time()
+        self.state, self.last_error, self.model_count = "connected", None, model_count
+
+
+class Translator(Protocol):
+    """What :mod:`.anthropic` and :mod:`.openai` provide (see their docstrings)."""
+
+    type: str
+
+    async def models(self, *, timeout: float = ...) -> list[tuple[str, int | None]]: ...  # noqa: ASYNC109
+
+    async def answer(self, endpoint: Any, fields: dict[str, Any], model: str) -> Any: ...
+
+    async def aclose(self) -> None: ...
+
+
+class OllamaBackend:
+    """One Ollama server: target, gate, inventory and residency, as v1 had them once."""
+
+    type = "ollama"
+
+    def __init__(
+        self,
+        record: BackendRecord,
+        target: Target,
+        gate: Gate,
+        inventory: Inventory,
+        residency: Residency,
+        interval: float,
+    ) -> None:
+        self.record = record
+        self.target, self.gate, self.inventory, self.residency = target, gate, inventory, residency
+        self.interval = interval
+        self.embeds_in_flight = 0
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def status(self) -> Status:
+        """Read off the tags poller, which is this backend's heartbeat."""
+        inventory = self.inventory
+        status = Status(
+            last_ping=inventory.last_poll,
+            last_success=inventory.last_success,
+            model_count=len(inventory.models),
+        )
+        if inventory.polls.value == 0:
+            return status
+        if inventory.degraded.value and inventory.last_error is not None:
+            status.failed(inventory.last_error)
+            status.last_ping = inventory.last_poll
+        else:
+            status.state = "connected"
+        return status
+
+    def healthy(self) -> bool:
+        return not self.inventory.degraded.value and self.status.healthy(time.time(), self.interval)
+
+    def discovered(self) -> list[tuple[str, int | None]]:
+        """The models of the last successful ``/api/tags``, with their sizes in bytes."""
+        if self.inventory.body is None:
+            return []
+        try:
+            entries = json.loads(self.inventory.body)["models"]
+            return [(str(e.get("model") or e["name"]), e.get("size")) for e in entries]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return []
+
+    async def check(self) -> list[tuple[str, int | None]]:
+        """Poll ``/api/tags`` now (shared with the poller); returns the models.
+
+        Raises:
+            TargetError: the poll failed.
+        """
+        await self.inventory.refresh()
+        if self.inventory.degraded.value and self.inventory.last_error is not None:
+            raise self.inventory.last_error
+        return self.discovered()
+
+    async def record_discoveries(self, record: Recorder) -> None:
+        """After every successful poll, store the models it found; never returns."""
+        seen = 0
+        while True:
+            await self.inventory.polls.wait_value(lambda n, seen=seen: n > seen)
+            seen = self.inventory.polls.value
+            if not self.inventory.degraded.value:
+                await record(self.record.id, self.discovered())
+
+
+class ApiBackend:
+    """A Claude or OpenAI-compatible backend: a translator and its heartbeat."""
+
+    def __init__(self, record: BackendRecord, translator: Translator, interval: float) -> None:
+        self.record = record
+        self.translator = translator
+        self.interval = interval
+        self.status = Status()
+        self.models: list[tuple[str, int | None]] = []
+
+    @property
+    def type(self) -> str:
+        return self.record.type
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    def healthy(self) -> bool:
+        return self.status.healthy(time.time(), self.interval)
+
+    async def check(self) -> list[tuple[str, int | None]]:
+        """``GET /v1/models`` now, within :data:`CHECK_TIMEOUT`; updates the status.
+
+        Raises:
+            TargetError: the backend could not be reached or refused foreman's key.
+        """
+        try:
+            models = await self.translator.models(timeout=CHECK_TIMEOUT)
+        except TargetError as exc:
+            if self.status.state != "unreachable" or self.status.last_error != str(exc):
+                LOGGER.warning("backend %s: %s", self.name, exc)
+            self.status.failed(exc)
+            raise
+        if self.status.state != "connected":
+            LOGGER.info("backend %s connected: %d models", self.name, len(models))
+        self.status.succeeded(len(models))
+        self.models = models
+        return models
+
+    async def heartbeat(self, record: Recorder) -> None:
+        """Check every ``interval`` seconds and store the models found; never returns."""
+        while True:
+            try:
+                await record(self.record.id, await self.check())
+            except TargetError:
+                pass  # the status says it
+            await trio.sleep(self.interval)
