@@ -205,6 +205,20 @@ async def _demo(settings: Settings, standin_listen: str, token_rate: float) -> i
     help="Require this bearer token, as a target behind an auth proxy would.",
 )
 @click.option(
+    "--api",
+    default="ollama",
+    show_default=True,
+    type=click.Choice(["ollama", "anthropic", "openai"]),
+    help="Which API to stand in for: Ollama, Anthropic's Messages API or an OpenAI-compatible"
+    " server (these two take only --listen, --api-key and --log-level).",
+)
+@click.option(
+    "--api-key",
+    default="sk-test",
+    show_default=True,
+    help="The one API key the Anthropic or OpenAI stand-in accepts.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -217,20 +231,34 @@ def standin(
     load_delay: float,
     reply_tokens: int,
     token: str | None,
+    api: str,
+    api_key: str,
     log_level: str,
 ) -> None:
-    """Run the stand-in Ollama target (for tests and demos) until SIGINT/SIGTERM."""
-    from .standin import StandIn
-    from .standin import serve as serve_standin
-
+    """Run a stand-in target (for tests and demos) until SIGINT/SIGTERM."""
     configure_logging(log_level.upper())
-    target = StandIn(
-        token_rate=token_rate,
-        max_loaded_models=max_loaded_models,
-        load_delay=load_delay,
-        reply_tokens=reply_tokens,
-        token=token,
-    )
+    target: Any
+    if api == "anthropic":
+        from .standin_anthropic import AnthropicStandIn
+        from .standin_anthropic import serve as serve_standin
+
+        target = AnthropicStandIn(api_key=api_key)
+    elif api == "openai":
+        from .standin_openai import OpenAIStandIn
+        from .standin_openai import serve as serve_standin  # type: ignore[assignment]
+
+        target = OpenAIStandIn(api_key=api_key)
+    else:
+        from .standin import StandIn
+        from .standin import serve as serve_standin  # type: ignore[assignment]
+
+        target = StandIn(
+            token_rate=token_rate,
+            max_loaded_models=max_loaded_models,
+            load_delay=load_delay,
+            reply_tokens=reply_tokens,
+            token=token,
+        )
 
     async def until_signal() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -242,7 +270,7 @@ def standin(
             urls: list[str] = await nursery.start(
                 partial(serve_standin, target, listen, shutdown_trigger=until_signal)
             )
-            LOGGER.info("stand-in Ollama target serving on %s", ", ".join(urls))
+            LOGGER.info("stand-in %s API serving on %s", api, ", ".join(urls))
 
     trio.run(run)
 

@@ -7,7 +7,9 @@ and not), generate, embed, embeddings, list, ps, show — first without and then
 with ``FOREMAN_TOKEN``, checks every answer, checks at the stand-in that
 concurrent chats never overlapped while embeds did, and that SIGTERM stops
 foreman with exit status 0. With the token it also submits a batch job to
-``/jobs``, waits for its signed state webhooks and checks its artifacts. Then
+``/jobs``, waits for its signed state webhooks and checks its artifacts, and
+adds a second Ollama stand-in and a Claude stand-in through ``/admin/api/backends``,
+chats through aliases and falls back to Claude when the Ollama stand-in stops. Then
 the abuse and outage checks: odd path spellings and non-ASCII headers over a
 raw socket, ``Connection: close`` and HTTP/1.0 clients, a target frozen with
 ``SIGSTOP`` and thawed with ``SIGCONT``, and a forced second signal (exit
@@ -34,6 +36,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import ollama
 from _procs import foreman_process, free_port, wait_http
@@ -201,6 +204,98 @@ def batch_job(url: str, token: str, secret: str) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def several_backends(url: str, token: str) -> None:
+    """A second Ollama and a Claude stand-in, added through the API; aliases; fallback."""
+    second_port, claude_port = free_port(), free_port()
+    second_url, claude_url = f"http://127.0.0.1:{second_port}", f"http://127.0.0.1:{claude_port}"
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    def call(method: str, path: str, body: dict | None = None) -> tuple[int, Any, dict]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{url}{path}", data, auth, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                raw = response.read()
+                return response.status, response.headers, json.loads(raw) if raw else {}
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers, json.loads(exc.read() or b"{}")
+
+    def connected(backend_id: int) -> str:
+        deadline = time.monotonic() + 15
+        while True:
+            listed = call("GET", "/admin/api/backends/status")[2]["backends"]
+            state = next(b["status"]["state"] for b in listed if b["id"] == backend_id)
+            if state != "connecting" or time.monotonic() > deadline:
+                return state
+            time.sleep(0.1)
+
+    second_args = ["standin", "--listen", f"127.0.0.1:{second_port}", "--log-level", "warning"]
+    claude_args = ["standin", "--api", "anthropic", "--api-key", "sk-ant-acceptance"]
+    claude_args += ["--listen", f"127.0.0.1:{claude_port}", "--log-level", "warning"]
+    with foreman_process(second_args) as second, foreman_process(claude_args):
+        wait_http(f"{second_url}/api/version")
+        wait_http(f"{claude_url}/v1/models")
+        status, _, ollama2 = call(
+            "POST",
+            "/admin/api/backends",
+            {"name": "second", "type": "ollama", "endpoint": second_url},
+        )
+        check(status == 201, "POST /admin/api/backends adds a second Ollama backend (201)")
+        claude = {"name": "claude", "type": "anthropic", "endpoint": claude_url}
+        status, _, claude = call(
+            "POST", "/admin/api/backends", {**claude, "api_key": "sk-ant-acceptance"}
+        )
+        check(
+            status == 201 and claude["api_key"] == "…ance",
+            "a Claude backend is added; its API key comes back masked",
+        )
+        states = connected(ollama2["id"]), connected(claude["id"])
+        check(states == ("connected", "connected"), f"both backends connect: {states}")
+        models = call("GET", f"/admin/api/backends/{ollama2['id']}/models")[2]["models"]
+        check(
+            models and all(m["size_bytes"] for m in models),
+            f"the second backend's {len(models)} models are listed with their sizes",
+        )
+        aliases = {"code": f"second/{CHAT_MODEL}", "research": "claude"}
+        call("PUT", "/admin/api/preferences", {"aliases": aliases})
+        client = ollama.Client(host=url, headers={"Authorization": f"Bearer {token}"})
+        before = stand_in_stats(second_url)["chats_total"]
+        reply = client.chat(model="code", messages=[{"role": "user", "content": "code!"}])
+        check(
+            reply.done and stand_in_stats(second_url)["chats_total"] == before + 1,
+            "the alias 'code' chats on the second Ollama backend",
+        )
+        chunks = list(
+            client.chat(
+                model="research", messages=[{"role": "user", "content": "why?"}], stream=True
+            )
+        )
+        text = "".join(c.message.content or "" for c in chunks)
+        check(
+            len(chunks) > 2 and chunks[-1].done and chunks[-1].eval_count and text,
+            f"the alias 'research' streams from Claude in Ollama's shape ({len(chunks)} lines)",
+        )
+        chat = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "x"}]}
+        call("PUT", "/admin/api/preferences", {"default_backend_id": ollama2["id"]})
+        _, headers, _ = call("POST", "/api/chat", {**chat, "stream": False})
+        check(
+            headers.get("X-Foreman-Backend") == f"second/{CHAT_MODEL}",
+            "with the second backend as default, a plain chat goes there",
+        )
+        second.terminate()
+        second.wait(10)
+        status, headers, answer = call("POST", "/api/chat", {**chat, "stream": False})
+        check(
+            status == 200
+            and headers.get("X-Foreman-Backend", "").startswith("claude/")
+            and answer.get("done") is True,
+            f"its stand-in stopped: the chat falls back to Claude ({headers['X-Foreman-Backend']})",
+        )
+        for backend in (ollama2, claude):
+            call("DELETE", f"/admin/api/backends/{backend['id']}")
+        call("PUT", "/admin/api/preferences", {})
 
 
 def raw_request(
@@ -397,6 +492,7 @@ def main() -> int:
                 target,
             )
             batch_job(url, "acceptance-token", "hush")
+            several_backends(url, "acceptance-token")
             foreman.send_signal(signal.SIGINT)
             check(foreman.wait(20) == 0, "SIGINT stops foreman with exit status 0")
 
