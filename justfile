@@ -33,6 +33,10 @@ bench *ARGS:
 bench-jobs *ARGS:
     scripts/bootstrap dev && .venv/bin/python scripts/bench_jobs.py {{ARGS}}
 
+# what translating a Claude stream into Ollama's NDJSON costs per line
+bench-backends *ARGS:
+    scripts/bootstrap dev && .venv/bin/python scripts/bench_backends.py {{ARGS}}
+
 # lint and format check
 lint:
     scripts/bootstrap dev && .venv/bin/ruff check . && .venv/bin/ruff format --check .
