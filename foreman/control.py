@@ -91,7 +91,7 @@ def health(gw: Gateway) -> dict[str, Any]:
                    "waiting_bytes": int},
          "embeds_in_flight": int,
          "jobs": {"queued": {"interactive": int, "batch": int}, "running": id | None},
-         "backends": [{"name", "type", "state"}, ...]}
+         "backends": [{"name", "type", "state"}, ...]}   (shared backends only)
     """
     inventory, residency = gw.inventory, gw.residency
     gate = gw.gate.statistics()
@@ -129,5 +129,6 @@ def health(gw: Gateway) -> dict[str, Any]:
         else [
             {"name": r.name, "type": r.type, "state": gw.backends.status(r.id).state}
             for r in gw.backends.records.values()
+            if r.owner is None  # unauthenticated: users' own backends are theirs to see
         ],
     }

@@ -22,7 +22,6 @@ upstream and frees the gate at once.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -138,7 +137,17 @@ class DataPlane:
             if route.model != name:
                 body = _with_model(body, route.model)
         try:
-            await self._ollama_chat(backend, body, fields, exchange, scope, receive, send, extra)
+            await self._ollama_chat(
+                backend,
+                route.model if route else name,
+                body,
+                fields,
+                exchange,
+                scope,
+                receive,
+                send,
+                extra,
+            )
         except TargetUnreachable:
             alternative = None
             if route is not None and not exchange.response_started and self.gw.backends:
@@ -152,6 +161,7 @@ class DataPlane:
     async def _ollama_chat(
         self,
         backend: OllamaBackend,
+        model: str,
         body: bytes,
         fields: dict[str, Any],
         exchange: Exchange,
@@ -160,11 +170,11 @@ class DataPlane:
         send: Any,
         extra: Any,
     ) -> None:
-        """Relay a chat or generate to an Ollama backend, through its gate."""
-        model = fields.get("model")
-        if isinstance(model, str) and model:
-            if scope["method"] == "POST" and normalize(model) is not None and not is_cloud(model):
-                await backend.inventory.require(request_fields(body).get("model", model))
+        """Relay a chat or generate for ``model`` (the backend's own name for it) to an
+        Ollama backend, through its gate."""
+        if model and scope["method"] == "POST" and normalize(model) is not None:
+            if not is_cloud(model):
+                await backend.inventory.require(model)
         # A stream's status line must come within the idle timeout (model load included);
         # a "stream": false answer comes whole at the end, within the response timeout.
         timeout = self.settings.response_timeout
@@ -375,13 +385,15 @@ def _user(scope: Any) -> str:
 
 
 def _with_model(body: bytes, model: str) -> bytes:
-    """The request body with its ``model`` field (any case, as Go matches it) replaced."""
-    try:
-        value = json.loads(body)
-    except ValueError:
-        return body  # unreadable: the backend answers it as it would have
-    if not isinstance(value, dict):
-        return body
+    """The request body with its ``model`` field (any case, as Go matches it) replaced.
+
+    Read as :func:`~foreman.jsonwire.request_fields` reads it (Go's way: invalid UTF-8
+    replaced, anything after the first value ignored), so a body routing could read
+    can always be rewritten; what follows the first value is dropped.
+    """
+    value = request_fields(body, lower=False)
+    if not value:
+        return body  # nothing routing could have read either
     keys = [k for k in value if k.lower() == "model"] or ["model"]
     for k in keys:
         value[k] = model

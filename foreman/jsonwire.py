@@ -34,14 +34,15 @@ def error_body(message: str) -> bytes:
     return dumps({"error": message})
 
 
-def request_fields(body: bytes) -> dict[str, Any]:
+def request_fields(body: bytes, *, lower: bool = True) -> dict[str, Any]:
     """A JSON request body's top-level fields as Ollama's decoder reads them; else ``{}``.
 
     Go's ``json.Decoder`` reads the *first* JSON value and ignores what follows,
     takes invalid UTF-8 (as U+FFFD) and matches field names case-insensitively,
     so this does too: keys come back lower-cased. A body Python cannot parse
     (not JSON, or nested deeper than its recursion limit) gives ``{}``: callers
-    must then act as if they knew nothing (the gate still applies).
+    must then act as if they knew nothing (the gate still applies). ``lower=False``
+    keeps the keys as sent.
     """
     text = body.decode("utf-8", "replace").lstrip(" \t\r\n")
     try:
@@ -50,7 +51,7 @@ def request_fields(body: bytes) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         return {}
-    return {key.lower(): item for key, item in value.items()}
+    return {key.lower(): item for key, item in value.items()} if lower else value
 
 
 def rfc3339(seconds: float | None) -> str | None:

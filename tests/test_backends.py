@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from functools import partial
 from typing import Any
 
+import httpx2 as httpx
 import trio
 
 from foreman.standin import ModelSpec, StandIn
@@ -303,3 +305,150 @@ async def test_bad_json_to_the_admin_api(fm: Foreman) -> None:
         "/admin/api/backends", content=b"{", headers={"content-type": "application/json"}
     )
     assert answer.status_code == 422 and answer.json()["field"] == "body"
+
+
+# --- regressions found in review -------------------------------------------------------
+
+
+async def test_a_hostile_model_list_marks_the_backend_broken_and_foreman_goes_on(
+    nursery: trio.Nursery, standin: StandIn, autojump_clock: Any
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"[]", headers={"content-type": "application/json"})
+
+    evil = "http://evil.test/v1"
+    async with open_foreman(
+        nursery, standin, backend_transports={evil: httpx.MockTransport(handler)}
+    ) as fm:
+        added = await add_backend(fm, name="mine", type="openai", endpoint=evil)
+        status = await wait_connected(fm, added["id"])
+        assert status["state"] == "unreachable" and "unreadable" in status["last_error"]
+        await trio.sleep(100)  # heartbeats go on failing, foreman goes on serving
+        assert (await fm.client.get("/api/tags")).status_code == 200
+
+
+async def test_a_change_that_leaves_a_backend_unusable_is_refused(fm: Foreman) -> None:
+    added = await add_backend(fm)
+    for change, field in [
+        ({"endpoint": None}, "endpoint"),
+        ({"endpoint": "http://h:abc"}, "endpoint"),
+        ({"endpoint": "http://[::1"}, "endpoint"),
+        ({"endpoint": "http://user:pw@h:1"}, "endpoint"),
+        ({"type": "anthropic"}, "api_key"),
+    ]:
+        answer = await fm.client.patch(f"/admin/api/backends/{added['id']}", json=change)
+        assert answer.status_code == 422 and answer.json()["field"] == field, change
+    builtin = next(
+        b for b in (await fm.client.get("/admin/api/backends")).json()["backends"] if b["builtin"]
+    )
+    off = await fm.client.patch(f"/admin/api/backends/{builtin['id']}", json={"is_active": False})
+    assert off.status_code == 422 and off.json()["field"] == "is_active"
+
+
+async def test_one_gate_per_ollama_server_across_restarts_and_backends(
+    nursery: trio.Nursery, standin: StandIn, autojump_clock: Any
+) -> None:
+    second = StandIn(models=SECOND_MODELS, token_rate=2.0)
+    transports = {
+        SECOND: second.transport(nursery),
+        "http://127.0.0.1:11434": standin.transport(nursery),
+    }
+    async with open_foreman(nursery, standin, backend_transports=transports) as fm:
+        added = await add_backend(fm)
+        await wait_connected(fm, added["id"])
+        # a second backend naming the builtin's server shares the builtin's gate
+        same = await add_backend(fm, name="again", endpoint="http://127.0.0.1:11434/")
+        await wait_connected(fm, same["id"])
+
+        async def chat(model: str) -> None:
+            reply = await fm.client.post("/api/chat", json=chat_body(model, stream=False))
+            assert reply.status_code == 200, reply.text
+
+        async with trio.open_nursery() as chats:
+            chats.start_soon(chat, "second/llama3.2")
+            chats.start_soon(chat, "second/llama3.2")
+            chats.start_soon(chat, "llama3.2")
+            chats.start_soon(chat, "again/llama3.2")
+            await trio.sleep(1)
+            rotated = {"api_key": "rotated-key-123456"}  # restarts the backend's tasks
+            assert (
+                await fm.client.patch(f"/admin/api/backends/{added['id']}", json=rotated)
+            ).status_code == 200
+            await wait_connected(fm, added["id"])
+            chats.start_soon(chat, "second/llama3.2")
+        assert second.max_chats_in_flight == 1 and standin.max_chats_in_flight == 1
+        assert second.chats_total == 3 and standin.chats_total == 2
+
+
+async def test_concurrent_changes_leave_one_task_tree(
+    nursery: trio.Nursery, standin: StandIn, autojump_clock: Any
+) -> None:
+    second = second_standin()
+    async with open_foreman(
+        nursery, standin, backend_transports={SECOND: second.transport(nursery)}
+    ) as fm:
+        added = await add_backend(fm)
+        await wait_connected(fm, added["id"])
+        async with trio.open_nursery() as patches:
+            for key in ("aaaaaaaaaaaa1111", "bbbbbbbbbbbb2222"):
+                patches.start_soon(
+                    partial(
+                        fm.client.patch, f"/admin/api/backends/{added['id']}", json={"api_key": key}
+                    )
+                )
+        assert (await fm.client.delete(f"/admin/api/backends/{added['id']}")).status_code == 204
+        await trio.sleep(5)
+        polls = second.requests["GET /api/tags"]
+        await trio.sleep(300)
+        assert second.requests["GET /api/tags"] == polls
+
+
+async def test_routed_names_are_checked_and_rewritten_as_go_reads_bodies(
+    nursery: trio.Nursery, standin: StandIn, autojump_clock: Any
+) -> None:
+    second = second_standin()
+    async with open_foreman(
+        nursery, standin, backend_transports={SECOND: second.transport(nursery)}
+    ) as fm:
+        added = await add_backend(fm)
+        await wait_connected(fm, added["id"])
+        # an alias to a cloud model skips the inventory check, as the name itself would
+        await fm.client.put(
+            "/admin/api/preferences", json={"aliases": {"big": "gpt-oss:120b-cloud"}}
+        )
+        direct = await fm.client.post(
+            "/api/chat", json=chat_body("gpt-oss:120b-cloud", stream=False)
+        )
+        via = await fm.client.post("/api/chat", json=chat_body("big", stream=False))
+        assert (via.status_code, via.content) == (direct.status_code, direct.content)
+        assert standin.requests["POST /api/chat"] == 2
+        # invalid UTF-8 and bytes after the JSON value: read and rewritten as Go reads them
+        latin1 = (
+            b'{"model":"second/llama3.2","stream":false,'
+            b'"messages":[{"role":"user","content":"caf\xe9"}]}'
+        )
+        for body in (latin1, latin1 + b"\ntrailing"):
+            answer = await fm.client.post("/api/chat", content=body)
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["x-foreman-backend"] == "second/llama3.2"
+
+
+async def test_unauthenticated_health_shows_shared_backends_only(
+    nursery: trio.Nursery, standin: StandIn, autojump_clock: Any
+) -> None:
+    async with open_foreman(nursery, standin, token="root") as fm:
+        admin = {"authorization": "Bearer root"}
+        made = await fm.client.post("/admin/api/users", json={"name": "alice"}, headers=admin)
+        alice = {"authorization": f"Bearer {made.json()['key']}"}
+        body = {"name": "alice-secret-proj", "type": "ollama", "endpoint": SECOND}
+        assert (
+            await fm.client.post("/admin/api/backends", json=body, headers=alice)
+        ).status_code == 201
+        health = await fm.client.get("/healthz")
+        assert [b["name"] for b in health.json()["backends"]] == ["ollama"]
+        assert "alice-secret-proj" not in health.text
+        own_default = {**body, "name": "x", "is_default": True}
+        refused = await fm.client.post(
+            "/admin/api/backends", json={**own_default, "owner": "alice"}, headers=admin
+        )
+        assert refused.status_code == 422 and refused.json()["field"] == "is_default"

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import httpx2
@@ -88,7 +89,10 @@ class Backends:
         self.running: dict[int, Backend] = {builtin.record.id: builtin}
         self.selected: dict[int, str | None] = {builtin.record.id: builtin.record.selected_model}
         self.preferences: dict[str, Preferences] = {}
+        self.failures: dict[int, str] = {}  # why a backend's tasks could not run
         self._scopes: dict[int, trio.CancelScope] = {}
+        self._gates: dict[str, Gate] = {builtin.target.url.rstrip("/").lower(): builtin.gate}
+        self._changing = trio.Lock()
         self._transports = dict(transports or {})
         self._nursery: trio.Nursery | None = None
 
@@ -112,24 +116,58 @@ class Backends:
             task_status.started()
 
     async def changed(self, backend_id: int) -> None:
-        """A backend was added, changed or deleted in the store: restart or stop its tasks."""
+        """A backend was added, changed or deleted in the store: follow it in memory.
+
+        Its tasks are restarted only when what they connect with changed (type, endpoint,
+        API key) or it was switched on or off; a rename or a new default only updates the
+        record. Calls are serialised: two changes at once never leave two task trees.
+        """
         assert self._nursery is not None, "Backends.run() is not running"
+        async with self._changing:
+            record = await self.store.call(registry.get_backend, self.sealer, backend_id)
+            old = self.records.get(backend_id)
+            if record is None:
+                self._stop(backend_id)
+                self.records.pop(backend_id, None)
+                self.selected.pop(backend_id, None)
+                self.preferences = {  # the store set these to NULL (ON DELETE SET NULL)
+                    name: replace(p, default_backend_id=None)
+                    if p.default_backend_id == backend_id
+                    else p
+                    for name, p in self.preferences.items()
+                }
+                return
+            self.records[backend_id] = record
+            self.selected[backend_id] = record.selected_model
+            running = self.running.get(backend_id)
+            if record.builtin or (
+                old is not None
+                and running is not None
+                and record.is_active
+                and (old.type, old.endpoint, old.api_key)
+                == (record.type, record.endpoint, record.api_key)
+            ):
+                (running or self.builtin).record = record
+                return
+            self._stop(backend_id)
+            if record.is_active:
+                await self._nursery.start(self._serve, record)
+
+    def _stop(self, backend_id: int) -> None:
         scope = self._scopes.pop(backend_id, None)
         if scope is not None:
             scope.cancel()
-            self.running.pop(backend_id, None)
-        record = await self.store.call(registry.get_backend, self.sealer, backend_id)
-        if record is None:
-            self.records.pop(backend_id, None)
-            self.selected.pop(backend_id, None)
-            self.preferences = await self.store.call(registry.all_preferences)  # SET NULL
-            return
-        self.records[backend_id] = record
-        self.selected[backend_id] = record.selected_model
-        if record.builtin:
-            self.builtin.record = record
-        elif record.is_active:
-            await self._nursery.start(self._serve, record)
+        self.running.pop(backend_id, None)
+        self.failures.pop(backend_id, None)
+
+    def gate_for(self, endpoint: str) -> Gate:
+        """The gate of the Ollama server at ``endpoint``: one per server, however many
+        backends name it and however often they restart (one chat at a time, always)."""
+        key = endpoint.rstrip("/").lower()
+        gate = self._gates.get(key)
+        if gate is None:
+            gate = self._gates[key] = Gate(self.settings.max_queue, self.settings.max_waiting_bytes)
+        return gate
 
     async def _serve(
         self,
@@ -137,22 +175,38 @@ class Backends:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Run one added backend until its cancel scope is cancelled."""
+        """Run one added backend until its cancel scope is cancelled.
+
+        A backend that cannot run (a bad endpoint, an SDK that fails) is logged and
+        reported in its status; it never takes foreman down.
+        """
+        started = False
+
+        def ready() -> None:
+            nonlocal started
+            started = True
+            task_status.started()
+
         with trio.CancelScope() as scope:
             self._scopes[record.id] = scope
             transport = self._transports.get((record.endpoint or "").rstrip("/"))
             try:
                 if record.type == "ollama":
-                    await self._serve_ollama(record, transport, task_status)
+                    await self._serve_ollama(record, transport, ready)
                 else:
-                    await self._serve_api(record, transport, task_status)
+                    await self._serve_api(record, transport, ready)
+            except Exception as exc:
+                LOGGER.error("backend %s stopped: %s", record.name, exc, exc_info=True)
+                self.failures[record.id] = f"cannot run: {exc}"
             finally:
                 if self._scopes.get(record.id) is scope:
                     del self._scopes[record.id]
                     self.running.pop(record.id, None)
+        if not started:
+            task_status.started()
 
     async def _serve_ollama(
-        self, record: BackendRecord, transport: Any, task_status: trio.TaskStatus[None]
+        self, record: BackendRecord, transport: Any, ready: Callable[[], None]
     ) -> None:
         assert record.endpoint is not None
         settings = self.settings.replace(
@@ -160,7 +214,7 @@ class Backends:
         )
         interval = self.settings.heartbeat_interval
         async with open_target(settings, transport=transport) as target:
-            gate = Gate(settings.max_queue, settings.max_waiting_bytes)
+            gate = self.gate_for(record.endpoint)
             inventory = Inventory(target, interval)
             residency = Residency(
                 target,
@@ -175,17 +229,17 @@ class Backends:
                 nursery.start_soon(backend.record_discoveries, self.record)
                 self.running[record.id] = backend
                 LOGGER.info("backend %s (ollama, %s) started", record.name, record.endpoint)
-                task_status.started()
+                ready()
 
     async def _serve_api(
-        self, record: BackendRecord, transport: Any, task_status: trio.TaskStatus[None]
+        self, record: BackendRecord, transport: Any, ready: Callable[[], None]
     ) -> None:
         translator = make_translator(record, transport, self.settings)
         try:
             backend = ApiBackend(record, translator, self.settings.heartbeat_interval)
             self.running[record.id] = backend
             LOGGER.info("backend %s (%s) started", record.name, record.type)
-            task_status.started()
+            ready()
             await backend.heartbeat(self.record)
         finally:
             with trio.CancelScope(shield=True):
@@ -212,9 +266,14 @@ class Backends:
 
     def status(self, backend_id: int) -> Status:
         backend = self.running.get(backend_id)
-        if backend is None:  # inactive, or starting
+        if backend is None:  # inactive, failed, or starting
             record = self.records.get(backend_id)
-            return Status(state="inactive" if record and not record.is_active else "connecting")
+            if record is not None and not record.is_active:
+                return Status(state="inactive")
+            failure = self.failures.get(backend_id)
+            if failure is not None:
+                return Status(state="unreachable", last_error=failure)
+            return Status()
         return backend.status
 
     def preferences_of(self, user_name: str) -> Preferences:

@@ -247,10 +247,7 @@ def validate(fields: Any, *, creating: bool) -> dict[str, Any]:
     if "endpoint" in fields:
         endpoint = fields["endpoint"]
         if endpoint is not None:
-            parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
-            if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-                raise FieldError("endpoint", "an http:// or https:// URL")
-            endpoint = endpoint.rstrip("/")
+            endpoint = _endpoint(endpoint)
         checked["endpoint"] = endpoint
     if "api_key" in fields:
         api_key = fields["api_key"]
@@ -268,12 +265,32 @@ def validate(fields: Any, *, creating: bool) -> dict[str, Any]:
             raise FieldError("owner", "a user's name, or null for shared")
         checked["owner"] = owner
     if creating:
-        kind = checked["type"]
-        if kind == "ollama" and not checked.get("endpoint"):
-            raise FieldError("endpoint", "required for an ollama backend")
-        if kind == "anthropic" and not checked.get("api_key"):
-            raise FieldError("api_key", "required for an anthropic backend")
+        _complete(checked["type"], checked.get("endpoint"), checked.get("api_key"))
     return checked
+
+
+def _endpoint(value: Any) -> str:
+    """A backend's base URL, checked: http(s), a host, a numeric port, no credentials."""
+    try:
+        parts = urlsplit(value) if isinstance(value, str) else None
+        port_ok = parts is not None and (parts.port or 0) >= 0  # .port raises on "h:abc"
+    except ValueError:
+        parts, port_ok = None, False
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FieldError("endpoint", "an http:// or https:// URL")
+    if not port_ok:
+        raise FieldError("endpoint", "the port must be a number")
+    if parts.username is not None or parts.password is not None:
+        raise FieldError("endpoint", "no credentials in the URL: use api_key")
+    return value.rstrip("/")
+
+
+def _complete(kind: str, endpoint: str | None, api_key: str | None) -> None:
+    """What a backend of ``kind`` cannot run without."""
+    if kind == "ollama" and not endpoint:
+        raise FieldError("endpoint", "required for an ollama backend")
+    if kind == "anthropic" and not api_key:
+        raise FieldError("api_key", "required for an anthropic backend")
 
 
 def insert_backend(
@@ -284,6 +301,8 @@ def insert_backend(
     Raises:
         FieldError: the name is taken.
     """
+    if checked.get("is_default") and owner is not None:
+        raise FieldError("is_default", "only a shared backend is the shared default")
     now = time.time()
     try:
         cursor = db.execute(
@@ -328,6 +347,16 @@ def update_backend(
         for fixed in ("name", "type", "endpoint", "api_key", "owner"):
             if fixed in checked:
                 raise FieldError(fixed, "set by FOREMAN_OLLAMA_URL/TOKEN for this backend")
+        if checked.get("is_active") is False:
+            raise FieldError("is_active", "the backend of FOREMAN_OLLAMA_URL is always active")
+    _complete(
+        checked.get("type", record.type),
+        checked.get("endpoint", record.endpoint),
+        checked.get("api_key", record.api_key),
+    )
+    owner = checked.get("owner", record.owner)
+    if owner is not None and checked.get("is_default", record.is_default):
+        raise FieldError("is_default", "only a shared backend is the shared default")
     columns = {k: v for k, v in checked.items() if k not in ("is_default", "api_key")}
     if "api_key" in checked:
         columns["api_key"] = sealer.seal(checked["api_key"])

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import trio
 
-from ..errors import TargetError, TargetStatus, TargetUnauthorized
+from ..errors import TargetBroken, TargetError, TargetStatus, TargetTimeout, TargetUnauthorized
 from ..gate import Gate
 from ..inventory import Inventory
 from ..residency import Residency
@@ -186,23 +186,41 @@ class ApiBackend:
         return self.status.healthy(time.time(), self.interval)
 
     async def check(self) -> list[tuple[str, int | None]]:
-        """``GET /v1/models`` now, within :data:`CHECK_TIMEOUT`; updates the status.
+        """``GET /v1/models`` now, all of it within :data:`CHECK_TIMEOUT`; updates the status.
+
+        Returns ``[(model id, size in bytes or None)]``; entries without a string id are
+        dropped. An answer the SDK cannot read counts as a broken backend, never as a
+        crash of foreman.
 
         Raises:
-            TargetError: the backend could not be reached or refused foreman's key.
+            TargetError: the backend could not be reached, refused foreman's key, took
+                too long, or answered something that is not a model list.
         """
+        kind = f"{self.type} backend"
         try:
-            models = await self.translator.models(timeout=CHECK_TIMEOUT)
+            with trio.fail_after(CHECK_TIMEOUT):
+                listed = await self.translator.models(timeout=CHECK_TIMEOUT)
+            models = [
+                (name, size if isinstance(size, int) else None)
+                for name, size in listed
+                if isinstance(name, str) and name
+            ]
         except TargetError as exc:
-            if self.status.state != "unreachable" or self.status.last_error != str(exc):
-                LOGGER.warning("backend %s: %s", self.name, exc)
-            self.status.failed(exc)
-            raise
-        if self.status.state != "connected":
-            LOGGER.info("backend %s connected: %d models", self.name, len(models))
-        self.status.succeeded(len(models))
-        self.models = models
-        return models
+            error = exc
+        except trio.TooSlowError:
+            error = TargetTimeout(self.name, f"no model list within {CHECK_TIMEOUT:g}s", kind=kind)
+        except Exception as exc:  # an SDK that chokes on a hostile answer
+            error = TargetBroken(self.name, f"an unreadable model list ({exc!r})", kind=kind)
+        else:
+            if self.status.state != "connected":
+                LOGGER.info("backend %s connected: %d models", self.name, len(models))
+            self.status.succeeded(len(models))
+            self.models = models
+            return models
+        if self.status.last_error != str(error):
+            LOGGER.warning("backend %s: %s", self.name, error)
+        self.status.failed(error)
+        raise error
 
     async def heartbeat(self, record: Recorder) -> None:
         """Check every ``interval`` seconds and store the models found; never returns."""
