@@ -94,7 +94,6 @@ import base64
 import binascii
 import collections
 import json
-import logging
 import re
 import secrets
 import string
@@ -105,12 +104,9 @@ from typing import Any
 
 import httpx2
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve as hypercorn_serve
 
-from . import reasons
-from .bodies import DRAIN_LIMIT, ReadBodyFirst
 from .standin import ASGIStreamTransport
+from .standin import serve as serve  # every stand-in is served the same way
 
 __all__ = ["DEFAULT_MODELS", "AnthropicStandIn", "serve"]
 
@@ -148,7 +144,6 @@ _BLOCK_TYPES = (
 _MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
 _ALPHABET = string.ascii_letters + string.digits
-_SERVER_LOG = logging.getLogger("foreman.standin_anthropic.server")
 
 
 class ApiError(Exception):
@@ -1001,36 +996,3 @@ async def _send(
 async def _send_event(send: Any, name: str, data: dict[str, Any]) -> None:
     chunk = f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
     await send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
-
-
-# --- serving on a socket ------------------------------------------------------------------
-
-
-async def serve(
-    standin: AnthropicStandIn,
-    bind: str = "127.0.0.1:0",
-    *,
-    shutdown_trigger: Callable[..., Awaitable[None]] | None = None,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve ``standin.app`` on ``bind`` (``HOST:PORT``; port 0 picks a free one) with hypercorn.
-
-    Supports the trio start protocol:
-    ``urls = await nursery.start(functools.partial(serve, standin))`` returns the bound
-    URLs (``["http://127.0.0.1:41234"]``; the SDK's ``base_url`` is the URL itself).
-    Returns after ``shutdown_trigger`` returns and in-flight responses finish
-    (hypercorn's grace, 3 s); cancelling it stops the server at once.
-    ``standin.reachable`` has no effect here (stop the server instead).
-    """
-    reasons.install()
-    config = Config()
-    config.bind = [bind]
-    config.include_server_header = False
-    config.accesslog = None
-    config.errorlog = _SERVER_LOG
-    await hypercorn_serve(
-        ReadBodyFirst(standin.app, DRAIN_LIMIT),  # type: ignore[arg-type]
-        config,
-        shutdown_trigger=shutdown_trigger,
-        task_status=task_status,
-    )

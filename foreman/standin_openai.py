@@ -92,7 +92,6 @@ import binascii
 import collections
 import hashlib
 import json
-import logging
 import math
 import re
 import secrets
@@ -106,12 +105,9 @@ from typing import Any
 
 import httpx2
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve as hypercorn_serve
 
-from . import reasons
-from .bodies import DRAIN_LIMIT, ReadBodyFirst
 from .standin import ASGIStreamTransport
+from .standin import serve as serve  # every stand-in is served the same way
 
 __all__ = ["DEFAULT_MODELS", "OpenAIStandIn", "serve"]
 
@@ -140,7 +136,6 @@ _PART_TYPES = ("text", "image_url", "input_audio", "refusal", "audio", "file")
 _DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,(.*)$", re.DOTALL)
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _ALPHABET = string.ascii_letters + string.digits
-_SERVER_LOG = logging.getLogger("foreman.standin_openai.server")
 
 
 class ApiError(Exception):
@@ -1095,36 +1090,3 @@ async def _send(
 async def _send_data(send: Any, data: str) -> None:
     chunk = f"data: {data}\n\n".encode()
     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-
-
-# --- serving on a socket ------------------------------------------------------------------
-
-
-async def serve(
-    standin: OpenAIStandIn,
-    bind: str = "127.0.0.1:0",
-    *,
-    shutdown_trigger: Callable[..., Awaitable[None]] | None = None,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve ``standin.app`` on ``bind`` (``HOST:PORT``; port 0 picks a free one) with hypercorn.
-
-    Supports the trio start protocol:
-    ``urls = await nursery.start(functools.partial(serve, standin))`` returns the bound
-    URLs (``["http://127.0.0.1:41234"]``; the SDK's ``base_url`` is that plus ``/v1``).
-    Returns after ``shutdown_trigger`` returns and in-flight responses finish
-    (hypercorn's grace, 3 s); cancelling it stops the server at once.
-    ``standin.reachable`` has no effect here (stop the server instead).
-    """
-    reasons.install()
-    config = Config()
-    config.bind = [bind]
-    config.include_server_header = False
-    config.accesslog = None
-    config.errorlog = _SERVER_LOG
-    await hypercorn_serve(
-        ReadBodyFirst(standin.app, DRAIN_LIMIT),  # type: ignore[arg-type]
-        config,
-        shutdown_trigger=shutdown_trigger,
-        task_status=task_status,
-    )

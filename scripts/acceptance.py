@@ -428,18 +428,22 @@ def forced_stop(env: dict[str, str]) -> None:
         "FOREMAN_OLLAMA_URL": f"http://127.0.0.1:{target_port}",
         "FOREMAN_LISTEN": f"127.0.0.1:{port}",
     }
-    with foreman_process(slow), foreman_process(["serve"], env) as foreman:
-        wait_http(f"http://127.0.0.1:{port}/healthz")
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        body = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "long"}]}
-        connection.request("POST", "/api/chat", json.dumps(body))
-        connection.getresponse().readline()  # the stream runs
-        foreman.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        check(foreman.poll() is None, "the first SIGTERM drains: the stream goes on")
-        foreman.send_signal(signal.SIGTERM)
-        check(foreman.wait(20) == 1, "a second SIGTERM stops foreman at once with exit status 1")
-        connection.close()
+    with foreman_process(slow):
+        wait_http(f"http://127.0.0.1:{target_port}/api/version")  # a stream needs its target
+        with foreman_process(["serve"], env) as foreman:
+            wait_http(f"http://127.0.0.1:{port}/healthz")
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            body = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "long"}]}
+            connection.request("POST", "/api/chat", json.dumps(body))
+            connection.getresponse().readline()  # the stream runs
+            foreman.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            check(foreman.poll() is None, "the first SIGTERM drains: the stream goes on")
+            foreman.send_signal(signal.SIGTERM)
+            check(
+                foreman.wait(20) == 1, "a second SIGTERM stops foreman at once with exit status 1"
+            )
+            connection.close()
 
 
 def main() -> int:

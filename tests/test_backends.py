@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -48,6 +50,24 @@ async def wait_connected(
         await trio.sleep(0.1)
 
 
+@asynccontextmanager
+async def with_second(
+    nursery: trio.Nursery, standin: StandIn, second: StandIn | None = None, **changes: Any
+) -> AsyncIterator[tuple[Foreman, StandIn]]:
+    """foreman in front of ``standin``, with a second stand-in reachable at :data:`SECOND`."""
+    second = second or second_standin()
+    transports = {SECOND: second.transport(nursery)}
+    async with open_foreman(nursery, standin, backend_transports=transports, **changes) as fm:
+        yield fm, second
+
+
+async def add_connected(fm: Foreman, **fields: Any) -> dict[str, Any]:
+    """:func:`add_backend`, once its first check has finished."""
+    added = await add_backend(fm, **fields)
+    await wait_connected(fm, added["id"])
+    return added
+
+
 async def test_the_builtin_backend_is_listed_and_cannot_be_deleted(fm: Foreman) -> None:
     listed = (await fm.client.get("/admin/api/backends")).json()["backends"]
     assert [
@@ -66,10 +86,7 @@ async def test_the_builtin_backend_is_listed_and_cannot_be_deleted(fm: Foreman) 
 async def test_add_an_ollama_backend_discovers_its_models_with_sizes(
     nursery: trio.Nursery, standin: StandIn, autojump_clock: Any
 ) -> None:
-    second = second_standin()
-    async with open_foreman(
-        nursery, standin, backend_transports={SECOND: second.transport(nursery)}
-    ) as fm:
+    async with with_second(nursery, standin) as (fm, second):
         added = await add_backend(fm, api_key="a-proxy-token-1234")
         assert added["api_key"] == "…1234"  # masked, never the key
         assert (await wait_connected(fm, added["id"]))["state"] == "connected"
@@ -143,12 +160,8 @@ async def test_validation_names_the_field(fm: Foreman) -> None:
 async def test_routing_by_prefix_and_alias_one_chat_at_a_time_per_backend(
     nursery: trio.Nursery, standin: StandIn, autojump_clock: Any
 ) -> None:
-    second = second_standin()
-    async with open_foreman(
-        nursery, standin, backend_transports={SECOND: second.transport(nursery)}
-    ) as fm:
-        added = await add_backend(fm)
-        await wait_connected(fm, added["id"])
+    async with with_second(nursery, standin) as (fm, second):
+        await add_connected(fm)
         prefs = {"aliases": {"code": "second/qwen2.5-coder:32b", "fast": "llama3.2"}}
         assert (await fm.client.put("/admin/api/preferences", json=prefs)).status_code == 200
 
@@ -204,10 +217,7 @@ async def test_routing_by_prefix_and_alias_one_chat_at_a_time_per_backend(
 async def test_users_see_their_own_backends_only(
     nursery: trio.Nursery, standin: StandIn, autojump_clock: Any
 ) -> None:
-    second = second_standin()
-    async with open_foreman(
-        nursery, standin, token="root", backend_transports={SECOND: second.transport(nursery)}
-    ) as fm:
+    async with with_second(nursery, standin, token="root") as (fm, second):
         admin = {"authorization": "Bearer root"}
         keys = {}
         for name in ("alice", "bob"):
@@ -250,21 +260,14 @@ async def test_users_see_their_own_backends_only(
 async def test_delete_stops_the_backend_and_a_restart_keeps_the_selection(
     nursery: trio.Nursery, standin: StandIn, autojump_clock: Any
 ) -> None:
-    second = second_standin()
-    data_dir = settings().data_dir
-    transports = {SECOND: second.transport(nursery)}
-    async with open_foreman(
-        nursery, standin, backend_transports=transports, data_dir=data_dir
-    ) as fm:
-        added = await add_backend(fm, api_key="tok-abcdefgh1234")
-        await wait_connected(fm, added["id"])
+    second, data_dir = second_standin(), settings().data_dir
+    async with with_second(nursery, standin, second, data_dir=data_dir) as (fm, _):
+        added = await add_connected(fm, api_key="tok-abcdefgh1234")
         await fm.client.post(
             f"/admin/api/backends/{added['id']}/select-model", json={"model": "llama3.2:latest"}
         )
         await fm.client.put("/admin/api/preferences", json={"default_backend_id": added["id"]})
-    async with open_foreman(
-        nursery, standin, backend_transports=transports, data_dir=data_dir
-    ) as fm:
+    async with with_second(nursery, standin, second, data_dir=data_dir) as (fm, _):
         await wait_connected(fm, added["id"])
         listed = (await fm.client.get("/admin/api/backends")).json()["backends"]
         again = next(b for b in listed if b["id"] == added["id"])
@@ -284,10 +287,7 @@ async def test_delete_stops_the_backend_and_a_restart_keeps_the_selection(
 async def test_an_inactive_backend_is_not_routed_to(
     nursery: trio.Nursery, standin: StandIn, autojump_clock: Any
 ) -> None:
-    second = second_standin()
-    async with open_foreman(
-        nursery, standin, backend_transports={SECOND: second.transport(nursery)}
-    ) as fm:
+    async with with_second(nursery, standin) as (fm, second):
         added = await add_backend(fm, is_active=False)
         status = (await fm.client.get("/admin/api/backends/status")).json()["backends"]
         assert next(b for b in status if b["id"] == added["id"])["status"]["state"] == "inactive"
@@ -354,8 +354,7 @@ async def test_one_gate_per_ollama_server_across_restarts_and_backends(
         "http://127.0.0.1:11434": standin.transport(nursery),
     }
     async with open_foreman(nursery, standin, backend_transports=transports) as fm:
-        added = await add_backend(fm)
-        await wait_connected(fm, added["id"])
+        added = await add_connected(fm)
         # a second backend naming the builtin's server shares the builtin's gate
         same = await add_backend(fm, name="again", endpoint="http://127.0.0.1:11434/")
         await wait_connected(fm, same["id"])
@@ -383,12 +382,8 @@ async def test_one_gate_per_ollama_server_across_restarts_and_backends(
 async def test_concurrent_changes_leave_one_task_tree(
     nursery: trio.Nursery, standin: StandIn, autojump_clock: Any
 ) -> None:
-    second = second_standin()
-    async with open_foreman(
-        nursery, standin, backend_transports={SECOND: second.transport(nursery)}
-    ) as fm:
-        added = await add_backend(fm)
-        await wait_connected(fm, added["id"])
+    async with with_second(nursery, standin) as (fm, second):
+        added = await add_connected(fm)
         async with trio.open_nursery() as patches:
             for key in ("aaaaaaaaaaaa1111", "bbbbbbbbbbbb2222"):
                 patches.start_soon(
@@ -406,12 +401,8 @@ async def test_concurrent_changes_leave_one_task_tree(
 async def test_routed_names_are_checked_and_rewritten_as_go_reads_bodies(
     nursery: trio.Nursery, standin: StandIn, autojump_clock: Any
 ) -> None:
-    second = second_standin()
-    async with open_foreman(
-        nursery, standin, backend_transports={SECOND: second.transport(nursery)}
-    ) as fm:
-        added = await add_backend(fm)
-        await wait_connected(fm, added["id"])
+    async with with_second(nursery, standin) as (fm, second):
+        await add_connected(fm)
         # an alias to a cloud model skips the inventory check, as the name itself would
         await fm.client.put(
             "/admin/api/preferences", json={"aliases": {"big": "gpt-oss:120b-cloud"}}

@@ -131,7 +131,12 @@ class OllamaBackend:
         return status
 
     def healthy(self) -> bool:
-        return not self.inventory.degraded.value and self.status.healthy(time.time(), self.interval)
+        """Reachable, with a successful poll within :data:`HEALTHY_WITHIN` seconds (or two
+        intervals). Read on every routed chat: no :class:`Status` is built for it."""
+        inventory = self.inventory
+        last = inventory.last_success
+        window = max(HEALTHY_WITHIN, 2 * self.interval)
+        return not inventory.degraded.value and last is not None and time.time() - last <= window
 
     def discovered(self) -> list[tuple[str, int | None]]:
         """The models of the last successful ``/api/tags``, with their sizes in bytes."""

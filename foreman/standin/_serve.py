@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import trio
 from hypercorn.config import Config
@@ -11,19 +12,27 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from .. import reasons
 from ..bodies import DRAIN_LIMIT, ReadBodyFirst
-from ._standin import StandIn
 
 __all__ = ["serve"]
 
 
+class Served(Protocol):
+    """A stand-in: anything with an ASGI :attr:`app` (Ollama's, Anthropic's, OpenAI's)."""
+
+    app: Any
+
+
 async def serve(
-    standin: StandIn,
+    standin: Served,
     bind: str = "127.0.0.1:11434",
     *,
     shutdown_trigger: Callable[..., Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``standin.app`` on ``bind`` (``HOST:PORT``; port 0 picks a free one).
+
+    Every stand-in is served this way: the Ollama one and those of
+    :mod:`foreman.standin_anthropic` and :mod:`foreman.standin_openai`.
 
     Supports the trio start protocol:
     ``urls = await nursery.start(functools.partial(serve, standin, "127.0.0.1:0"))``
