@@ -10,8 +10,13 @@ For each request, in this order (``docs/adr/0008-fast-data-plane.md``):
    a foreign ``Host`` (when listening on loopback) or ``Origin`` gets 403 with
    an empty body; an allowed CORS preflight gets 204;
 3. the bearer key (``FOREMAN_TOKEN``, or a user's key: :mod:`foreman.users`), for
-   everything but ``/healthz``, ``/readyz`` and, with ``FOREMAN_METRICS_PUBLIC=1``,
-   ``/metrics``; the user goes into the ASGI scope as ``scope["foreman.user"]``;
+   everything but ``/healthz``, ``/readyz``, the settings pages and, with
+   ``FOREMAN_METRICS_PUBLIC=1``, ``/metrics``; the user goes into the ASGI scope as
+   ``scope["foreman.user"]``. The settings pages (``/admin/`` but ``/admin/api/``)
+   know a browser by its session cookie only (:mod:`foreman.users.sessions`; the
+   session, or None, is ``scope["foreman.session"]``); ``/admin/api/`` takes that
+   cookie too, with the session's CSRF token in ``X-CSRF-Token`` on every method but
+   GET and HEAD;
 4. the control plane (:mod:`foreman.control`, Quart) for foreman's own paths,
    the data plane (:mod:`foreman.dataplane`) for Ollama's.
 
@@ -32,14 +37,15 @@ import trio
 
 from .access import PREFLIGHT_HEADERS, Access, listens_on_loopback
 from .bodies import ReadBodyFirst, drain
-from .control import create_control_app, is_control
+from .control import create_control_app, is_control, is_page
 from .dataplane import ClientGone, DataPlane, respond, retry_after, route_key
 from .errors import ForemanError, GateFull
 from .exchange import Exchange
 from .gateway import Gateway
 from .jsonwire import JSON_CONTENT_TYPE, error_body
 from .metrics import route_label
-from .users import USER_SCOPE_KEY
+from .users import SESSION_SCOPE_KEY, USER_SCOPE_KEY
+from .users.sessions import cookie_value
 
 __all__ = ["App", "create_app"]
 
@@ -47,6 +53,8 @@ LOGGER = logging.getLogger("foreman.app")
 
 UNAUTHENTICATED = frozenset({"/healthz", "/readyz"})
 SHUTTING_DOWN = "foreman is shutting down"
+BAD_CSRF = "missing or wrong CSRF token (X-CSRF-Token)"
+_SAFE = frozenset({"GET", "HEAD"})
 
 _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
 _JSON = [(b"content-type", JSON_CONTENT_TYPE.encode())]
@@ -65,6 +73,7 @@ class App:
         self.access = Access(settings.origins, check_host=listens_on_loopback(settings.listen))
         assert gw.users is not None, "open_gateway() makes the users"
         self.users = gw.users
+        self.sessions = gw.users.sessions
         self._public = UNAUTHENTICATED | ({"/metrics"} if settings.metrics_public else set())
         self.metrics = gw.metrics
 
@@ -134,8 +143,23 @@ class App:
                     return
 
         path = scope["path"]
-        if path not in self._public:
+        if is_page(path):  # the settings pages: a browser session, never a bearer key
+            session = self.sessions.lookup(cookie_value(headers.cookie))
+            scope[SESSION_SCOPE_KEY] = session
+            if session is not None:
+                exchange.user = session.user.name
+                scope[USER_SCOPE_KEY] = session.user
+        elif path not in self._public:
             user = self.users.authenticate(headers.authorization)
+            if user is None and path.startswith("/admin/api/"):  # the pages' own calls
+                session = self.sessions.lookup(cookie_value(headers.cookie))
+                if session is not None:
+                    if scope["method"] not in _SAFE and not session.csrf_ok(headers.csrf):
+                        exchange.outcome = "error"
+                        headers = _JSON + await _drained(receive, extra)
+                        await respond(send, 403, error_body(BAD_CSRF), headers=headers)
+                        return
+                    user = session.user
             if user is None:
                 exchange.outcome = "error"
                 headers = [*_JSON, (b"www-authenticate", b"Bearer")]
@@ -195,11 +219,13 @@ async def _drained(receive: Any, extra: list[tuple[bytes, bytes]]) -> list[tuple
 class _RequestHeaders:
     """The request headers the front reads, found in one pass (names come lower-cased)."""
 
-    __slots__ = ("authorization", "connection", "host", "origin", "request_id")
+    __slots__ = ("authorization", "connection", "cookie", "csrf", "host", "origin", "request_id")
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self.host = self.origin = None
         self.authorization: bytes | None = None
+        self.cookie: bytes | None = None
+        self.csrf: bytes | None = None
         self.connection = self.request_id = b""
         for name, value in raw:
             if name == b"host":
@@ -210,6 +236,10 @@ class _RequestHeaders:
                 self.authorization = value
             elif name == b"connection":
                 self.connection = value.lower()
+            elif name == b"cookie":
+                self.cookie = value if self.cookie is None else self.cookie + b"; " + value
+            elif name == b"x-csrf-token":
+                self.csrf = value
             elif name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
                 self.request_id = value  # a caller's id is kept, if it is a sane one
 

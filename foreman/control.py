@@ -2,7 +2,8 @@
 
 Routes: ``GET /healthz`` (liveness), ``GET /readyz`` (503 while the target is
 unreachable) and ``GET /metrics`` (Prometheus, :mod:`foreman.metrics`). Later
-control-plane surfaces (jobs, admin) live here too;
+control-plane surfaces live here too: ``/jobs`` (:mod:`foreman.jobs`), the admin API
+``/admin/api/`` and the settings pages under ``/admin/`` (:mod:`foreman.admin`).
 Ollama's own routes never do (see :mod:`foreman.dataplane`).
 """
 
@@ -17,6 +18,8 @@ from quart import Response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from .admin import admin_pages
+from .backends.manage import Manager
 from .backends.routes import backend_routes
 from .errors import ForemanError
 from .gateway import Gateway
@@ -25,17 +28,23 @@ from .jsonwire import rfc3339
 from .responses import json_response
 from .users.routes import user_routes
 
-__all__ = ["CONTROL_PATHS", "create_control_app", "health", "is_control"]
+__all__ = ["CONTROL_PATHS", "create_control_app", "health", "is_control", "is_page"]
 
 #: Paths the control plane serves, and everything under ``/jobs/`` and ``/admin/``;
 #: every other path belongs to the data plane.
-CONTROL_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/jobs"})
+CONTROL_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/jobs", "/admin"})
 CONTROL_PREFIXES = ("/jobs/", "/admin/")
 
 
 def is_control(path: str) -> bool:
     """Whether ``path`` is foreman's own (control plane) rather than Ollama's."""
     return path in CONTROL_PATHS or path.startswith(CONTROL_PREFIXES)
+
+
+def is_page(path: str) -> bool:
+    """Whether ``path`` is one of the settings pages (``/admin``, ``/admin/...`` but not
+    the JSON API under ``/admin/api/``): these sign in with a session cookie."""
+    return path == "/admin" or (path.startswith("/admin/") and not path.startswith("/admin/api/"))
 
 
 def create_control_app(gw: Gateway) -> QuartTrio:
@@ -52,8 +61,10 @@ def create_control_app(gw: Gateway) -> QuartTrio:
         app.register_blueprint(job_routes(gw.jobs))
     if gw is not None and gw.users is not None:
         app.register_blueprint(user_routes(gw.users))
-    if gw is not None and gw.backends is not None:
-        app.register_blueprint(backend_routes(gw.backends))
+    if gw is not None and gw.backends is not None and gw.users is not None:
+        manager = Manager(gw.backends)
+        app.register_blueprint(backend_routes(manager))
+        app.register_blueprint(admin_pages(gw, manager))
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:

@@ -4,14 +4,12 @@ answers that did not read their request's body."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,66 +19,7 @@ from typing import Any
 import httpx2 as httpx
 
 from .conftest import chat_body
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def until(condition: Callable[[], Any], seconds: float = 30.0, what: str = "") -> Any:
-    """Poll ``condition`` every 20 ms until it is truthy; returns its value."""
-    deadline = time.monotonic() + seconds
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
-        time.sleep(0.02)
-    return value
-
-
-@contextmanager
-def process(*args: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m foreman ARGS``, killed on exit if still running."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "foreman", *args],
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-
-
-def answering(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1.0).status_code < 500
-    except httpx.HTTPError:
-        return False
-
-
-@contextmanager
-def standin(*args: str) -> Iterator[str]:
-    url = f"http://127.0.0.1:{free_port()}"
-    with process("standin", "--listen", url[7:], "--log-level", "warning", *args):
-        until(lambda: answering(f"{url}/api/version"), what="the stand-in")
-        yield url
-
-
-@contextmanager
-def foreman(target: str, data_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    url = f"http://127.0.0.1:{free_port()}"
-    env = {
-        "FOREMAN_OLLAMA_URL": target,
-        "FOREMAN_LISTEN": url[7:],
-        "FOREMAN_DATA_DIR": str(data_dir),
-        "FOREMAN_LOG_LEVEL": "warning",
-    }
-    with process("serve", env=env) as proc:
-        until(lambda: answering(f"{url}/readyz"), what="foreman")
-        yield url, proc
+from .processes import foreman, standin, until
 
 
 @contextmanager

@@ -28,9 +28,11 @@ import trio
 
 from ..jsonwire import rfc3339
 from ..store import Store
+from .sessions import Sessions
 
 __all__ = [
     "REFRESH",
+    "SESSION_SCOPE_KEY",
     "USER_SCOPE_KEY",
     "User",
     "Users",
@@ -43,6 +45,8 @@ LOGGER = logging.getLogger("foreman.users")
 
 #: The ASGI scope key under which foreman's front puts the request's :class:`User`.
 USER_SCOPE_KEY = "foreman.user"
+#: The ASGI scope key of a settings page's :class:`~.sessions.Session` (or None).
+SESSION_SCOPE_KEY = "foreman.session"
 #: Seconds between reloads of the users table.
 REFRESH = 5.0
 ROLES = ("admin", "user")
@@ -143,8 +147,10 @@ class Users:
     def __init__(self, store: Store, token: str | None) -> None:
         self.store = store
         self._token = token.encode() if token else None
+        self._token_hash = _hash(self._token) if self._token else None
         self._by_hash: dict[str, User] = {}
         self._any = False  # a user was ever made (revoking the last one does not reopen)
+        self.sessions = Sessions(self)
 
     @property
     def open(self) -> bool:
@@ -166,6 +172,15 @@ class Users:
         if self._token is not None and hmac.compare_digest(given, self._token):
             return TOKEN_ADMIN
         return self._by_hash.get(_hash(given))
+
+    def authenticate_hash(self, key_hash: str) -> User | None:
+        """The user whose key has SHA-256 ``key_hash`` (hex), as :meth:`authenticate`
+        decides for the key itself; a browser session keeps only this hash."""
+        if self.open:
+            return ANONYMOUS
+        if self._token_hash is not None and hmac.compare_digest(key_hash, self._token_hash):
+            return TOKEN_ADMIN
+        return self._by_hash.get(key_hash)
 
     async def reload(self) -> None:
         """Read the active users again (after a change made through the API)."""

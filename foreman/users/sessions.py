@@ -1,0 +1,130 @@
+"""Browser sessions of the settings pages: a key signs in once, a cookie carries on.
+
+Signing in with an API key (a user's, or ``FOREMAN_TOKEN``) makes a session: a random
+256-bit token in the cookie ``foreman_session`` (``HttpOnly``, ``SameSite=Strict``,
+``Path=/admin/``, ``Secure`` when served over TLS) and, server-side, the user, the
+SHA-256 of the key used and a CSRF token. Sessions live in memory only: a restart
+signs everyone out, and nothing about them is ever written to disk.
+
+Every lookup authenticates the session's key again (:meth:`Users.authenticate_hash`):
+revoking a user ends their sessions at once. A session ends after :data:`IDLE`
+seconds without a request, after :data:`LIFETIME` seconds in all, or at sign-out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass, field
+from http.cookies import CookieError, SimpleCookie
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from . import User, Users
+
+__all__ = ["COOKIE", "IDLE", "LIFETIME", "Session", "Sessions", "cookie_value"]
+
+COOKIE = "foreman_session"
+#: Seconds a session lasts without a request.
+IDLE = 8 * 3600.0
+#: Seconds a session lasts at most.
+LIFETIME = 7 * 24 * 3600.0
+#: Sessions kept at most (the oldest go first): signing in cannot exhaust memory.
+MAX_SESSIONS = 10_000
+
+
+@dataclass
+class Session:
+    """One signed-in browser. Times are Unix seconds."""
+
+    user: User
+    key_hash: str
+    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    created: float = field(default_factory=time.time)
+    seen: float = field(default_factory=time.time)
+    flashes: list[str] = field(default_factory=list)
+    revealed: tuple[str, str] | None = None  # a new user's (name, key), shown once
+
+    def csrf_ok(self, given: str | bytes | None) -> bool:
+        """Whether ``given`` is this session's CSRF token (compared in constant time)."""
+        if isinstance(given, bytes):
+            given = given.decode("latin-1")
+        return bool(given) and hmac.compare_digest(given or "", self.csrf)
+
+    def flash(self, message: str) -> None:
+        """Say ``message`` on the next page this session sees."""
+        self.flashes.append(message)
+
+    def take_flashes(self) -> list[str]:
+        flashes, self.flashes = self.flashes, []
+        return flashes
+
+
+def cookie_value(header: bytes | str | None, name: str = COOKIE) -> str | None:
+    """The value of cookie ``name`` in a ``Cookie`` header, or None."""
+    if not header:
+        return None
+    if isinstance(header, bytes):
+        header = header.decode("latin-1")
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(header)
+    except CookieError:
+        return None
+    morsel = jar.get(name)
+    return None if morsel is None else morsel.value
+
+
+class Sessions:
+    """The signed-in browsers of one foreman, by token (kept hashed)."""
+
+    def __init__(self, users: Users) -> None:
+        self.users = users
+        self._by_token: dict[str, Session] = {}
+
+    def sign_in(self, key: str) -> tuple[str, Session] | None:
+        """A new session for API ``key``: (its token for the cookie, the session); None
+        when ``key`` is no active key. While foreman is open (no key needed), any key,
+        the empty one too, signs in as ``anonymous``."""
+        key_hash = hashlib.sha256(key.encode()).hexdigest()
+        user = self.users.authenticate_hash(key_hash)
+        if user is None:
+            return None
+        return self._open(Session(user, key_hash))
+
+    def _open(self, session: Session) -> tuple[str, Session]:
+        while len(self._by_token) >= MAX_SESSIONS:
+            del self._by_token[next(iter(self._by_token))]
+        token = secrets.token_urlsafe(32)
+        self._by_token[_hash(token)] = session
+        return token, session
+
+    def lookup(self, token: str | None) -> Session | None:
+        """The live session of a cookie's ``token``, its user checked again; None if
+        there is none (unknown, expired, or its key revoked)."""
+        if not token:
+            return None
+        token_hash = _hash(token)
+        session = self._by_token.get(token_hash)
+        if session is None:
+            return None
+        now = time.time()
+        user = self.users.authenticate_hash(session.key_hash)
+        if user is None or now - session.seen > IDLE or now - session.created > LIFETIME:
+            del self._by_token[token_hash]
+            return None
+        session.user, session.seen = user, now
+        return session
+
+    def sign_out(self, token: str | None) -> None:
+        if token:
+            self._by_token.pop(_hash(token), None)
+
+    def __len__(self) -> int:
+        return len(self._by_token)
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()

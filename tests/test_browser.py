@@ -1,0 +1,366 @@
+"""The settings pages in a real browser: Debian's Chromium driven by Playwright.
+
+foreman, its stand-in target and a Claude stand-in run as real processes. Screenshots of
+every page go to ``build/test-output/screenshots/`` (or ``$FOREMAN_TEST_OUTPUT``).
+Skipped, saying why, when Playwright or a Chromium is missing, unless
+``FOREMAN_REQUIRE_BROWSER=1`` (as ``.ci/run`` sets): then that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+
+from foreman.admin import human_size
+
+from .conftest import chat_body
+from .processes import foreman, free_port, standin, until
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = (
+    Path(os.environ.get("FOREMAN_TEST_OUTPUT") or ROOT / "build" / "test-output") / "screenshots"
+)
+ADMIN_KEY = "browser-admin-key"
+CLAUDE_KEY = "sk-claude-stand-in-key"
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 360, "height": 800}
+
+
+def find_chromium() -> str | None:
+    """``$FOREMAN_CHROMIUM``, else Debian's Chromium, else one on the PATH."""
+    for candidate in (
+        os.environ.get("FOREMAN_CHROMIUM"),
+        "/usr/lib/chromium/chromium",  # the binary itself: /usr/bin/chromium is a wrapper
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+    ):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+CHROMIUM = find_chromium()
+try:
+    from playwright.sync_api import Browser, Page, expect, sync_playwright
+except ImportError:  # pragma: no cover - the dev extras install it
+    sync_playwright = None  # type: ignore[assignment]
+
+_missing = (
+    "Playwright is not installed (pip install -e '.[dev]')"
+    if sync_playwright is None
+    else "no Chromium found (apt-get install chromium, or set FOREMAN_CHROMIUM)"
+    if CHROMIUM is None
+    else None
+)
+if _missing is not None:
+    if os.environ.get("FOREMAN_REQUIRE_BROWSER") == "1":
+        raise RuntimeError(f"browser tests required, but {_missing}")
+    pytest.skip(f"browser tests skipped: {_missing}", allow_module_level=True)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+class World:
+    """foreman (with an admin key, users ada and bob and a shared Claude backend) in front
+    of a stand-in target; :meth:`restart` keeps its port and data."""
+
+    def __init__(self, stack: ExitStack, data_dir: Path) -> None:
+        self.stack, self.data_dir = stack, data_dir
+        self.target = stack.enter_context(standin("--token-rate", "200"))
+        self.claude = stack.enter_context(standin("--api", "anthropic", "--api-key", CLAUDE_KEY))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._foreman: ExitStack | None = None
+        self.start()
+        self.ada = self.api("POST", "/admin/api/users", json={"name": "ada"}).json()["key"]
+        self.bob = self.api("POST", "/admin/api/users", json={"name": "bob"}).json()["key"]
+        claude = self.add_backend("claude", "anthropic", self.claude, api_key=CLAUDE_KEY)
+        self.wait_connected(claude["id"])
+
+    def start(self) -> None:
+        self._foreman = ExitStack()
+        self._foreman.enter_context(
+            foreman(
+                self.target,
+                self.data_dir,
+                port=self.port,
+                FOREMAN_TOKEN=ADMIN_KEY,
+                FOREMAN_HEARTBEAT_INTERVAL="0.5",
+            )
+        )
+
+    def stop(self) -> None:
+        assert self._foreman is not None
+        self._foreman.close()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def api(self, method: str, path: str, key: str = ADMIN_KEY, **kwargs: Any) -> httpx.Response:
+        return httpx.request(method, self.url + path, headers=bearer(key), timeout=30, **kwargs)
+
+    def add_backend(
+        self, name: str, kind: str, endpoint: str, key: str = ADMIN_KEY, **more: Any
+    ) -> dict[str, Any]:
+        body = {"name": name, "type": kind, "endpoint": endpoint, **more}
+        answer = self.api("POST", "/admin/api/backends", key, json=body)
+        assert answer.status_code == 201, answer.text
+        return answer.json()
+
+    def status(self, backend_id: int, key: str = ADMIN_KEY) -> dict[str, Any]:
+        listed = self.api("GET", "/admin/api/backends/status", key).json()["backends"]
+        return next(b["status"] for b in listed if b["id"] == backend_id)
+
+    def wait_connected(self, backend_id: int, key: str = ADMIN_KEY) -> None:
+        until(lambda: self.status(backend_id, key)["state"] == "connected", what="connected")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with ExitStack() as stack:
+        built = World(stack, tmp_path_factory.mktemp("browser-data"))
+        stack.callback(built.stop)
+        yield built
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(chromium: Browser) -> Iterator[Page]:
+    context = chromium.new_context(viewport=DESKTOP, color_scheme="light")
+    context.set_default_timeout(15_000)
+    yield context.new_page()
+    context.close()
+
+
+def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def sign_in(page: Page, world: World, key: str) -> None:
+    page.goto(world.url + "/admin/backends")
+    expect(page).to_have_url(world.url + "/admin/login?next=/admin/backends")
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(world.url + "/admin/backends")
+
+
+def card(page: Page, name: str) -> Any:
+    return page.locator("article.backend").filter(
+        has=page.get_by_role("heading", name=name, exact=True)
+    )
+
+
+def test_a_wrong_key_cannot_sign_in(page: Page, world: World) -> None:
+    page.goto(world.url + "/admin/")
+    page.get_by_label("API key").fill(ADMIN_KEY + "-wrong")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_have_text("That key is not valid (or it was revoked).")
+    assert "/admin/login" in page.url
+    assert not [c for c in page.context.cookies() if c["name"] == "foreman_session"]
+    shot(page, "login-refused")
+
+
+def test_add_an_ollama_backend_choose_a_model_and_it_survives_a_restart(
+    page: Page, world: World
+) -> None:
+    with standin("--token-rate", "200") as gpu_url:
+        sign_in(page, world, ADMIN_KEY)
+        page.get_by_text("+ Add Custom Endpoint").click()
+        page.get_by_label("Name").fill("gpu")
+        page.get_by_label("Type").select_option("ollama")
+        page.get_by_label("Endpoint").fill(gpu_url)
+        page.get_by_role("button", name="Add backend").click()
+        expect(page.get_by_role("status").first).to_have_text("Added backend 'gpu'.")
+        gpu = card(page, "gpu")
+        expect(gpu.locator(".status-line")).to_contain_text("Connected (", timeout=10_000)
+
+        tags = httpx.get(gpu_url + "/api/tags").json()["models"]
+        expected = sorted((m["name"], human_size(m["size"])) for m in tags)
+        options = [" ".join(t.split()) for t in gpu.locator("select option").all_inner_texts()]
+        assert [o.replace(" ✓ selected", "") for o in options] == [
+            f"{name} ({size})" for name, size in expected
+        ]
+        assert sum("✓ selected" in o for o in options) == 1
+        choice = next(
+            n for n, _ in expected if f"{n} (" in next(o for o in options if "✓" not in o)
+        )
+        gpu.get_by_label("Model").select_option(choice)
+        gpu.get_by_role("button", name="Use this model").click()
+        expect(page.get_by_role("status").first).to_have_text(f"gpu: selected model {choice}.")
+        shot(page, "backends")
+
+        page.reload()
+        expect(card(page, "gpu").get_by_label("Model")).to_have_value(choice)
+        world.restart()
+        sign_in(page, world, ADMIN_KEY)  # sessions live in memory: sign in again
+        expect(card(page, "gpu").get_by_label("Model")).to_have_value(choice)
+
+
+def test_test_connection_says_connected_then_unreachable(page: Page, world: World) -> None:
+    with ExitStack() as lab_process:
+        lab_url = lab_process.enter_context(standin("--token-rate", "200"))
+        lab = world.add_backend("lab", "ollama", lab_url)
+        world.wait_connected(lab["id"])
+        sign_in(page, world, ADMIN_KEY)
+        lab_card = card(page, "lab")
+        lab_card.get_by_role("button", name="Test connection").click()
+        count = len(httpx.get(lab_url + "/api/tags").json()["models"])
+        expect(lab_card.locator(".test-output")).to_have_text(f"Connected: {count} models")
+        lab_process.close()  # the stand-in stops
+
+    page.evaluate("window.notReloaded = true")
+    lab_card.get_by_role("button", name="Test connection").click()
+    expect(lab_card.locator(".test-output")).to_contain_text("Unreachable:")
+    # the status light follows by itself, without a reload
+    expect(lab_card.locator(".status-line")).to_contain_text("Unreachable", timeout=10_000)
+    assert page.evaluate("window.notReloaded") is True
+    shot(page, "backends-unreachable")
+    world.api("DELETE", f"/admin/api/backends/{lab['id']}")
+
+
+def test_the_fallback_checkbox_decides_where_a_chat_goes(page: Page, world: World) -> None:
+    def chat() -> httpx.Response:
+        body = chat_body(stream=False)
+        return world.api("POST", "/api/chat", world.ada, json=body)
+
+    with ExitStack() as box_process:
+        box_url = box_process.enter_context(standin("--token-rate", "200"))
+        box = world.add_backend("adas-box", "ollama", box_url, key=world.ada)
+        world.wait_connected(box["id"], world.ada)
+        sign_in(page, world, world.ada)
+        prefs = page.locator("#preferences")
+        prefs.get_by_label("adas-box").check()
+        expect(prefs.get_by_label("Fallback to Claude if Ollama unavailable")).to_be_checked()
+        prefs.get_by_role("button", name="Save").click()
+        expect(page.get_by_role("status").first).to_have_text("Preferences saved.")
+        assert chat().headers["x-foreman-backend"] == "adas-box/llama3.2"
+        box_process.close()
+
+    answer = chat()
+    assert answer.status_code == 200 and answer.headers["x-foreman-backend"].startswith("claude/")
+
+    prefs.get_by_label("Fallback to Claude if Ollama unavailable").uncheck()
+    prefs.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("status").first).to_have_text("Preferences saved.")
+    answer = chat()
+    assert answer.status_code == 503, answer.text
+    world.api("DELETE", f"/admin/api/backends/{box['id']}", world.ada)
+
+
+def test_a_form_without_its_csrf_token_is_refused(page: Page, world: World) -> None:
+    sign_in(page, world, ADMIN_KEY)
+    page.get_by_text("+ Add Custom Endpoint").click()
+    page.get_by_label("Name").fill("forged")
+    page.get_by_label("Endpoint").fill("http://127.0.0.1:9")
+    page.evaluate("document.querySelector('#add input[name=csrf_token]').remove()")
+    with page.expect_response(world.url + "/admin/backends") as answer:
+        page.get_by_role("button", name="Add backend").click()
+    assert answer.value.status == 403
+    expect(page.get_by_role("alert")).to_contain_text("CSRF token is missing or old")
+    names = [b["name"] for b in world.api("GET", "/admin/api/backends").json()["backends"]]
+    assert "forged" not in names
+
+
+def test_a_user_cannot_see_another_users_backend(chromium: Browser, world: World) -> None:
+    bob, ada = (chromium.new_page(viewport=DESKTOP) for _ in range(2))
+    sign_in(bob, world, world.bob)
+    bob.get_by_text("+ Add Custom Endpoint").click()
+    bob.get_by_label("Name").fill("bobs-box")
+    bob.get_by_label("Endpoint").fill("http://127.0.0.1:9")
+    bob.get_by_label("Active").uncheck()
+    bob.get_by_role("button", name="Add backend").click()
+    expect(card(bob, "bobs-box")).to_contain_text("yours")
+    expect(card(bob, "bobs-box").locator(".status-line")).to_contain_text("Inactive")
+
+    sign_in(ada, world, world.ada)
+    expect(card(ada, "ollama")).to_be_visible()
+    assert "bobs-box" not in ada.content()
+    assert card(ada, "ollama").get_by_role("link", name="Edit").count() == 0  # shared
+    for each in (bob, ada):
+        each.context.close()
+
+
+def test_the_dashboard_follows_the_queue_live(page: Page, world: World) -> None:
+    sign_in(page, world, ADMIN_KEY)
+    page.goto(world.url + "/admin/")
+    page.evaluate("window.notReloaded = true")
+    job = world.api("POST", "/jobs", json={"endpoint": "chat", "request": chat_body()}).json()
+    live = page.locator("#live")
+    expect(live).to_contain_text(job["id"], timeout=10_000)
+    expect(live.locator("tr", has_text=job["id"])).to_contain_text("succeeded", timeout=10_000)
+    assert page.evaluate("window.notReloaded") is True
+    expect(live).to_contain_text("Connected (")
+    shot(page, "dashboard")
+
+
+def test_the_users_page_makes_a_key_shows_it_once_and_revokes(page: Page, world: World) -> None:
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    sign_in(page, world, ADMIN_KEY)
+    page.get_by_role("link", name="Users").click()
+    page.get_by_label("Name").fill("carol")
+    page.get_by_role("button", name="Create").click()
+    key = page.get_by_label("The new key").input_value()
+    assert key.startswith("fm_")
+    assert world.api("GET", "/api/tags", key).status_code == 200
+    page.get_by_role("button", name="Copy").click()
+    expect(page.get_by_role("button", name="Copied")).to_be_visible()
+    assert page.evaluate("navigator.clipboard.readText()") == key
+    shot(page, "users")
+
+    page.reload()
+    assert key not in page.content()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Revoke carol").click()
+    expect(page.get_by_role("status").first).to_have_text("Revoked 'carol'.")
+    assert world.api("GET", "/api/tags", key).status_code == 401
+
+
+def test_every_page_is_usable_at_360_px_in_dark_mode_and_by_keyboard(
+    chromium: Browser, world: World
+) -> None:
+    context = chromium.new_context(viewport=PHONE, color_scheme="dark")
+    phone = context.new_page()
+    sign_in(phone, world, ADMIN_KEY)
+    phone.keyboard.press("Tab")
+    assert phone.evaluate("document.activeElement.textContent") == "Skip to content"
+    for name, path in (
+        ("dashboard", "/admin/"),
+        ("backends", "/admin/backends"),
+        ("users", "/admin/users"),
+        ("edit", "/admin/backends/1/edit"),
+    ):
+        phone.goto(world.url + path)
+        assert phone.evaluate("matchMedia('(prefers-color-scheme: dark)').matches")
+        wide = phone.evaluate("document.documentElement.scrollWidth")
+        assert wide <= PHONE["width"], f"{path} scrolls sideways at 360 px ({wide} px)"
+        unlabelled = phone.evaluate(
+            """[...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]
+               .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                            && !(e.tagName === 'BUTTON' && e.textContent.trim()))
+               .map(e => e.outerHTML)"""
+        )
+        assert unlabelled == [], f"{path}: controls without a label"
+        shot(phone, f"{name}-phone-dark")
+    # the whole sign-out path by keyboard: focus the button, press Enter
+    phone.get_by_role("button", name="Sign out").focus()
+    phone.keyboard.press("Enter")
+    expect(phone).to_have_url(world.url + "/admin/login")
+    context.close()
