@@ -35,11 +35,12 @@ Try, in another terminal:
     -d '{{"model":"llama3.2","messages":[{{"role":"user","content":"why is the sky blue?"}}]}}'
   curl {url}/api/tags{auth}
   curl {url}/healthz
+Settings pages, in a browser: {url}/admin/
 Stop with Ctrl-C."""
 
 #: The settings ``demo`` takes (its target is the stand-in, so not ``--ollama-url`` & co).
 DEMO_SETTINGS = frozenset(
-    {"listen", "token", "embed_model", "max_queue", "grace", "log_level", "log_format"}
+    {"listen", "token", "embed_model", "max_queue", "grace", "log_level", "log_format", "data_dir"}
 )
 
 

@@ -14,11 +14,11 @@ import time
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from quart import Response
+from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from .admin import admin_pages
+from .admin import admin_pages, page_error
 from .backends.manage import Manager
 from .backends.routes import backend_routes
 from .errors import ForemanError
@@ -68,6 +68,8 @@ def create_control_app(gw: Gateway) -> QuartTrio:
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
+        if is_page(request.path) and "admin" in app.blueprints:  # a page people read
+            return await page_error(exc)
         # gin's own texts for an unknown route or a wrong method
         text = {404: "404 page not found", 405: "405 method not allowed"}.get(
             exc.code or 500, f"{exc.code} {exc.name}".lower()

@@ -14,8 +14,9 @@ import httpx2 as httpx
 import pytest
 import trio
 
-from foreman.admin import human_age, human_size
+from foreman.admin import _local, human_age, human_size
 from foreman.standin import ASGIStreamTransport, StandIn
+from foreman.users.sessions import cookie_value
 
 from .conftest import Foreman, open_foreman
 from .test_backends import SECOND, wait_connected, with_second
@@ -144,6 +145,80 @@ async def test_every_form_needs_its_csrf_token(closed: Foreman) -> None:
         assert made.status_code == 201 and made.json()["owner"] is None
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin/backends",
+        "/admin/backends/1/edit",
+        "/admin/backends/1/delete",
+        "/admin/backends/1/test",
+        "/admin/backends/1/model",
+        "/admin/preferences",
+        "/admin/users",
+        "/admin/users/admin/revoke",
+        "/admin/logout",
+    ],
+)
+async def test_no_form_is_taken_without_its_token_or_from_another_origin(
+    closed: Foreman, path: str
+) -> None:
+    async with browser(closed) as client:
+        csrf = await sign_in(client, ADMIN_KEY)
+        assert (await client.post(path, data={})).status_code == 403
+        other = {"origin": "http://localhost:3000"}  # another local page: same site, cookies too
+        answer = await client.post(path, data={"csrf_token": csrf}, headers=other)
+        assert answer.status_code == 403 and "CSRF" in answer.text
+        assert (await client.get("/admin/")).status_code == 200  # still signed in
+
+
+async def test_a_signed_out_page_is_told_so_and_sign_in_survives_a_stale_form(
+    closed: Foreman,
+) -> None:
+    async with browser(closed) as client:
+        for path in ("/admin/live", "/admin/backends/live"):
+            answer = await client.get(path, headers={"x-requested-with": "fetch"})
+            assert answer.status_code == 401 and "set-cookie" not in answer.headers
+        login = await client.get("/admin/login")
+        token = csrf_of(login.text)
+        assert csrf_of((await client.get("/admin/login")).text) == token  # kept, not rotated
+        client.cookies.clear()  # the sign-in cookie expired: the form is refused...
+        stale = await client.post(
+            "/admin/login?next=/admin/users", data={"key": ADMIN_KEY, "csrf_token": token}
+        )
+        assert stale.status_code == 403 and "CSRF" in stale.text
+        retry = await client.post(  # ...and comes back with a fresh token that works
+            "/admin/login",
+            data={"key": ADMIN_KEY, "csrf_token": csrf_of(stale.text), "next": "/admin/users"},
+        )
+        assert retry.status_code == 303 and retry.headers["location"] == "/admin/users"
+        # a malformed cookie of another local site does not hide foreman's
+        client.cookies.set("prefs", '{"theme":"dark","x":1}', path="/admin/")
+        assert (await client.get("/admin/users")).status_code == 200
+        missing = await client.get("/admin/nope")
+        assert missing.status_code == 404 and "There is no such page." in missing.text
+
+
+async def test_the_first_user_made_on_the_page_closes_foreman_and_signs_its_maker_in(
+    fm: Foreman,
+) -> None:
+    async with browser(fm) as client:
+        assert (await client.get("/admin/users")).status_code == 303  # open: a session at once
+        csrf = csrf_of((await client.get("/admin/users")).text)
+        plain = await client.post("/admin/users", data={"name": "ada", "csrf_token": csrf})
+        assert plain.status_code == 422 and "make it an admin" in plain.text
+        made = await client.post(
+            "/admin/users", data={"name": "ada", "role": "admin", "csrf_token": csrf}
+        )
+        assert made.status_code == 303 and "foreman_session=" in made.headers["set-cookie"]
+        page = await client.get("/admin/users")
+        assert page.status_code == 200 and "you are signed in as ada" in page.text
+        key = re.search(r'id="new-key" class="key" readonly value="(fm_[^"]+)"', page.text)
+        assert key is not None
+        assert (await fm.client.get("/api/tags")).status_code == 401  # closed now
+        tags = await fm.client.get("/api/tags", headers={"authorization": f"Bearer {key[1]}"})
+        assert tags.status_code == 200
+
+
 async def test_revoking_a_user_ends_their_sessions(closed: Foreman) -> None:
     key = await make_user(closed, "ada")
     async with browser(closed) as client:
@@ -242,26 +317,33 @@ async def test_add_select_and_prefer_through_the_forms(
         )
         assert not_one.status_code == 422 and "not a model of backend" in not_one.text
 
-        # the simple choice needs a Claude backend: the error stands next to it
-        split = await client.post(
-            "/admin/preferences",
-            data={
+        def preferences(**fields: str) -> dict[str, str]:
+            return {
                 "default_backend_id": str(gpu["id"]),
-                "split": "on",
                 "split_was": "0",
-                "aliases": "",
                 "csrf_token": csrf,
-            },
+                **fields,
+            }
+
+        # a wrong line keeps what was ticked and typed, and says what is wrong next to it
+        typo = await client.post(
+            "/admin/preferences", data=preferences(split="on", split_was="1", aliases="typo")
         )
+        assert typo.status_code == 422
+        assert 'name="fallback_to_claude" >' in typo.text  # unticked, as sent
+        assert 'name="split" checked' in typo.text and 'name="split_was" value="1"' in typo.text
+        assert (
+            "line 1: write it as alias = backend/model" in typo.text
+            and ">typo</textarea>" in typo.text
+        )
+        hostile = await client.post("/admin/preferences", data=preferences(default_backend_id="²"))
+        assert hostile.status_code == 422
+
+        # the simple choice needs a Claude backend: the error stands next to it
+        split = await client.post("/admin/preferences", data=preferences(split="on"))
         assert split.status_code == 422 and 'id="error-split"' in split.text
         saved = await client.post(
-            "/admin/preferences",
-            data={
-                "default_backend_id": str(gpu["id"]),
-                "split_was": "0",
-                "aliases": "fast = gpu/llama3.2:latest\n\n# a note",
-                "csrf_token": csrf,
-            },
+            "/admin/preferences", data=preferences(aliases="fast = gpu/llama3.2:latest\n\n# a note")
         )
         assert saved.status_code == 303
         assert (await client.get("/admin/api/preferences")).json() == {
@@ -298,22 +380,48 @@ async def test_a_user_sees_their_own_and_the_shared_backends_only(
         own = own.json()
         async with browser(fm) as client:
             await sign_in(client, bob)
+            csrf = csrf_of((await client.get("/admin/backends")).text)
             page = await client.get("/admin/backends")
-            assert "adas-box" not in page.text and "ollama" in page.text
-            hidden = await client.get(f"/admin/backends/{own['id']}/edit")
-            assert hidden.status_code == 404 and "not found" in hidden.text
-            builtin = await client.get("/admin/backends/1/edit")
-            assert builtin.status_code == 403  # shared: read-only for a user
-            assert "Use this model" not in page.text  # no dropdown to change a shared backend
+            assert "adas-box" not in page.text and 'id="backend-1"' in page.text
+            assert re.search(r'<select id="model-1" name="model" disabled', page.text)
+            live = (await client.get("/admin/backends/live")).json()
+            assert list(live) == ["1"] and "Connected" in live["1"]["status"]
+            for path, status in (
+                (f"/admin/backends/{own['id']}/edit", 404),  # another user's: not there
+                (f"/admin/backends/{own['id']}/delete", 404),
+                ("/admin/backends/1/edit", 403),  # shared: read-only for a user
+                ("/admin/backends/1/model", 403),
+                ("/admin/backends/1/delete", 403),
+            ):
+                answer = await client.post(path, data={"csrf_token": csrf, "model": "x"})
+                assert answer.status_code == status, path
+            assert (await client.get(f"/admin/backends/{own['id']}/edit")).status_code == 404
+
+
+def test_cookies_and_next_pages_are_read_carefully() -> None:
+    header = 'sessionid=a b; json={"a":1,"b":2}; foreman_session=TOK; x="unterminated'
+    assert cookie_value(header) == "TOK" and cookie_value("other=1") is None
+    assert cookie_value(b"foreman_login=L; foreman_session=S", "foreman_login") == "L"
+    for target in (
+        "//evil.example/admin/",
+        "https://evil/",
+        "/admin/\\evil",
+        "/admin/x\r\nSet-Cookie: a=b",
+        None,
+        "/api/tags",
+    ):
+        assert _local(target) == "/admin/", target
+    assert _local("/admin/backends") == "/admin/backends"
 
 
 def test_sizes_and_ages_read_as_people_write_them() -> None:
-    assert [human_size(n) for n in (None, 999, 1000, 19_851_336_256, 274_302_450)] == [
+    assert [human_size(n) for n in (None, 999, 1000, 19_851_336_256, 274_302_450, 999_950)] == [
         "",
         "999 B",
         "1.0 KB",
         "19.9 GB",
         "274.3 MB",
+        "1.0 MB",
     ]
     assert [human_age(s) for s in (None, 0.4, 12.9, 61, 7200, 3 * 86400)] == [
         "never",

@@ -143,10 +143,23 @@ def chromium() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(chromium: Browser) -> Iterator[Page]:
+    """A desktop page; it fails its test if a script throws or the CSP refuses anything."""
     context = chromium.new_context(viewport=DESKTOP, color_scheme="light")
     context.set_default_timeout(15_000)
-    yield context.new_page()
+    opened = context.new_page()
+    problems: list[str] = []
+    opened.on("pageerror", lambda error: problems.append(f"script error: {error}"))
+    opened.on(
+        "console",
+        lambda message: (
+            problems.append(message.text)
+            if "Content Security Policy" in message.text or "Refused to" in message.text
+            else None
+        ),
+    )
+    yield opened
     context.close()
+    assert problems == []
 
 
 def shot(page: Page, name: str) -> None:
@@ -263,6 +276,25 @@ def test_the_fallback_checkbox_decides_where_a_chat_goes(page: Page, world: Worl
     answer = chat()
     assert answer.status_code == 503, answer.text
     world.api("DELETE", f"/admin/api/backends/{box['id']}", world.ada)
+
+
+def test_the_forms_work_without_javascript(chromium: Browser, world: World) -> None:
+    context = chromium.new_context(viewport=DESKTOP, java_script_enabled=False)
+    plain = context.new_page()
+    sign_in(plain, world, ADMIN_KEY)
+    ollama = card(plain, "ollama")
+    ollama.get_by_role("button", name="Test connection").click()  # a plain POST, then back
+    count = len(httpx.get(world.target + "/api/tags").json()["models"])
+    expect(plain.get_by_role("status").first).to_have_text(
+        f"Test of ollama: connected, {count} models."
+    )
+    prefs = plain.locator("#preferences")
+    prefs.get_by_label("Fallback to Claude if Ollama unavailable").uncheck()
+    prefs.get_by_role("button", name="Save").click()
+    expect(plain.get_by_role("status").first).to_have_text("Preferences saved.")
+    assert world.api("GET", "/admin/api/preferences").json()["fallback_to_claude"] is False
+    world.api("PUT", "/admin/api/preferences", json={})
+    context.close()
 
 
 def test_a_form_without_its_csrf_token_is_refused(page: Page, world: World) -> None:

@@ -21,15 +21,20 @@ Every form carries the session's CSRF token (``csrf_token``; ``X-CSRF-Token`` fo
 
 from __future__ import annotations
 
+import hashlib
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from functools import wraps
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from quart import Blueprint, Response, redirect, render_template, request
 from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import HTTPException
 
 from ..backends import registry
 from ..backends.manage import Manager
@@ -38,9 +43,9 @@ from ..errors import ForemanError
 from ..gateway import Gateway
 from ..jobs import records as job_records
 from ..users import SESSION_SCOPE_KEY, User, create_user, list_users, revoke_user
-from ..users.sessions import COOKIE, Session, cookie_value
+from ..users.sessions import COOKIE, Session, cookie_value, same_secret
 
-__all__ = ["admin_pages", "human_age", "human_size"]
+__all__ = ["admin_pages", "human_age", "human_size", "page_error"]
 
 LOGIN_COOKIE = "foreman_login"  # the sign-in form's CSRF token, before there is a session
 TYPES = {"ollama": "Ollama", "anthropic": "Claude (Anthropic)", "openai": "OpenAI-compatible"}
@@ -53,6 +58,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 RECENT_JOBS = 10
+_LOCAL = re.compile(r"/admin/[A-Za-z0-9/._~%-]*")  # a page path: no scheme, host or controls
 
 
 def human_size(size: int | None) -> str:
@@ -60,11 +66,11 @@ def human_size(size: int | None) -> str:
     if size is None:
         return ""
     value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
+    for unit in ("B", "KB", "MB", "GB"):
+        if round(value, 1) < 1000:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
-    raise AssertionError("unreachable")
+    return f"{value:.1f} TB"
 
 
 def human_age(seconds: float | None) -> str:
@@ -93,6 +99,7 @@ def admin_pages(gw: Gateway, manager: Manager) -> Blueprint:
     """The ``/admin/`` pages of ``gw``; backends and preferences change through ``manager``."""
     assert gw.users is not None and gw.backends is not None
     users, sessions, backends = gw.users, gw.users.sessions, gw.backends
+    assets = {"asset_version": ASSET_VERSION}
     pages = Blueprint(
         "admin",
         __name__,
@@ -111,6 +118,30 @@ def admin_pages(gw: Gateway, manager: Manager) -> Blueprint:
 
     def session_of() -> Session | None:
         return request.scope.get(SESSION_SCOPE_KEY)
+
+    def fetched() -> bool:
+        return request.headers.get("X-Requested-With") == "fetch"
+
+    def same_origin() -> bool:
+        """A form or call from foreman's own pages: no ``Origin`` (an older browser), or
+        this very origin. The front lets other local origins through (Ollama's rules), and
+        cookies do not tell ports apart: another page on localhost must not post here."""
+        origin = request.headers.get("Origin")
+        # the host alone: behind a proxy that ends TLS, foreman sees http, the browser https
+        return origin is None or urlsplit(origin).netloc == request.host
+
+    def cookies() -> str:
+        return "; ".join(request.headers.getlist("Cookie"))
+
+    async def login_page(next_page: str, error: str | None = None, status: int = 200) -> Any:
+        """The sign-in form; its CSRF token lives in a cookie (kept while it is valid)."""
+        token = cookie_value(cookies(), LOGIN_COOKIE) or secrets.token_urlsafe(32)
+        html = await render_template(
+            "admin/login.html", csrf=token, next=_local(next_page), error=error, **assets
+        )
+        response = Response(html, status=status, content_type="text/html; charset=utf-8")
+        set_cookie(response, LOGIN_COOKIE, token, max_age=3600)
+        return response
 
     def set_cookie(response: Response, name: str, value: str, max_age: int | None = None) -> None:
         response.set_cookie(
@@ -138,11 +169,17 @@ def admin_pages(gw: Gateway, manager: Manager) -> Blueprint:
             @wraps(handler)
             async def checked(**kwargs: Any) -> Any:
                 session = session_of()
+                if request.method != "GET" and not same_origin():
+                    raise BadForm
                 if session is None:
-                    if users.open:  # no key needed: sign in as anonymous at once
+                    if fetched():  # admin.js reloads, and the page then asks to sign in
+                        return {"error": "signed out"}, 401
+                    if users.open and request.method == "GET":  # no key needed: go on
                         opened = sessions.sign_in("")
                         assert opened is not None
                         return signed_in(redirect(request.path, 303), opened[0])
+                    if request.method != "GET":
+                        return redirect("/admin/", 303)
                     return redirect(f"/admin/login?next={request.path}", 303)
                 if request.method == "POST":
                     form = await request.form
@@ -169,7 +206,7 @@ def admin_pages(gw: Gateway, manager: Manager) -> Blueprint:
         message = "This form did not come from this session (its CSRF token is missing or old)."
         session = session_of()
         if session is None:
-            return await render_template("admin/login.html", error=message, csrf="", next=""), 403
+            return await login_page(request.args.get("next", ""), message, 403)
         return await render(session, "error.html", 403, message=message + " Reload and retry.")
 
     async def render(session: Session, template: str, status: int = 200, **context: Any) -> Any:
@@ -179,8 +216,9 @@ def admin_pages(gw: Gateway, manager: Manager) -> Blueprint:
             user=session.user,
             csrf=session.csrf,
             open_mode=users.open,
-            flashes=session.take_flashes(),
+            flashes=[] if template.startswith("_") else session.take_flashes(),
             path=request.path,
+            **assets,
             **context,
         )
         return html, status
@@ -195,35 +233,27 @@ def admin_pages(gw: Gateway, manager: Manager) -> Blueprint:
     async def login_form() -> Any:
         if session_of() is not None or users.open:
             return redirect("/admin/", 303)
-        token = secrets.token_urlsafe(32)
-        html = await render_template(
-            "admin/login.html", csrf=token, next=_local(request.args.get("next")), error=None
-        )
-        response = Response(html, content_type="text/html; charset=utf-8")
-        set_cookie(response, LOGIN_COOKIE, token, max_age=3600)
-        return response
+        return await login_page(request.args.get("next", ""))
 
     @pages.post("/admin/login")
     async def login() -> Any:
         form = await request.form
-        expected = cookie_value(request.headers.get("Cookie"), LOGIN_COOKIE)
-        if not expected or not secrets.compare_digest(form.get("csrf_token", ""), expected):
+        expected = cookie_value(cookies(), LOGIN_COOKIE)
+        if not same_origin() or not expected or not same_secret(form.get("csrf_token"), expected):
             raise BadForm
         opened = sessions.sign_in(form.get("key", "").strip())
         if opened is None:
-            html = await render_template(
-                "admin/login.html",
-                csrf=expected,
-                next=_local(form.get("next")),
-                error="That key is not valid (or it was revoked).",
-            )
-            return html, 401
+            error = "That key is not valid (or it was revoked)."
+            return await login_page(form.get("next", ""), error, 401)
+        old = session_of()
+        if old is not None:
+            sessions.sign_out(old)
         return signed_in(redirect(_local(form.get("next")), 303), opened[0])
 
     @pages.post("/admin/logout")
     @page()
     async def logout(session: Session) -> Any:
-        sessions.sign_out(cookie_value(request.headers.get("Cookie")))
+        sessions.sign_out(session)
         response = redirect("/admin/login", 303)
         response.delete_cookie(COOKIE, path="/admin/")
         return response
@@ -307,8 +337,15 @@ def admin_pages(gw: Gateway, manager: Manager) -> Blueprint:
             cards=cards,
             types=TYPES,
             preferences=preferences,
-            fallback_on=preferences.fallback_to_claude is not False,
-            split_on=_split_on(aliases, backends.visible(user.name)),
+            fallback_on="fallback_to_claude" in values
+            if form == "preferences" and values is not None
+            else preferences.fallback_to_claude is not False,
+            split_on="split" in values
+            if form == "preferences" and values is not None
+            else _split_on(aliases, backends.visible(user.name)),
+            split_was=values.get("split_was", "0")
+            if form == "preferences" and values is not None
+            else ("1" if _split_on(aliases, backends.visible(user.name)) else "0"),
             aliases_text="\n".join(f"{k} = {v}" for k, v in sorted(aliases.items())),
             errors=errors or {},
             values=values or MultiDict(),
@@ -352,7 +389,7 @@ def admin_pages(gw: Gateway, manager: Manager) -> Blueprint:
             record = await manager.create(session.user, fields)
         except FieldError as exc:
             return await backends_page(
-                session, 422, errors={exc.field: str(exc)}, values=form, form="add"
+                session, 422, errors={exc.field: exc.problem}, values=form, form="add"
             )
         session.flash(f"Added backend {record.name!r}.")
         return redirect(f"/admin/backends#backend-{record.id}", 303)
@@ -386,7 +423,7 @@ def admin_pages(gw: Gateway, manager: Manager) -> Blueprint:
                 "backend_edit.html",
                 422,
                 record=record,
-                errors={exc.field: str(exc)},
+                errors={exc.field: exc.problem},
                 values=form,
             )
         session.flash(f"Saved backend {fields['name']!r}.")
@@ -426,7 +463,7 @@ def admin_pages(gw: Gateway, manager: Manager) -> Blueprint:
             record = await manager.select(session.user, backend_id, form.get("model"))
         except FieldError as exc:
             return await backends_page(
-                session, 422, errors={f"model-{backend_id}": str(exc)}, form="model"
+                session, 422, errors={f"model-{backend_id}": exc.problem}, form="model"
             )
         session.flash(f"{record.name}: selected model {form.get('model')}.")
         return redirect(f"/admin/backends#backend-{backend_id}", 303)
@@ -441,7 +478,7 @@ def admin_pages(gw: Gateway, manager: Manager) -> Blueprint:
             await manager.put_preferences(user, fields)
         except FieldError as exc:
             return await backends_page(
-                session, 422, errors={exc.field: str(exc)}, values=form, form="preferences"
+                session, 422, errors={exc.field: exc.problem}, values=form, form="preferences"
             )
         session.flash("Preferences saved.")
         return redirect("/admin/backends#preferences", 303)
@@ -464,16 +501,26 @@ def admin_pages(gw: Gateway, manager: Manager) -> Blueprint:
     @page(admin=True)
     async def user_add(session: Session) -> Any:
         form = await request.form
+        first = users.open  # this user closes foreman: its maker signs in with the new key
+        role = form.get("role", "user")
+        if first and role != "admin":
+            problem = "the first user closes foreman to everyone else: make it an admin"
+            return await users_page(session, 422, errors={"role": problem}, values=form)
         try:
-            made, key = await users.store.call(
-                create_user, form.get("name", "").strip(), form.get("role", "user")
-            )
+            made, key = await users.store.call(create_user, form.get("name", "").strip(), role)
         except ValueError as exc:
-            field = str(exc).partition(":")[0]
-            return await users_page(session, 422, errors={field: str(exc)}, values=form)
+            field, _, problem = str(exc).partition(": ")
+            return await users_page(session, 422, errors={field: problem}, values=form)
         await users.reload()
+        response = redirect("/admin/users", 303)
+        if first:
+            sessions.sign_out(session)
+            token, session = sessions.sign_in(key) or (None, session)
+            assert token is not None, "a key just made signs in"
+            signed_in(response, token)
+            session.flash(f"foreman is closed now: you are signed in as {made['name']}.")
         session.revealed = (made["name"], key)
-        return redirect("/admin/users", 303)
+        return response
 
     @pages.post("/admin/users/<name>/revoke")
     @page(admin=True)
@@ -505,9 +552,33 @@ def admin_pages(gw: Gateway, manager: Manager) -> Blueprint:
     return pages
 
 
+async def page_error(exc: HTTPException) -> Response:
+    """An unknown page or a wrong method under ``/admin/``, as a page (not gin's text)."""
+    messages = {404: "There is no such page.", 405: "That page does not take this method."}
+    html = await render_template(
+        "admin/error.html",
+        message=messages.get(exc.code or 500, exc.description or "Error."),
+        asset_version=ASSET_VERSION,
+    )
+    response = Response(html, status=exc.code or 500, content_type="text/html; charset=utf-8")
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def _asset_version() -> str:
+    """A digest of the static files, in their URLs: a new admin.js is never a stale one."""
+    digest = hashlib.sha256()
+    for path in sorted((Path(__file__).parent / "static").iterdir()):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+ASSET_VERSION = _asset_version()
+
+
 def _local(target: str | None) -> str:
     """``target`` if it is one of the settings pages, else ``/admin/`` (no open redirect)."""
-    if target and target.startswith("/admin/") and "//" not in target and "\\" not in target:
+    if target and _LOCAL.fullmatch(target) and "//" not in target:
         return target
     return "/admin/"
 
@@ -543,6 +614,8 @@ def _preferences_fields(
             choice without an Ollama and a Claude backend that have a selected model.
     """
     default = form.get("default_backend_id", "")
+    if default and not (default.isascii() and default.isdigit()):
+        raise FieldError("default_backend_id", "choose one of the backends")
     aliases: dict[str, str] = {}
     for number, line in enumerate(form.get("aliases", "").splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -559,7 +632,7 @@ def _preferences_fields(
         aliases.pop("code", None)
         aliases.pop("research", None)
     return {
-        "default_backend_id": int(default) if default.isdigit() else None,
+        "default_backend_id": int(default) if default.isascii() and default.isdigit() else None,
         "fallback_to_claude": "fallback_to_claude" in form,
         "aliases": aliases,
     }

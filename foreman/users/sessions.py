@@ -18,13 +18,12 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass, field
-from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from . import User, Users
 
-__all__ = ["COOKIE", "IDLE", "LIFETIME", "Session", "Sessions", "cookie_value"]
+__all__ = ["COOKIE", "IDLE", "LIFETIME", "Session", "Sessions", "cookie_value", "same_secret"]
 
 COOKIE = "foreman_session"
 #: Seconds a session lasts without a request.
@@ -46,12 +45,11 @@ class Session:
     seen: float = field(default_factory=time.time)
     flashes: list[str] = field(default_factory=list)
     revealed: tuple[str, str] | None = None  # a new user's (name, key), shown once
+    token_hash: str = ""  # the cookie's token, hashed (set by Sessions)
 
     def csrf_ok(self, given: str | bytes | None) -> bool:
         """Whether ``given`` is this session's CSRF token (compared in constant time)."""
-        if isinstance(given, bytes):
-            given = given.decode("latin-1")
-        return bool(given) and hmac.compare_digest(given or "", self.csrf)
+        return same_secret(given, self.csrf)
 
     def flash(self, message: str) -> None:
         """Say ``message`` on the next page this session sees."""
@@ -62,19 +60,28 @@ class Session:
         return flashes
 
 
+def same_secret(given: str | bytes | None, secret: str) -> bool:
+    """Whether ``given`` is ``secret``, compared in constant time (any bytes welcome)."""
+    if not given:
+        return False
+    if isinstance(given, str):
+        given = given.encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(given, secret.encode())
+
+
 def cookie_value(header: bytes | str | None, name: str = COOKIE) -> str | None:
-    """The value of cookie ``name`` in a ``Cookie`` header, or None."""
+    """The value of cookie ``name`` in a ``Cookie`` header (several headers joined with
+    ``; ``), or None. Lenient, as browsers are: a malformed neighbour (a space, JSON, a
+    stray quote in another site's cookie) does not hide foreman's."""
     if not header:
         return None
     if isinstance(header, bytes):
         header = header.decode("latin-1")
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(header)
-    except CookieError:
-        return None
-    morsel = jar.get(name)
-    return None if morsel is None else morsel.value
+    for pair in header.split(";"):
+        key, equals, value = pair.partition("=")
+        if equals and key.strip() == name:
+            return value.strip().strip('"') or None
+    return None
 
 
 class Sessions:
@@ -98,7 +105,8 @@ class Sessions:
         while len(self._by_token) >= MAX_SESSIONS:
             del self._by_token[next(iter(self._by_token))]
         token = secrets.token_urlsafe(32)
-        self._by_token[_hash(token)] = session
+        session.token_hash = _hash(token)
+        self._by_token[session.token_hash] = session
         return token, session
 
     def lookup(self, token: str | None) -> Session | None:
@@ -118,9 +126,8 @@ class Sessions:
         session.user, session.seen = user, now
         return session
 
-    def sign_out(self, token: str | None) -> None:
-        if token:
-            self._by_token.pop(_hash(token), None)
+    def sign_out(self, session: Session) -> None:
+        self._by_token.pop(session.token_hash, None)
 
     def __len__(self) -> int:
         return len(self._by_token)

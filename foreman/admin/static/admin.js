@@ -12,6 +12,7 @@ function poll(url, apply) {
     busy = true;
     try {
       const response = await fetch(url, { credentials: "same-origin", headers: { "X-Requested-With": "fetch" } });
+      if (response.status === 401) return location.reload(); // signed out: the page asks again
       if (response.ok) apply(response);
     } catch (_) {
       // foreman is restarting or the network blinked: try again at the next tick
@@ -32,6 +33,9 @@ function liveStatus() {
   if (!cards) return;
   poll(cards.dataset.liveStatus, async (response) => {
     const live = await response.json();
+    for (const slot of document.querySelectorAll("[data-status-for]")) {
+      if (!(slot.dataset.statusFor in live)) slot.textContent = "This backend was deleted.";
+    }
     for (const [id, parts] of Object.entries(live)) {
       const status = document.querySelector(`[data-status-for="${id}"]`);
       if (status) status.innerHTML = parts.status;
@@ -60,6 +64,7 @@ function testButtons() {
           credentials: "same-origin",
           headers: { "X-CSRF-Token": csrf(), "X-Requested-With": "fetch" },
         });
+        if (response.status === 401) return location.reload();
         output.innerHTML = response.ok ? await response.text() : `<span class="test-result failed">Test failed (${response.status})</span>`;
       } catch (error) {
         output.textContent = "foreman did not answer: " + error;
