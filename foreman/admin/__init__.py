@@ -206,7 +206,8 @@ def admin_pages(gw: Gateway, manager: Manager) -> Blueprint:
         message = "This form did not come from this session (its CSRF token is missing or old)."
         session = session_of()
         if session is None:
-            return await login_page(request.args.get("next", ""), message, 403)
+            form = await request.form
+            return await login_page(form.get("next") or request.args.get("next", ""), message, 403)
         return await render(session, "error.html", 403, message=message + " Reload and retry.")
 
     async def render(session: Session, template: str, status: int = 200, **context: Any) -> Any:
