@@ -42,6 +42,8 @@ _EXTENSIONS = (
     "ms-browser-extension://",
 )
 _HOST_SUFFIXES = (".localhost", ".local", ".internal")
+#: Different Host values whose verdict is kept (then the cache starts over).
+_HOSTS_KEPT = 256
 #: Go's ``netip.Addr.IsPrivate``: RFC 1918 and RFC 4193 (unique local) networks.
 _PRIVATE = tuple(
     ipaddress.ip_network(net)
@@ -96,11 +98,21 @@ class Access:
         self._origins = tuple(o.lower() for o in (*_LOCAL_ORIGINS, *origins))
         self._check_host = check_host
         self._hostname = socket.gethostname().lower()
+        self._hosts: dict[str | None, bool] = {}
 
     def host_allowed(self, host: str | None) -> bool:
-        """Whether a request with this ``Host`` header may be served."""
+        """Whether a request with this ``Host`` header may be served (answers are kept:
+        a client sends the same ``Host`` on every request)."""
         if not self._check_host:
             return True
+        allowed = self._hosts.get(host)
+        if allowed is None:
+            if len(self._hosts) >= _HOSTS_KEPT:
+                self._hosts.clear()  # many different Hosts: a scan, not clients; start over
+            allowed = self._hosts[host] = self._host_allowed(host)
+        return allowed
+
+    def _host_allowed(self, host: str | None) -> bool:
         name = _host_part(host or "").lower()
         local = _is_local_ip(name)
         if local is not None:

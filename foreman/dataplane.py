@@ -15,15 +15,17 @@ Routes (``docs/adr/0001-native-ollama-surface.md``), by the percent-decoded path
   routes is exactly what the target receives. So does anything outside
   ``/api/`` (``/v1/`` included: OpenAI's surface would bypass the gate).
 
-Every request task watches for the client going away and is cancelled when it
-does: a chat waiting at the gate leaves the line, a running one is aborted
-upstream and frees the gate at once.
+A request that runs for more than :data:`WATCH_AFTER` seconds is watched for its
+client going away and is cancelled when it does (:class:`Disconnects`): a chat
+waiting at the gate leaves the line, a running one is aborted upstream and frees
+the gate.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
@@ -88,6 +90,8 @@ class DataPlane:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
         self.settings = gw.settings
+        self.disconnects = Disconnects(gw.nursery)
+        gw.nursery.start_soon(self.disconnects.run)
 
     async def handle(
         self,
@@ -180,7 +184,7 @@ class DataPlane:
         timeout = self.settings.response_timeout
         if fields.get("stream") is not False:
             timeout = self.settings.idle_timeout
-        async with _watching(receive, exchange, self.gw.nursery):
+        async with self.disconnects.watching(receive, exchange):
             async with backend.gate.hold(len(body)) as waited:
                 exchange.gate_wait = waited
                 request = self._request(backend, scope, body)
@@ -201,7 +205,7 @@ class DataPlane:
         Ollama's shape (NDJSON lines as the backend's deltas arrive, or one JSON object)."""
         endpoint = "chat" if key == "/api/chat" else "generate"
         translator = route.backend.translator  # type: ignore[union-attr]
-        async with _watching(receive, exchange, self.gw.nursery):
+        async with self.disconnects.watching(receive, exchange):
             content_type, chunks = await translator.answer(endpoint, fields, route.model)
             headers = [(b"content-type", content_type.encode()), *extra]
             async with aclosing(chunks):
@@ -240,7 +244,7 @@ class DataPlane:
         del body
         backend.embeds_in_flight += 1
         try:
-            async with _watching(receive, exchange, self.gw.nursery):
+            async with self.disconnects.watching(receive, exchange):
                 await self._relay(
                     backend, request, send, exchange, self.settings.idle_timeout, extra
                 )
@@ -290,7 +294,7 @@ class DataPlane:
         request = self._request(builtin, scope, content, keep_length=True)
         timeout = self.settings.idle_timeout
         if isinstance(content, bytes):
-            async with _watching(receive, exchange, self.gw.nursery):
+            async with self.disconnects.watching(receive, exchange):
                 await self._relay(builtin, request, send, exchange, timeout, extra)
         else:
             await self._relay(builtin, request, send, exchange, timeout, extra)
@@ -413,30 +417,78 @@ async def _stream_body(first: bytes, receive: Any) -> AsyncIterator[bytes]:
             return
 
 
-@asynccontextmanager
-async def _watching(receive: Any, exchange: Exchange, nursery: trio.Nursery) -> AsyncIterator[None]:
-    """Cancel ``exchange`` if its client disconnects while the body runs.
+#: Seconds a request runs before foreman watches for its client going away. Most
+#: answers (an embed, a ``/api/show``) come sooner, and starting a watcher costs more
+#: than the rest of such a request; a client that leaves is noticed this much later.
+WATCH_AFTER = 0.05
 
-    The request body must be read already: the watcher takes every later
-    ``receive()``, and hypercorn's only later message is ``http.disconnect``.
-    The watcher runs in ``nursery`` (the root one) so that an error of the
-    request never comes out wrapped in an exception group.
+
+class _Watch:
+    __slots__ = ("done", "due", "exchange", "receive", "scope")
+
+    def __init__(self, exchange: Exchange, receive: Any, due: float) -> None:
+        self.exchange, self.receive, self.due = exchange, receive, due
+        self.done = False
+        self.scope: trio.CancelScope | None = None
+
+
+class Disconnects:
+    """Cancels a request whose client goes away; a watcher only for the long ones.
+
+    :meth:`watching` notes a request; one task (:meth:`run`, in the root nursery)
+    starts a watcher for every request still running :data:`WATCH_AFTER` seconds
+    later, checking every half of that. The watcher takes every later ``receive()``
+    (the request body must be read already): on ``http.disconnect`` before the
+    answer is complete it cancels the request (``exchange.cancel_scope``, outcome
+    ``cancelled``): a chat waiting at the gate leaves the line, a running one is
+    aborted upstream and frees the gate. Watchers run in the root nursery so that an
+    error of the request never comes out wrapped in an exception group.
     """
-    watcher = trio.CancelScope()
 
-    async def watch() -> None:
-        with watcher:
-            while (await receive())["type"] != "http.disconnect":
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self._pending: deque[_Watch] = deque()
+        self._wake = trio.Event()
+
+    @asynccontextmanager
+    async def watching(self, receive: Any, exchange: Exchange) -> AsyncIterator[None]:
+        """Within this block, ``exchange`` is cancelled if its client goes away."""
+        watch = _Watch(exchange, receive, trio.current_time() + WATCH_AFTER)
+        self._pending.append(watch)
+        self._wake.set()
+        try:
+            yield
+        finally:
+            watch.done = True
+            if watch.scope is not None:
+                watch.scope.cancel()
+
+    async def run(self) -> None:
+        """Start the watchers that are due; runs until cancelled."""
+        pending = self._pending
+        while True:
+            if not pending:
+                self._wake = trio.Event()
+                await self._wake.wait()
+            now = trio.current_time()
+            while pending and (pending[0].done or pending[0].due <= now):
+                watch = pending.popleft()
+                if not watch.done:
+                    watch.scope = trio.CancelScope()
+                    self._nursery.start_soon(self._watch, watch)
+            if pending:
+                await trio.sleep_until(max(pending[0].due, now + WATCH_AFTER / 2))
+
+    @staticmethod
+    async def _watch(watch: _Watch) -> None:
+        assert watch.scope is not None
+        with watch.scope:
+            while (await watch.receive())["type"] != "http.disconnect":
                 pass
+            exchange = watch.exchange
             if not exchange.response_complete:  # not the disconnect after a full answer
                 exchange.outcome = "cancelled"
                 exchange.cancel_scope.cancel()
-
-    nursery.start_soon(watch)
-    try:
-        yield
-    finally:
-        watcher.cancel()
 
 
 async def respond(

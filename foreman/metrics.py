@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -93,17 +93,30 @@ class Metrics:
             registry=self.registry,
         )
 
+        self._counters: dict[tuple[str, str, int | None], Any] = {}
+        self._timers: dict[str, tuple[Any, Any]] = {}
+
     def watch(self, gw: Gateway) -> None:
         """Report ``gw``'s state at every scrape."""
         self.registry.register(_GatewayCollector(gw))
 
     def observe(self, exchange: Exchange, route: str, now: float) -> None:
         """Count one finished request (``now`` on the same clock as ``exchange.started``)."""
-        status = str(exchange.status) if exchange.status is not None else "none"
-        self.requests.labels(route, exchange.method, status).inc()
-        self.duration.labels(route).observe(now - exchange.started)
+        key = (route, exchange.method, exchange.status)
+        counter = self._counters.get(key)
+        if counter is None:  # labels() costs more than the rest of this: kept per key
+            status = str(exchange.status) if exchange.status is not None else "none"
+            counter = self._counters[key] = self.requests.labels(route, exchange.method, status)
+        counter.inc()
+        timers = self._timers.get(route)
+        if timers is None:
+            timers = self._timers[route] = (
+                self.duration.labels(route),
+                self.first_byte.labels(route),
+            )
+        timers[0].observe(now - exchange.started)
         if exchange.first_byte is not None:
-            self.first_byte.labels(route).observe(exchange.first_byte - exchange.started)
+            timers[1].observe(exchange.first_byte - exchange.started)
         if exchange.gate_wait is not None:
             self.gate_wait.observe(exchange.gate_wait)
         if exchange.final_line is not None and exchange.model:

@@ -1,9 +1,11 @@
 """The Ollama target: one connection pool and the few calls foreman makes itself.
 
-foreman talks to the target through an :class:`httpx2.AsyncHTTPTransport`
-directly, not through an ``AsyncClient``: the client's layers (cookies,
-redirects, auth flows, event hooks, URL merging) do nothing for a relay and
-cost time on every request (``docs/adr/0008-fast-data-plane.md``). Every
+foreman talks to the target through a transport directly, not through an
+``AsyncClient``: the client's layers (cookies, redirects, auth flows, event
+hooks, URL merging) do nothing for a relay and cost time on every request
+(``docs/adr/0008-fast-data-plane.md``). The transport is foreman's own
+:class:`~foreman.upstream.H11Transport` (``docs/adr/0015-own-http-server.md``),
+which speaks httpx2's types; tests pass the stand-in's in-process one. Every
 transport failure leaves this module as a :class:`~foreman.errors.TargetError`.
 """
 
@@ -23,6 +25,7 @@ import trio
 
 from .errors import TargetStatus, TargetTimeout, classify
 from .settings import Settings
+from .upstream import H11Transport
 
 __all__ = ["RELAYED_HEADERS", "Target", "open_target"]
 
@@ -30,9 +33,10 @@ LOGGER = logging.getLogger("foreman.target")
 
 #: The pool: one chat at a time, but embeds and other calls run in parallel. A
 #: request beyond it waits for a free connection (no pool timeout, as Ollama
-#: itself queues without bound). The pool scans its idle connections on every
-#: request, so it is sized to what one Ollama serves in parallel, not larger.
-LIMITS = httpx2.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=30)
+#: itself queues without bound).
+MAX_CONNECTIONS = 64
+#: Seconds an idle connection to the target is kept for the next request.
+KEEPALIVE_EXPIRY = 30.0
 
 Headers = Sequence[tuple[bytes, bytes]]
 
@@ -111,13 +115,18 @@ class Target:
         if settings.ollama_token:
             extra.append((b"authorization", f"Bearer {settings.ollama_token}".encode()))
         self._extra_headers = extra
+        # A whole body is written within the caller's deadline for the answer's head; a
+        # streamed one (an upload) also within idle_timeout per write.
         self._extensions = {
             "timeout": {
                 "connect": settings.connect_timeout,
                 "read": None,
-                "write": settings.idle_timeout,
+                "write": None,
                 "pool": None,
             }
+        }
+        self._streaming_extensions = {
+            "timeout": {**self._extensions["timeout"], "write": settings.idle_timeout}
         }
 
     def request(
@@ -145,7 +154,11 @@ class Target:
             self._url(raw_path + (b"?" + query if query else b"")),
             headers=merged,
             content=content,
-            extensions=self._extensions,
+            extensions=(
+                self._extensions
+                if content is None or isinstance(content, bytes)
+                else self._streaming_extensions
+            ),
         )
 
     @functools.lru_cache(maxsize=512)  # noqa: B019 (one Target per service, never freed early)
@@ -308,8 +321,11 @@ async def open_target(
         transport: replaces the network (tests pass the stand-in's in-process transport).
     """
     if transport is None:
-        transport = httpx2.AsyncHTTPTransport(
-            limits=LIMITS, trust_env=False, socket_options=_keepalive_options()
+        transport = H11Transport(
+            settings.ollama_url,
+            max_connections=MAX_CONNECTIONS,
+            keepalive_expiry=KEEPALIVE_EXPIRY,
+            socket_options=_keepalive_options(),
         )
     async with transport:
         yield Target(transport, settings)

@@ -644,6 +644,8 @@ def goals(results: dict[str, dict], name: str, waiting: int) -> list[Goal]:
 LAYERS = [
     ("foreman/cli.py", "entry"),  # trio.run: what runs below it without an owner is trio's
     ("foreman/__main__.py", "entry"),
+    ("foreman/server.py", "server"),
+    ("foreman/upstream.py", "client"),
     ("foreman/", "foreman"),
     ("hypercorn/", "hypercorn"),
     ("h11/", "h11"),
@@ -662,6 +664,8 @@ LAYERS = [
 OWNERS = {
     "foreman": "foreman's own code",
     "prometheus_client": "foreman's metrics (prometheus_client)",
+    "server": "server: foreman.server + h11",
+    "client": "client: foreman.upstream + h11",
     "hypercorn": "server: hypercorn + h11",
     "quart": "server: quart",
     "httpx2": "client: httpx2 + httpcore2 + h11",

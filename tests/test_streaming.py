@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import re
 from functools import partial
+from typing import Any
 
 import httpx2 as httpx
 import pytest
 import trio
 import trio.testing
 
+from foreman.dataplane import WATCH_AFTER, Disconnects
 from foreman.standin import Faults, StandIn
 
 from .conftest import Foreman, chat_body, open_foreman
@@ -187,6 +189,41 @@ async def test_client_disconnect_mid_stream_frees_the_gate_at_once(
     assert trio.current_time() == left  # at once: no timeout was involved
     response = await fm.client.post("/api/chat", json=chat_body(stream=False))
     assert response.status_code == 200
+
+
+async def test_only_requests_that_run_long_get_a_disconnect_watcher(
+    fm: Foreman, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[str] = []
+    watch = Disconnects._watch
+
+    async def counted(w: Any) -> None:
+        started.append(w.exchange.path)
+        await watch(w)
+
+    monkeypatch.setattr(Disconnects, "_watch", staticmethod(counted))
+    for _ in range(5):  # the stand-in answers an embed in 10 ms
+        embed = {"model": "nomic-embed-text", "input": "hi"}
+        assert (await fm.client.post("/api/embed", json=embed)).status_code == 200
+    await trio.sleep(1)
+    assert started == []
+    assert (await fm.client.post("/api/chat", json=chat_body())).status_code == 200
+    assert started == ["/api/chat"]  # a stream of several lines a second: watched
+
+
+async def test_a_client_leaving_before_its_watcher_starts_is_still_noticed(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    async with open_foreman(nursery, StandIn(token_rate=1.0)) as fm:  # a line a second
+        async with fm.client.stream("POST", "/api/chat", json=chat_body()) as response:
+            assert response.status_code == 200  # and gone at once, before WATCH_AFTER
+            left = trio.current_time()
+        with trio.fail_after(1):
+            await fm.gw.in_flight.wait_value(0)
+        assert trio.current_time() - left <= 2 * WATCH_AFTER
+        await trio.testing.wait_all_tasks_blocked()
+        assert fm.gw.gate.statistics().in_flight == 0
+        assert fm.standin.chats_in_flight == 0  # aborted upstream too
 
 
 async def test_client_leaving_the_waiting_line_does_not_hold_it(
