@@ -124,7 +124,7 @@ class App:
         if b"close" in connection or (
             scope.get("http_version") == "1.0" and b"keep-alive" not in connection
         ):
-            extra.append((b"connection", b"close"))  # hypercorn then closes after the answer
+            extra.append((b"connection", b"close"))  # the server then closes after the answer
 
         if not self.access.host_allowed(host):
             await respond(send, 403, b"", headers=await _drained(receive, extra))

@@ -45,6 +45,8 @@ from urllib.parse import unquote
 import h11
 import trio
 
+from .bodies import DRAIN_LIMIT
+
 __all__ = ["KEEP_ALIVE", "serve"]
 
 LOGGER = logging.getLogger("foreman.server")
@@ -54,8 +56,6 @@ KEEP_ALIVE = 75.0
 #: Bytes of a request head (request line and headers) beyond which the answer is 431
 #: (checked while the head is incomplete, so a head that arrives whole may be larger).
 MAX_HEAD = 64 * 1024
-#: Bytes of an unread request body read and dropped after the answer to keep the connection.
-DRAIN_LIMIT = 256 * 1024
 #: Seconds a connection closed with request bytes unread keeps reading them (see _linger).
 LINGER = 0.5
 #: Bytes read from a socket at a time.
@@ -127,6 +127,7 @@ class _Connection:
         self.broken = False  # the client went away, or a write failed
         self.head: h11.Response | None = None  # the status line, sent with the first body
         self.method = b""
+        self.expecting = False  # the client waits for 100 Continue before its body
         self.complete = False  # the app's answer is wholly sent
         self.requests = 0  # requests answered: the current one's number
 
@@ -208,6 +209,7 @@ class _Connection:
     async def _answer(self, request: h11.Request) -> None:
         """Call the app for ``request``; send what it sends."""
         self.head, self.complete, self.method = None, False, request.method
+        self.expecting = self.conn.they_are_waiting_for_100_continue
         target = request.target
         raw_path, _, query = target.partition(b"?")
         scope = {
@@ -229,14 +231,16 @@ class _Connection:
             await self.server.app(scope, partial(self._receive, self.requests), self._send)
         except Exception:
             LOGGER.exception("the app failed on %s %s", scope["method"], scope["path"])
-            if self.head is None and not self.complete and not self.broken:
+            if self.conn.our_state is h11.SEND_RESPONSE and not self.broken:
+                self.head = None  # nothing is on the wire yet: a 500 instead
                 await self._send_error()
-            else:
-                self.broken = True  # a body cut short: the connection cannot go on
         finally:
             self.requests += 1  # a receive() of this request's, still to come, is too late
-        if not self.complete:
-            self.broken = True  # the app returned without finishing its answer
+        if not self.complete:  # the answer was cut short: the connection cannot go on
+            if self.head is not None:  # the status line at least, as the app sent it
+                head, self.head = self.head, None
+                await self._write(self.conn.send(head))
+            self.broken = True
 
     async def _send_error(self) -> None:
         body = b'{"error":"internal error"}'
@@ -257,6 +261,7 @@ class _Connection:
         conn = self.conn
         if conn.they_are_waiting_for_100_continue:
             info = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+            self.expecting = False
             await self._write(conn.send(info))
         if conn.their_state is h11.SEND_BODY and not self.broken:
             try:
@@ -274,22 +279,23 @@ class _Connection:
         return _DISCONNECT
 
     async def _wait_for_disconnect(self) -> None:
-        """Read until the client closes; bytes of a pipelined request are kept for later."""
+        """Wait until the client closes the connection (or the answer is complete).
+
+        Bytes that come instead are a pipelined next request: they are kept for later,
+        and the client is taken to stay (it may half-close after its last request; Go's
+        net/http reads the same way)."""
         if self.broken or self.complete:
             return
         with trio.CancelScope() as self.reader:
             self.reader_done = trio.Event()
             try:
-                buffered = 0
-                while buffered < MAX_HEAD:
+                if not self.conn.trailing_data[0]:  # no next request read yet
                     data = await self.stream.receive_some(READ_SIZE)
                     if not data:
-                        break
+                        self.broken = True
+                        return
                     self.conn.receive_data(data)
-                    buffered += len(data)
-                else:  # enough of a next request: stop reading, wait to be cancelled
-                    await trio.sleep_forever()
-                self.broken = True
+                await trio.sleep_forever()  # a next request came: wait for the answer's end
             except (*_CLOSED, OSError):
                 self.broken = True
             finally:
@@ -342,16 +348,19 @@ class _Connection:
         conn = self.conn
         if self.broken or conn.our_state is not h11.DONE:
             return False
+        if conn.their_state is h11.SEND_BODY and self.expecting:
+            return False  # the client waits for a 100 Continue it will not get: no body comes
         drained = 0
-        while conn.their_state is h11.SEND_BODY and drained <= DRAIN_LIMIT:
-            try:
-                event = await self._event()
-            except h11.RemoteProtocolError:
-                return False
-            if isinstance(event, h11.Data):
-                drained += len(event.data)
-            elif not isinstance(event, h11.EndOfMessage):
-                return False
+        with trio.move_on_after(self.server.keep_alive):
+            while conn.their_state is h11.SEND_BODY and drained <= DRAIN_LIMIT:
+                try:
+                    event = await self._event()
+                except h11.RemoteProtocolError:
+                    return False
+                if isinstance(event, h11.Data):
+                    drained += len(event.data)
+                elif not isinstance(event, h11.EndOfMessage):
+                    return False
         if conn.their_state is not h11.DONE:
             return False
         conn.start_next_cycle()

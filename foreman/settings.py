@@ -9,7 +9,6 @@ start-up with one line naming the variable.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -18,14 +17,12 @@ from typing import Any
 
 import httpx2
 import platformdirs
-from hypercorn.config import Config as HypercornConfig
 
-from . import reasons
 from .names import normalize
 
 __all__ = ["GRACE_MARGIN", "OPTIONS", "ConfigError", "Option", "Settings"]
 
-#: Seconds hypercorn waits beyond foreman's grace for the final answers to go out.
+#: Seconds the server waits beyond foreman's grace for the final answers to go out.
 GRACE_MARGIN = 2.0
 
 
@@ -515,21 +512,3 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
-
-    def hypercorn(self) -> HypercornConfig:
-        """The hypercorn config: bind ``listen``, the grace period, no access log.
-
-        Also gives hypercorn's status lines Ollama's reason phrases (:mod:`foreman.reasons`).
-        """
-        reasons.install()
-        config = HypercornConfig()
-        config.bind = [self.listen]
-        # foreman ends what is left when its own grace is over (a 503, an error line);
-        # hypercorn's grace only has to outlast that by the time the last bytes take.
-        config.graceful_timeout = self.grace + GRACE_MARGIN
-        config.accesslog = None
-        config.include_server_header = False  # Ollama sends none
-        config.errorlog = logging.getLogger("foreman.server")  # through foreman's handlers
-        if self.tls_cert:
-            config.certfile, config.keyfile = self.tls_cert, self.tls_key
-        return config

@@ -40,6 +40,10 @@ MAX_HEAD = 100 * 1024
 
 SocketOption = tuple[int, int, int]
 
+#: Methods sent again after a reused connection broke with the request written whole
+#: (as Go's transport does); others only when the write itself failed.
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
 
 class _Connection:
     """One kept-alive connection: the stream, its socket and its h11 state."""
@@ -174,8 +178,10 @@ class H11Transport(httpx2.AsyncBaseTransport):
 
     A request that fails on a reused connection before any byte of the answer
     came (the server closed it while idle) is sent once more on a new one, if
-    its body is bytes; as httpcore, a failed write is followed by reading the
-    answer, for a server that answers early and closes.
+    its body is bytes and either it could not be written whole or its method
+    is GET, HEAD or OPTIONS: a POST the target may have run is never sent twice
+    (Go's transport has the same rule). As httpcore, a failed write is followed
+    by reading the answer, for a server that answers early and closes.
 
     Honours the request's ``timeout`` extension: ``connect`` (seconds to
     connect, TLS included), ``write`` (per write), ``read`` (per read; foreman
@@ -275,9 +281,15 @@ class H11Transport(httpx2.AsyncBaseTransport):
                     conn = await self._connect(timeouts.get("connect"))
                 try:
                     event = await self._exchange(conn, head, body, chunks, write_s, read_s)
-                except (httpx2.ReadError, httpx2.WriteError, httpx2.RemoteProtocolError):
-                    if not reused or chunks is not None or conn.received:
-                        raise
+                except (httpx2.ReadError, httpx2.WriteError, httpx2.RemoteProtocolError) as exc:
+                    unsent = isinstance(exc, httpx2.WriteError)  # the request never got whole
+                    if (
+                        not reused
+                        or chunks is not None
+                        or conn.received
+                        or not (unsent or request.method in _SAFE_METHODS)
+                    ):
+                        raise  # the target may have acted on it: never twice
                     conn.close()  # closed by the server while idle: once more on a new one
                     conn, reused = None, False
                 else:

@@ -174,7 +174,7 @@ class Answer:
 class Client:
     """One keep-alive HTTP/1.1 connection on a blocking socket: the lightest client.
 
-    A connection the front closes between requests (hypercorn does after 1,000) is
+    A connection the front closes between requests (v1's hypercorn does after 1,000) is
     replaced, and the request sent again on the new one.
     """
 

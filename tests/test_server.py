@@ -19,7 +19,8 @@ import pytest
 import trio
 import trustme
 
-from foreman.server import DRAIN_LIMIT, serve, tls_context
+from foreman.bodies import DRAIN_LIMIT
+from foreman.server import serve, tls_context
 
 App = Callable[[Any, Any, Any], Awaitable[None]]
 
@@ -261,6 +262,22 @@ async def test_expect_100_continue_is_answered_when_the_app_reads_the_body() -> 
         await stream.aclose()
 
 
+async def test_an_answer_without_100_continue_closes_instead_of_waiting_for_the_body() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await answer(send, b"no", status=401)  # never reads the body
+
+    async with serving(app) as served:
+        stream, buffer = await served.connect(), bytearray()
+        await stream.send_all(
+            b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 9\r\nexpect: 100-continue\r\n\r\n"
+        )
+        response = await read_response(stream, buffer)
+        assert response.startswith(b"HTTP/1.1 401 Unauthorized") and b"100 Continue" not in response
+        assert await closed(stream)  # not waiting (forever) for a body the client holds back
+        await stream.aclose()
+
+
 @pytest.mark.parametrize(
     ("request_bytes", "status"),
     [
@@ -309,30 +326,95 @@ async def test_http_1_0_and_connection_close_end_the_connection_after_the_answer
             await stream.aclose()
 
 
-async def test_an_app_error_is_a_500_before_the_answer_and_a_cut_after_it() -> None:
+@pytest.mark.parametrize("sent", ["nothing", "start"])
+async def test_an_app_error_before_any_byte_is_a_500(sent: str) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        if scope["path"] == "/late":
+        if sent == "start":  # held back until the first body: still nothing on the wire
             await send({"type": "http.response.start", "status": 200, "headers": []})
-            await send({"type": "http.response.body", "body": b"part", "more_body": True})
         raise RuntimeError("boom")
 
     async with serving(app) as served:
         stream, buffer = await served.connect(), bytearray()
-        await stream.send_all(b"GET /early HTTP/1.1\r\nhost: a\r\n\r\n")
+        await stream.send_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
         response = await read_response(stream, buffer)
         assert response.startswith(b"HTTP/1.1 500 Internal Server Error")
         assert response.endswith(b'{"error":"internal error"}') and await closed(stream)
         await stream.aclose()
 
+
+@pytest.mark.parametrize(
+    ("how", "path", "seen"),
+    [("raises", b"/part", b"part"), ("returns", b"/part", b"part"), ("returns", b"/none", b"")],
+)
+async def test_an_answer_cut_short_ends_the_connection_without_its_last_chunk(
+    how: str, path: bytes, seen: bytes
+) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        if scope["path"] == "/part":
+            await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        if how == "raises":
+            raise RuntimeError("boom")
+
+    async with serving(app) as served:
         stream = await served.connect()
-        await stream.send_all(b"GET /late HTTP/1.1\r\nhost: a\r\n\r\n")
+        await stream.send_all(b"GET %s HTTP/1.1\r\nhost: a\r\n\r\n" % path)
         received = b""
         with trio.fail_after(2):
             while data := await stream.receive_some(65536):
                 received += data
-        assert b"part" in received and not received.endswith(b"0\r\n\r\n")  # no last chunk
+        assert received.startswith(b"HTTP/1.1 200 OK")
+        assert seen in received if seen else received.endswith(b"\r\n\r\n")  # the head
+        assert b"0\r\n\r\n" not in received  # no last chunk: the client sees a cut
+        await stream.aclose()
+
+
+async def watched(scope: Any, receive: Any, send: Any) -> None:
+    """As foreman's data plane: reads the body, then answers slowly while a task waits in
+    receive() for the client to go away (and gives up on the answer if it does)."""
+    if scope["type"] != "http":
+        return
+    await receive()
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            if (await receive())["type"] == "http.disconnect" and not answered:
+                nursery.cancel_scope.cancel()
+
+        answered = False
+        nursery.start_soon(watch)
+        await trio.sleep(0.05)
+        answered = True
+        await answer(send, scope["raw_path"])
+
+
+async def test_a_half_close_after_pipelined_requests_cancels_only_the_last() -> None:
+    """As Go's net/http (Ollama): bytes of a next request mean the client stays; the end
+    of its input after its last request means it is gone (a long answer is cancelled)."""
+    async with serving(watched) as served:
+        stream, buffer = await served.connect(), bytearray()
+        await stream.send_all(
+            b"GET /one HTTP/1.1\r\nhost: a\r\n\r\nGET /two HTTP/1.1\r\nhost: a\r\n\r\n"
+        )
+        await stream.send_eof()  # as `printf ... | nc -N` does
+        with trio.fail_after(2):
+            assert (await read_response(stream, buffer)).endswith(b"/one")
+            with pytest.raises(EOFError):
+                await read_response(stream, buffer)
+        await stream.aclose()
+
+
+async def test_a_half_close_alone_is_a_client_gone() -> None:
+    async with serving(watched) as served:
+        stream, buffer = await served.connect(), bytearray()
+        await stream.send_all(b"GET /one HTTP/1.1\r\nhost: a\r\n\r\n")
+        await stream.send_eof()  # as Go's net/http (Ollama) takes it: the request is cancelled
+        with pytest.raises(EOFError):
+            await read_response(stream, buffer)
         await stream.aclose()
 
 

@@ -10,8 +10,8 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from .. import reasons
 from ..bodies import DRAIN_LIMIT, ReadBodyFirst
+from . import _reasons as reasons
 
 __all__ = ["serve"]
 

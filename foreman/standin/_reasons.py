@@ -1,4 +1,4 @@
-"""Reason phrases on HTTP/1.1 status lines, as Ollama sends them.
+"""Reason phrases on the stand-ins' HTTP/1.1 status lines, as Ollama sends them.
 
 Ollama (Go's ``net/http``) writes ``HTTP/1.1 200 OK``; hypercorn builds h11's
 ``Response`` events without a reason, so h11 writes ``HTTP/1.1 200 `` (an empty
@@ -6,8 +6,8 @@ reason, valid HTTP but not what a byte-for-byte Ollama client, proxy log or
 ``curl -i`` shows). :func:`install` gives hypercorn's HTTP/1.1 protocol a view of
 h11 whose ``Response`` fills in the standard phrase (``http.HTTPStatus``, the same
 phrases as Go's ``http.StatusText`` for every status Ollama or foreman sends).
-Only hypercorn's module sees the change; h11 itself, and the HTTP client's use of
-it, are untouched.
+Only hypercorn's module sees the change; h11 itself, and foreman's own server and
+client on it, are untouched. (foreman's server writes the phrases itself.)
 """
 
 from __future__ import annotations
