@@ -85,33 +85,39 @@ class _Connection:
             httpx2.RemoteProtocolError: not HTTP/1.1, or the server closed the
                 connection before the response was complete.
         """
-        conn = self.h11
-        while True:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise httpx2.RemoteProtocolError(str(exc)) from exc
-            if event is not h11.NEED_DATA:
-                return event
-            try:
-                if seconds is None:
+        while (event := self.parsed()) is h11.NEED_DATA:
+            await self.fill(seconds)
+        return event
+
+    def parsed(self) -> Any:
+        """The next h11 event of what was read already (``h11.NEED_DATA`` if none)."""
+        try:
+            return self.h11.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise httpx2.RemoteProtocolError(str(exc)) from exc
+
+    async def fill(self, seconds: float | None) -> None:
+        """Read the socket once and hand the bytes to h11 (raises as :meth:`next_event`)."""
+        try:
+            if seconds is None:
+                data = await self.stream.receive_some(READ_SIZE)
+            else:
+                with trio.move_on_after(seconds) as scope:
                     data = await self.stream.receive_some(READ_SIZE)
-                else:
-                    with trio.move_on_after(seconds) as scope:
-                        data = await self.stream.receive_some(READ_SIZE)
-                    if scope.cancelled_caught:
-                        raise httpx2.ReadTimeout(f"nothing read for {seconds:g}s")
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise httpx2.ReadError(_text(exc)) from exc
-            if data:
-                self.received = True
-            elif conn.their_state is h11.SEND_RESPONSE:
-                raise httpx2.RemoteProtocolError("Server disconnected without sending a response.")
-            conn.receive_data(data)
+                if scope.cancelled_caught:
+                    raise httpx2.ReadTimeout(f"nothing read for {seconds:g}s")
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise httpx2.ReadError(_text(exc)) from exc
+        if data:
+            self.received = True
+        elif self.h11.their_state is h11.SEND_RESPONSE:
+            raise httpx2.RemoteProtocolError("Server disconnected without sending a response.")
+        self.h11.receive_data(data)
 
 
 class _ResponseStream(httpx2.AsyncByteStream):
-    """A response body: each ``h11.Data`` chunk's bytes as soon as they are read.
+    """A response body, as soon as it is read: what one read of the socket brings (all
+    of it, across HTTP chunks) is one piece, so a burst of NDJSON lines stays one.
 
     At the end of the body the connection goes back to the pool (if both sides
     may keep it); an error, a cancellation or :meth:`aclose` before the end
@@ -135,13 +141,18 @@ class _ResponseStream(httpx2.AsyncByteStream):
             if self._done:
                 raise StopAsyncIteration
             raise httpx2.StreamClosed()
+        parts: list[bytes] = []  # the body bytes of one read: chunks that came together
         try:
             while True:
-                event = await conn.next_event(self._seconds)
+                event = conn.parsed()
                 kind = type(event)
                 if kind is h11.Data:
                     if event.data:
-                        return bytes(event.data)
+                        parts.append(bytes(event.data))
+                elif event is h11.NEED_DATA:
+                    if parts:
+                        return b"".join(parts)
+                    await conn.fill(self._seconds)
                 elif kind is h11.EndOfMessage:
                     break
                 else:
@@ -152,6 +163,8 @@ class _ResponseStream(httpx2.AsyncByteStream):
             raise
         self._conn, self._done = None, True
         self._transport._put_back(conn)
+        if parts:
+            return b"".join(parts)
         raise StopAsyncIteration
 
     async def aclose(self) -> None:

@@ -247,6 +247,26 @@ async def test_a_streamed_body_is_yielded_before_the_rest_is_sent(start: Start) 
 
 
 @bounded(5)
+async def test_http_chunks_that_arrive_together_are_one_piece(start: Start) -> None:
+    """A burst of NDJSON lines read at once goes on as one piece (one write to the client),
+    the end of the body included."""
+
+    async def respond(call: Call) -> None:
+        head = h11.Response(status_code=200, headers=[(b"Transfer-Encoding", b"chunked")])
+        lines = [h11.Data(data=b'{"n": %d}\n' % n) for n in range(3)]
+        await call.send(head, *lines, h11.EndOfMessage())  # one write
+
+    server, url = await start(respond)
+    async with H11Transport(url) as transport:
+        for _ in range(2):
+            response = await transport.handle_async_request(request(url))
+            pieces = [piece async for piece in response.stream]  # type: ignore[union-attr]
+            await response.aclose()
+            assert pieces == [b'{"n": 0}\n{"n": 1}\n{"n": 2}\n']
+    assert server.accepted == 1  # and the connection went back to the pool
+
+
+@bounded(5)
 async def test_chunked_and_content_length_bodies_arrive_whole(start: Start) -> None:
     big = bytes(range(256)) * 800  # 200 KiB, several reads
 
