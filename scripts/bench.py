@@ -668,8 +668,8 @@ OWNERS = {
     "client": "client: foreman.upstream + h11",
     "hypercorn": "server: hypercorn + h11",
     "quart": "server: quart",
-    "httpx2": "client: httpx2 + httpcore2 + h11",
-    "httpcore2": "client: httpx2 + httpcore2 + h11",
+    "httpx2": "client: httpx2 (its Request/Response; with httpcore2, its pool)",
+    "httpcore2": "client: httpx2 (its Request/Response; with httpcore2, its pool)",
 }
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
