@@ -47,7 +47,7 @@ import trio
 
 from .bodies import DRAIN_LIMIT
 
-__all__ = ["KEEP_ALIVE", "serve"]
+__all__ = ["KEEP_ALIVE", "serve", "tls_context"]
 
 LOGGER = logging.getLogger("foreman.server")
 

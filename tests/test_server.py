@@ -127,8 +127,8 @@ async def test_a_body_chunk_goes_out_before_the_app_has_the_next() -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        start = {"type": "http.response.start", "status": 200, "headers": []}
-        await send({**start, "headers": [(b"content-type", b"application/x-ndjson")]})
+        headers = [(b"content-type", b"application/x-ndjson")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b'{"n":1}\n', "more_body": True})
         await go_on.wait()
         await send({"type": "http.response.body", "body": b'{"n":2}\n', "more_body": False})
