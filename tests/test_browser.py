@@ -207,6 +207,8 @@ def test_add_an_ollama_backend_choose_a_model_and_it_survives_a_restart(
 
         tags = httpx.get(gpu_url + "/api/tags").json()["models"]
         expected = sorted((m["name"], human_size(m["size"])) for m in tags)
+        # the models follow the status line by themselves (the card's live refresh)
+        expect(gpu.locator("select option")).to_have_count(len(expected))
         options = [" ".join(t.split()) for t in gpu.locator("select option").all_inner_texts()]
         assert [o.replace(" ✓ selected", "") for o in options] == [
             f"{name} ({size})" for name, size in expected
@@ -222,6 +224,7 @@ def test_add_an_ollama_backend_choose_a_model_and_it_survives_a_restart(
 
         page.reload()
         expect(card(page, "gpu").get_by_label("Model")).to_have_value(choice)
+        page.goto("about:blank")  # else the page reloads itself to sign-in, racing ours
         world.restart()
         sign_in(page, world, ADMIN_KEY)  # sessions live in memory: sign in again
         expect(card(page, "gpu").get_by_label("Model")).to_have_value(choice)
