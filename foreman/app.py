@@ -5,7 +5,7 @@ For each request, in this order (``docs/adr/0008-fast-data-plane.md``):
 1. accounting: it counts as in flight until its last byte is sent; it gets a
    request id (a sane incoming ``X-Request-Id`` is kept, and every answer carries
    it back), one access-log record (``foreman.access``) and its metrics
-   (:mod:`foreman.metrics`), however it ends;
+   (:mod:`foreman.control.metrics`), however it ends;
 2. Ollama's browser protections, done by foreman itself (:mod:`foreman.access`):
    a foreign ``Host`` (when listening on loopback) or ``Origin`` gets 403 with
    an empty body; an allowed CORS preflight gets 204;
@@ -17,8 +17,8 @@ For each request, in this order (``docs/adr/0008-fast-data-plane.md``):
    session, or None, is ``scope["foreman.session"]``); ``/admin/api/`` takes that
    cookie too, with the session's CSRF token in ``X-CSRF-Token`` on every method but
    GET and HEAD;
-4. the control plane (:mod:`foreman.control`, Quart) for foreman's own paths,
-   the data plane (:mod:`foreman.dataplane`) for Ollama's.
+4. the control plane (:mod:`foreman.control.routes`, Quart) for foreman's own paths,
+   the data plane (:mod:`foreman.dataplane.native`) for Ollama's.
 
 foreman's own errors use Ollama's shape, ``{"error": "..."}``. When foreman's
 grace period ends (:meth:`Gateway.end_grace`), what is still running ends as
@@ -36,14 +36,14 @@ from typing import Any
 import trio
 
 from .access import PREFLIGHT_HEADERS, Access, listens_on_loopback
-from .bodies import ReadBodyFirst, drain
-from .control import create_control_app, is_control, is_page
-from .dataplane import ClientGone, DataPlane, respond, retry_after, route_key
-from .errors import ForemanError, GateFull
-from .exchange import Exchange
+from .control.metrics import route_label
+from .control.routes import create_control_app, is_control, is_page
+from .dataplane.bodies import ReadBodyFirst, drain
+from .dataplane.errors import ForemanError, GateFull
+from .dataplane.exchange import Exchange
+from .dataplane.jsonwire import JSON_CONTENT_TYPE, error_body
+from .dataplane.native import ClientGone, DataPlane, respond, retry_after, route_key
 from .gateway import Gateway
-from .jsonwire import JSON_CONTENT_TYPE, error_body
-from .metrics import route_label
 from .users import SESSION_SCOPE_KEY, USER_SCOPE_KEY
 from .users.sessions import cookie_value
 
@@ -67,7 +67,7 @@ class App:
     def __init__(self, gw: Gateway) -> None:
         settings = gw.settings
         self.gw = gw
-        # the control plane reads each body before Quart routes it (foreman.bodies)
+        # the control plane reads each body before Quart routes it (foreman.dataplane.bodies)
         self.control = ReadBodyFirst(create_control_app(gw), settings.max_body)
         self.data = DataPlane(gw)
         self.access = Access(settings.origins, check_host=listens_on_loopback(settings.listen))
@@ -209,7 +209,7 @@ class App:
 
 
 async def _drained(receive: Any, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """``extra`` once the unread request body is read (:func:`foreman.bodies.drain`), with
+    """``extra`` once the unread request body is read (:func:`foreman.dataplane.bodies.drain`), with
     ``Connection: close`` added if it could not be read to its end."""
     if await drain(receive) or (b"connection", b"close") in extra:
         return extra

@@ -148,8 +148,8 @@ def demo(standin_listen: str, token_rate: float, **values: str | None) -> None:
 
 async def _demo(settings: Settings, standin_listen: str, token_rate: float) -> int:
     from .service import check_listen, serve_until_signalled
-    from .standin import StandIn
-    from .standin import serve as serve_standin
+    from .standins.ollama import StandIn
+    from .standins.ollama import serve as serve_standin
 
     check_listen(settings.listen)  # before the stand-in starts and says so
     standin = StandIn(token_rate=token_rate, load_delay=0.5)
@@ -240,18 +240,18 @@ def standin(
     configure_logging(log_level.upper())
     target: Any
     if api == "anthropic":
-        from .standin_anthropic import AnthropicStandIn
-        from .standin_anthropic import serve as serve_standin
+        from .standins.anthropic import AnthropicStandIn
+        from .standins.anthropic import serve as serve_standin
 
         target = AnthropicStandIn(api_key=api_key)
     elif api == "openai":
-        from .standin_openai import OpenAIStandIn
-        from .standin_openai import serve as serve_standin  # type: ignore[assignment]
+        from .standins.openai import OpenAIStandIn
+        from .standins.openai import serve as serve_standin  # type: ignore[assignment]
 
         target = OpenAIStandIn(api_key=api_key)
     else:
-        from .standin import StandIn
-        from .standin import serve as serve_standin  # type: ignore[assignment]
+        from .standins.ollama import StandIn
+        from .standins.ollama import serve as serve_standin  # type: ignore[assignment]
 
         target = StandIn(
             token_rate=token_rate,

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING
 import trio
 from trio_util import AsyncValue
 
+from .backends.ollama.inventory import Inventory
+from .backends.ollama.residency import Residency
+from .backends.ollama.target import Target
 from .backends.runtime import OllamaBackend
-from .exchange import Exchange
-from .gate import Gate
-from .inventory import Inventory
-from .metrics import Metrics
-from .residency import Residency
+from .control.metrics import Metrics
+from .dataplane.exchange import Exchange
+from .dataplane.gate import Gate
 from .settings import Settings
-from .target import Target
 
 if TYPE_CHECKING:
     from .backends import Backends

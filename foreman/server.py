@@ -45,7 +45,7 @@ from urllib.parse import unquote
 import h11
 import trio
 
-from .bodies import DRAIN_LIMIT
+from .dataplane.bodies import DRAIN_LIMIT
 
 __all__ = ["KEEP_ALIVE", "serve", "tls_context"]
 

@@ -21,16 +21,16 @@ import trio
 
 from .app import create_app
 from .backends import Backends, OllamaBackend
+from .backends.ollama.inventory import Inventory
+from .backends.ollama.residency import Residency
+from .backends.ollama.target import open_target
 from .backends.registry import Sealer, ensure_builtin
-from .gate import Gate
+from .dataplane.gate import Gate
 from .gateway import Gateway
-from .inventory import Inventory
 from .jobs import Jobs
-from .residency import Residency
 from .server import serve, tls_context
 from .settings import GRACE_MARGIN, Settings
 from .store import open_store
-from .target import open_target
 from .users import Users
 
 __all__ = ["Gateway", "open_gateway", "run", "serve_until_signalled"]

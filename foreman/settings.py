@@ -18,7 +18,7 @@ from typing import Any
 import httpx2
 import platformdirs
 
-from .names import normalize
+from .dataplane.names import normalize
 
 __all__ = ["GRACE_MARGIN", "OPTIONS", "ConfigError", "Option", "Settings"]
 

@@ -13,9 +13,9 @@ everything in the caller's task, at close to the plain connection's cost.
 It is still an :class:`httpx2.AsyncBaseTransport` that takes
 :class:`httpx2.Request` and returns :class:`httpx2.Response`, and it raises
 httpx2's exception types (:class:`httpx2.ConnectError`,
-:class:`httpx2.ReadError`, ...), so :func:`foreman.errors.classify` and the
+:class:`httpx2.ReadError`, ...), so :func:`foreman.dataplane.errors.classify` and the
 rest of foreman keep one HTTP library, httpx2, shared with the official SDKs
-(ADR 0008). Read timeouts are the caller's: :class:`~foreman.target.Target`
+(ADR 0008). Read timeouts are the caller's: :class:`~foreman.backends.ollama.target.Target`
 puts a trio deadline around each wait, which holds under ``MockClock``.
 """
 

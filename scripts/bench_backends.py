@@ -25,8 +25,8 @@ import httpx2
 import trio
 from _procs import foreman_process, free_port, wait_http
 
-from foreman.standin_anthropic import AnthropicStandIn
-from foreman.standin_anthropic import serve as serve_claude
+from foreman.standins.anthropic import AnthropicStandIn
+from foreman.standins.anthropic import serve as serve_claude
 
 KEY = "sk-ant-bench-key"
 

@@ -1,7 +1,7 @@
 """Fixtures: foreman in front of the stand-in target, all in-process.
 
 foreman's app and the stand-in both run as ASGI apps behind
-:class:`~foreman.standin.ASGIStreamTransport`, so there are no sockets and
+:class:`~foreman.standins.ollama.ASGIStreamTransport`, so there are no sockets and
 trio's ``MockClock`` with autojump makes time-based tests exact and fast.
 Tests that need real sockets (graceful shutdown, the acceptance script) use
 the default clock.
@@ -22,7 +22,7 @@ import trio.testing
 
 from foreman import Gateway, Settings, create_app, open_gateway
 from foreman.app import App
-from foreman.standin import ASGIStreamTransport, StandIn
+from foreman.standins.ollama import ASGIStreamTransport, StandIn
 
 TARGET = "http://127.0.0.1:11434"
 

@@ -14,8 +14,8 @@ import httpx2 as httpx
 import pytest
 import trio
 
-from foreman.admin import _local, human_age, human_size
-from foreman.standin import ASGIStreamTransport, StandIn
+from foreman.control.admin import _local, human_age, human_size
+from foreman.standins.ollama import ASGIStreamTransport, StandIn
 from foreman.users.sessions import cookie_value
 
 from .conftest import Foreman, open_foreman

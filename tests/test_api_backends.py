@@ -1,6 +1,6 @@
 """Claude and OpenAI-compatible backends behind Ollama's face, end to end through foreman.
 
-The stand-ins (``foreman.standin_anthropic``, ``foreman.standin_openai``) are the APIs;
+The stand-ins (``foreman.standins.anthropic``, ``foreman.standins.openai``) are the APIs;
 foreman's translators reach them through the official SDKs.
 """
 
@@ -11,9 +11,9 @@ from typing import Any
 
 import trio
 
-from foreman.standin import StandIn
-from foreman.standin_anthropic import AnthropicStandIn
-from foreman.standin_openai import OpenAIStandIn
+from foreman.standins.anthropic import AnthropicStandIn
+from foreman.standins.ollama import StandIn
+from foreman.standins.openai import OpenAIStandIn
 
 from .conftest import Foreman, chat_body, open_foreman
 from .test_backends import wait_connected

@@ -1,6 +1,6 @@
 """The Anthropic and OpenAI stand-ins, driven by the official ``anthropic`` and ``openai`` SDKs.
 
-Each stand-in runs in-process behind :class:`~foreman.standin.ASGIStreamTransport`
+Each stand-in runs in-process behind :class:`~foreman.standins.ollama.ASGIStreamTransport`
 (the SDKs take an ``httpx2.AsyncClient`` as ``http_client``), except the two socket
 tests, which serve it with hypercorn on port 0 and use the default clock.
 """
@@ -20,9 +20,10 @@ import pytest
 import trio
 import trio.testing
 
-from foreman import standin_anthropic, standin_openai
-from foreman.standin_anthropic import AnthropicStandIn
-from foreman.standin_openai import OpenAIStandIn
+from foreman.standins import anthropic as standin_anthropic
+from foreman.standins import openai as standin_openai
+from foreman.standins.anthropic import AnthropicStandIn
+from foreman.standins.openai import OpenAIStandIn
 
 # openai's AsyncStream stops reading at ``data: [DONE]`` and leaves its inner async
 # generators unfinished, which trio reports (when they are collected) as a ResourceWarning.

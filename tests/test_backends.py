@@ -16,7 +16,7 @@ from typing import Any
 import httpx2 as httpx
 import trio
 
-from foreman.standin import ModelSpec, StandIn
+from foreman.standins.ollama import ModelSpec, StandIn
 
 from .conftest import Foreman, chat_body, open_foreman, settings
 

@@ -18,7 +18,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from foreman.admin import human_size
+from foreman.control.admin import human_size
 
 from .conftest import chat_body
 from .processes import foreman, free_port, standin, until

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from foreman.standin import StandIn
+from foreman.standins.ollama import StandIn
 
 from .asgi import Answer, call
 from .conftest import Foreman, chat_body, open_foreman

@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio.testing
 
-from foreman.standin import Faults, StandIn
+from foreman.standins.ollama import Faults, StandIn
 
 from .conftest import Foreman, chat_body, open_foreman
 

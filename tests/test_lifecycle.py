@@ -17,8 +17,8 @@ import pytest
 import trio
 
 from foreman import run
-from foreman.standin import StandIn
-from foreman.standin import serve as serve_standin
+from foreman.standins.ollama import StandIn
+from foreman.standins.ollama import serve as serve_standin
 
 from .conftest import chat_body, settings
 

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from foreman import run
 from foreman.logs import configure_logging
-from foreman.standin import StandIn
+from foreman.standins.ollama import StandIn
 
 from .conftest import Foreman, chat_body, open_foreman, settings
 

@@ -15,7 +15,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from foreman.standin import StandIn
+from foreman.standins.ollama import StandIn
 
 from .asgi import Answer, call
 from .conftest import open_foreman

@@ -19,7 +19,7 @@ import pytest
 import trio
 import trustme
 
-from foreman.bodies import DRAIN_LIMIT
+from foreman.dataplane.bodies import DRAIN_LIMIT
 from foreman.server import serve, tls_context
 
 App = Callable[[Any, Any, Any], Awaitable[None]]

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from foreman.standin import DEFAULT_MODELS, Faults, ModelSpec, StandIn, serve
+from foreman.standins.ollama import DEFAULT_MODELS, Faults, ModelSpec, StandIn, serve
 
 BASE = "http://127.0.0.1:11434"
 JSON_TYPE = "application/json; charset=utf-8"

@@ -12,8 +12,8 @@ import pytest
 import trio
 import trio.testing
 
-from foreman.dataplane import WATCH_AFTER, Disconnects
-from foreman.standin import Faults, StandIn
+from foreman.dataplane.native import WATCH_AFTER, Disconnects
+from foreman.standins.ollama import Faults, StandIn
 
 from .conftest import Foreman, chat_body, open_foreman
 
@@ -307,10 +307,10 @@ async def test_a_body_python_finds_odd_still_passes_the_gate(
 
 
 async def test_a_burst_of_lines_goes_out_in_one_write_and_a_partial_line_waits() -> None:
-    from foreman.exchange import Exchange
-    from foreman.relay import relay
+    from foreman.backends.ollama.target import Target
+    from foreman.dataplane.exchange import Exchange
+    from foreman.dataplane.relay import relay
     from foreman.settings import Settings
-    from foreman.target import Target
 
     reads = [b'{"n":1}\n{"n":2}\n{"n', b'":3}\n', b'{"n":4,"done":true}\n']
 

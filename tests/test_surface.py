@@ -7,7 +7,7 @@ import json
 import pytest
 import trio
 
-from foreman.standin import StandIn
+from foreman.standins.ollama import StandIn
 
 from .conftest import Foreman, chat_body, open_foreman
 
@@ -177,7 +177,7 @@ async def test_inbound_bearer_is_required_when_configured(
 async def test_outbound_bearer_reaches_the_target(
     nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:
-    from foreman.standin import StandIn
+    from foreman.standins.ollama import StandIn
 
     standin = StandIn(token="upstream-key")
     async with open_foreman(nursery, standin, ollama_token="upstream-key", token="inbound") as fm:

@@ -24,7 +24,7 @@ import trio.lowlevel
 from foreman.backends.anthropic import AnthropicBackend
 from foreman.backends.openai import OpenAIBackend
 from foreman.backends.translate import created_at, media_type
-from foreman.errors import (
+from foreman.dataplane.errors import (
     ModelNotFound,
     TargetBroken,
     TargetBusy,

@@ -7,10 +7,16 @@ import pytest
 import trio
 import trio.testing
 
-from foreman.errors import GateFull, TargetBroken, TargetTimeout, TargetUnreachable, classify
-from foreman.gate import Gate
-from foreman.jsonwire import dumps
-from foreman.names import is_cloud, normalize
+from foreman.dataplane.errors import (
+    GateFull,
+    TargetBroken,
+    TargetTimeout,
+    TargetUnreachable,
+    classify,
+)
+from foreman.dataplane.gate import Gate
+from foreman.dataplane.jsonwire import dumps
+from foreman.dataplane.names import is_cloud, normalize
 from foreman.settings import ConfigError, Settings
 
 
@@ -135,7 +141,7 @@ def test_the_control_app_is_given_its_root_path() -> None:
     from pathlib import Path
 
     import foreman
-    from foreman.control import create_control_app
+    from foreman.control.routes import create_control_app
 
     app = create_control_app(None)  # type: ignore[arg-type]
-    assert Path(app.root_path) == Path(foreman.__file__).parent
+    assert Path(app.root_path) == Path(foreman.__file__).parent / "control"

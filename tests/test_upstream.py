@@ -21,8 +21,8 @@ import trio
 import trio.testing
 import trustme
 
-from foreman.standin import StandIn, serve
-from foreman.target import Target
+from foreman.backends.ollama.target import Target
+from foreman.standins.ollama import StandIn, serve
 from foreman.upstream import H11Transport
 
 from .conftest import settings

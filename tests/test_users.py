@@ -8,7 +8,7 @@ import sys
 
 import trio
 
-from foreman.standin import StandIn
+from foreman.standins.ollama import StandIn
 from foreman.users import REFRESH, revoke_user
 
 from .conftest import Foreman, open_foreman, settings

@@ -8,7 +8,7 @@ from functools import partial
 import pytest
 import trio
 
-from foreman.standin import StandIn
+from foreman.standins.ollama import StandIn
 
 from .conftest import Foreman, chat_body, open_foreman
 
@@ -91,7 +91,7 @@ async def test_starting_with_the_target_down_is_degraded_not_fatal(
 async def test_a_model_pulled_after_start_is_found_by_the_repoll(
     fm: Foreman, autojump_clock: trio.abc.Clock
 ) -> None:
-    from foreman.standin import ModelSpec
+    from foreman.standins.ollama import ModelSpec
 
     fm.standin.add_model(ModelSpec.completion("newcomer:7b"))
     polls = fm.standin.requests["GET /api/tags"]
@@ -113,7 +113,7 @@ async def test_evicted_embedder_is_noticed_warned_about_and_rewarmed(
         await trio.sleep(0.1)
         assert standin.resident() == ["nomic-embed-text:latest"]
         warmups = fm.gw.residency.warmups
-        with caplog.at_level(logging.WARNING, logger="foreman.residency"):
+        with caplog.at_level(logging.WARNING, logger="foreman.backends.ollama.residency"):
             async with trio.open_nursery() as inner:
                 inner.start_soon(partial(fm.client.post, "/api/chat", json=chat_body()))
                 await trio.sleep(12)  # the chat runs; ps polls see only the worker

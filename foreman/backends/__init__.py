@@ -12,7 +12,7 @@ active ones running, one cancel scope each in the root nursery::
 
 Adding, changing or deleting a backend through ``/admin/api/backends`` starts,
 restarts or cancels its tasks at once (:meth:`Backends.changed`). Routing a
-request's ``model`` to a backend is :mod:`foreman.routing`'s.
+request's ``model`` to a backend is :mod:`foreman.dataplane.routing`'s.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from typing import Any
 import httpx2
 import trio
 
-from ..gate import Gate
-from ..inventory import Inventory
-from ..residency import Residency
+from ..dataplane.gate import Gate
 from ..settings import Settings
 from ..store import Store
-from ..target import open_target
 from . import registry
+from .ollama.inventory import Inventory
+from .ollama.residency import Residency
+from .ollama.target import open_target
 from .registry import BackendRecord, Preferences, Sealer
 from .runtime import ApiBackend, OllamaBackend, Status
 

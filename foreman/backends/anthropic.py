@@ -38,8 +38,14 @@ from typing import Any, Literal
 import anthropic
 import httpx2
 
-from ..errors import ModelNotFound, TargetBroken, TargetError, TargetTimeout, TargetUnreachable
-from ..errors import classify as classify_transport
+from ..dataplane.errors import (
+    ModelNotFound,
+    TargetBroken,
+    TargetError,
+    TargetTimeout,
+    TargetUnreachable,
+)
+from ..dataplane.errors import classify as classify_transport
 from .translate import (
     Delta,
     Finish,
@@ -91,7 +97,7 @@ def classify(exc: Exception, name: str, model: str | None = None) -> TargetError
     "overloaded" is :class:`TargetBusy`); an ``event: error`` inside the stream
     (:class:`~foreman.backends.translate.StreamError`) by the status the API documents
     for its ``error.type``. A bare httpx2 error (a failure while the stream is read)
-    goes through :func:`foreman.errors.classify`. Anything else is :class:`TargetBroken`.
+    goes through :func:`foreman.dataplane.errors.classify`. Anything else is :class:`TargetBroken`.
 
     Args:
         model: the backend's model id for an inference call, so that 404 becomes
@@ -159,7 +165,7 @@ class AnthropicBackend:
     async def models(self, *, timeout: float = 5.0) -> list[tuple[str, int | None]]:  # noqa: ASYNC109
         """The models the API lists (``GET /v1/models``, every page): ``[(id, None)]``.
 
-        Claude's API gives no sizes. Raises :class:`~foreman.errors.TargetError`.
+        Claude's API gives no sizes. Raises :class:`~foreman.dataplane.errors.TargetError`.
         """
         try:
             return [
@@ -178,7 +184,7 @@ class AnthropicBackend:
 
         Raises:
             TargetError: before the first delta (see :func:`classify`); also
-                :class:`~foreman.errors.ModelNotFound` for a 404.
+                :class:`~foreman.dataplane.errors.ModelNotFound` for a 404.
         """
         request = parse_request(endpoint, fields)
         if request.load_only:

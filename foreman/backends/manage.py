@@ -1,7 +1,7 @@
 """Managing backends and preferences on a user's behalf: who may see and change what.
 
 One layer under both faces of it, the JSON API (:mod:`.routes`, ``/admin/api/...``)
-and the settings pages (:mod:`foreman.admin`), so that both check the same rules:
+and the settings pages (:mod:`foreman.control.admin`), so that both check the same rules:
 
 * an admin sees and changes every backend; a user sees the shared ones and their own,
   and changes only their own (another user's backend does not exist for them: 404);
@@ -9,7 +9,7 @@ and the settings pages (:mod:`foreman.admin`), so that both check the same rules
 
 Errors: :class:`~.registry.FieldError` (a wrong field: 422), :class:`NotFound` (404),
 :class:`Forbidden` (403), :class:`Inactive` (409); the last three are
-:class:`~foreman.errors.ForemanError`\\ s, answered as ``{"error": "..."}``.
+:class:`~foreman.dataplane.errors.ForemanError`\\ s, answered as ``{"error": "..."}``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import math
 import time
 from typing import Any
 
-from ..errors import ForemanError, TargetError
-from ..jsonwire import rfc3339
+from ..dataplane.errors import ForemanError, TargetError
+from ..dataplane.jsonwire import rfc3339
 from ..users import User
 from . import Backends, registry
 from .registry import BackendRecord, FieldError

@@ -38,8 +38,14 @@ from typing import Any, Literal
 import httpx2
 import openai
 
-from ..errors import ModelNotFound, TargetBroken, TargetError, TargetTimeout, TargetUnreachable
-from ..errors import classify as classify_transport
+from ..dataplane.errors import (
+    ModelNotFound,
+    TargetBroken,
+    TargetError,
+    TargetTimeout,
+    TargetUnreachable,
+)
+from ..dataplane.errors import classify as classify_transport
 from .translate import (
     Delta,
     Finish,
@@ -76,7 +82,7 @@ def classify(exc: Exception, name: str, model: str | None = None) -> TargetError
     ``status_code`` (:func:`~foreman.backends.translate.status_error`), an error
     object inside the stream (:class:`~foreman.backends.translate.StreamError`) by its
     ``code`` when that is an HTTP status (vLLM's habit); a bare httpx2 error (a
-    failure while the stream is read) goes through :func:`foreman.errors.classify`.
+    failure while the stream is read) goes through :func:`foreman.dataplane.errors.classify`.
     Anything else is :class:`TargetBroken`.
 
     Args:
@@ -149,7 +155,7 @@ class OpenAIBackend:
         """The models the server lists (``GET /v1/models``): ``[(id, size or None)]``.
 
         OpenAI gives no sizes; a server that adds an integer ``size`` has it passed
-        on. Raises :class:`~foreman.errors.TargetError`.
+        on. Raises :class:`~foreman.dataplane.errors.TargetError`.
         """
         try:
             pages = self._client.models.list(timeout=timeout, extra_headers=self._headers)
@@ -167,7 +173,7 @@ class OpenAIBackend:
 
         Raises:
             TargetError: before the first delta (see :func:`classify`); also
-                :class:`~foreman.errors.ModelNotFound` for a 404.
+                :class:`~foreman.dataplane.errors.ModelNotFound` for a 404.
         """
         request = parse_request(endpoint, fields)
         if request.load_only:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..jsonwire import rfc3339
+from ..dataplane.jsonwire import rfc3339
 
 __all__ = [
     "TYPES",

@@ -31,7 +31,7 @@ from typing import Any
 
 from quart import Blueprint, Response, request
 
-from ..responses import json_response
+from ..control.responses import json_response
 from ..users import USER_SCOPE_KEY, User
 from .manage import Manager
 from .registry import FieldError

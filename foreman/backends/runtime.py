@@ -1,7 +1,8 @@
 """A running backend: what foreman keeps in memory and in the task tree for each one.
 
 * :class:`OllamaBackend` owns what v1 had once: its target client, gate (the worker
-  slot: one chat at a time), tags poller (:class:`~foreman.inventory.Inventory`, which
+  slot: one chat at a time), tags poller
+  (:class:`~foreman.backends.ollama.inventory.Inventory`, which
   is also its heartbeat), ps residency watcher and embedder warm-up supervisor.
 * :class:`ApiBackend` wraps a translator (:mod:`.anthropic`, :mod:`.openai`) and its
   heartbeat, a ``GET /v1/models`` every ``FOREMAN_HEARTBEAT_INTERVAL`` seconds.
@@ -20,11 +21,17 @@ from typing import Any, Protocol
 
 import trio
 
-from ..errors import TargetBroken, TargetError, TargetStatus, TargetTimeout, TargetUnauthorized
-from ..gate import Gate
-from ..inventory import Inventory
-from ..residency import Residency
-from ..target import Target
+from ..dataplane.errors import (
+    TargetBroken,
+    TargetError,
+    TargetStatus,
+    TargetTimeout,
+    TargetUnauthorized,
+)
+from ..dataplane.gate import Gate
+from .ollama.inventory import Inventory
+from .ollama.residency import Residency
+from .ollama.target import Target
 from .registry import BackendRecord
 
 __all__ = ["HEALTHY_WITHIN", "ApiBackend", "OllamaBackend", "Status", "Translator"]

@@ -12,7 +12,7 @@ Ollama's NDJSON. This module holds everything that does not depend on the backen
 
 :func:`respond` reads the stream until the first :class:`Delta` (or the end) *before*
 it returns, so that any failure up to that point raises a
-:class:`~foreman.errors.TargetError` while foreman can still choose the status, or
+:class:`~foreman.dataplane.errors.TargetError` while foreman can still choose the status, or
 fall back to another backend. After it returns, failures never raise: the stream
 ends with one ``{"error": "..."}`` line and no ``done: true`` line, as Ollama ends a
 stream that fails midway. With ``"stream": false`` the whole answer is read before
@@ -27,7 +27,8 @@ finishes that generator chain by cancelling its pending read before closing. The
 body :func:`respond` returns is a plain async iterator object, not a generator: its
 ``aclose()`` closes the upstream even when the body was never iterated.
 
-Output is Ollama's, byte for byte where it can be: Go's JSON (:func:`foreman.jsonwire.dumps`),
+Output is Ollama's, byte for byte where it can be: Go's JSON
+(:func:`foreman.dataplane.jsonwire.dumps`),
 keys in Ollama's struct order, ``created_at`` in RFC 3339 UTC with nanoseconds and
 trailing zeros trimmed, durations in integer nanoseconds measured with trio's clock,
 and metrics that are zero left out (Go's ``omitempty``: ``load_duration`` is never
@@ -50,7 +51,7 @@ from typing import Any, Literal, Protocol
 import httpx2
 import trio
 
-from ..errors import (
+from ..dataplane.errors import (
     ModelNotFound,
     TargetBroken,
     TargetBusy,
@@ -58,7 +59,7 @@ from ..errors import (
     TargetStatus,
     TargetUnauthorized,
 )
-from ..jsonwire import JSON_CONTENT_TYPE, dumps
+from ..dataplane.jsonwire import JSON_CONTENT_TYPE, dumps
 
 __all__ = [
     "JSON_CONTENT_TYPE",
@@ -608,7 +609,7 @@ async def respond(
 
     Raises:
         TargetError: the stream failed before its first delta (or, not streaming,
-            before its end); also :class:`~foreman.errors.ModelNotFound`.
+            before its end); also :class:`~foreman.dataplane.errors.ModelNotFound`.
     """
     lines = _Lines(reply, stream, events, fail, (*errors, *_STREAM_ERRORS))
     try:

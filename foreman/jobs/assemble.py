@@ -4,7 +4,7 @@ A streamed chat is a run of ``{"message": {"content": ...}, "done": false}`` lin
 and a final ``done: true`` line with the stats; the non-streaming answer is that
 final object with the whole ``message.content`` (and ``thinking``, ``tool_calls``)
 in it. For generate, the text is in ``response`` (and ``thinking``). Keys keep the
-final line's order; the JSON is written as Go writes it (:func:`foreman.jsonwire.dumps`).
+final line's order; the JSON is written as Go writes it (:func:`foreman.dataplane.jsonwire.dumps`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..jsonwire import dumps
+from ..dataplane.jsonwire import dumps
 
 __all__ = ["StreamError", "assemble"]
 

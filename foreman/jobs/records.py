@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..jsonwire import dumps, rfc3339
+from ..dataplane.jsonwire import dumps, rfc3339
 
 __all__ = [
     "Job",

@@ -24,10 +24,10 @@ from urllib.parse import urlsplit
 import trio
 from quart import Blueprint, Response, request
 
-from ..errors import ModelNotFound
-from ..jsonwire import dumps, rfc3339
-from ..names import is_cloud, normalize
-from ..responses import error_response, json_response
+from ..control.responses import error_response, json_response
+from ..dataplane.errors import ModelNotFound
+from ..dataplane.jsonwire import dumps, rfc3339
+from ..dataplane.names import is_cloud, normalize
 from . import records
 from .records import FINISHED, Job
 from .service import Jobs

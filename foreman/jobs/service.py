@@ -28,7 +28,7 @@ from typing import Any
 import httpx2
 import trio
 
-from ..errors import TargetError, TargetStatus
+from ..dataplane.errors import TargetError, TargetStatus
 from ..gateway import Gateway
 from ..store import Store
 from . import records

@@ -26,7 +26,7 @@ from typing import Any
 
 import trio
 
-from ..jsonwire import rfc3339
+from ..dataplane.jsonwire import rfc3339
 from ..store import Store
 from .sessions import Sessions
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from quart import Blueprint, Response, request
 
-from ..responses import error_response, json_response
+from ..control.responses import error_response, json_response
 from . import USER_SCOPE_KEY, Users, create_user, list_users, revoke_user
 
 __all__ = ["user_routes"]

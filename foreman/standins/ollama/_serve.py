@@ -10,7 +10,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from ..bodies import DRAIN_LIMIT, ReadBodyFirst
+from ...dataplane.bodies import DRAIN_LIMIT, ReadBodyFirst
 from . import _reasons as reasons
 
 __all__ = ["serve"]
@@ -32,7 +32,7 @@ async def serve(
     """Serve ``standin.app`` on ``bind`` (``HOST:PORT``; port 0 picks a free one).
 
     Every stand-in is served this way: the Ollama one and those of
-    :mod:`foreman.standin_anthropic` and :mod:`foreman.standin_openai`.
+    :mod:`foreman.standins.anthropic` and :mod:`foreman.standins.openai`.
 
     Supports the trio start protocol:
     ``urls = await nursery.start(functools.partial(serve, standin, "127.0.0.1:0"))``
@@ -47,7 +47,7 @@ async def serve(
     config.bind = [bind]
     config.include_server_header = False  # Ollama sends none
     config.accesslog = None
-    config.errorlog = logging.getLogger("foreman.standin.server")  # the process's handlers
+    config.errorlog = logging.getLogger("foreman.standins.ollama.server")  # the process's handlers
     await hypercorn_serve(
         # Go's net/http reads an unread body (up to 256 KiB) and keeps the connection
         ReadBodyFirst(standin.app, DRAIN_LIMIT),  # type: ignore[arg-type]

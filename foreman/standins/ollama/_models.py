@@ -60,7 +60,7 @@ class ModelName(NamedTuple):
 def parse_name(name: str) -> ModelName | None:
     """Parse ``name`` with Ollama's defaults filled in, or None if Ollama calls it invalid.
 
-    Deliberately independent of :mod:`foreman.names`: the stand-in is the oracle
+    Deliberately independent of :mod:`foreman.dataplane.names`: the stand-in is the oracle
     foreman's name handling is tested against, so it must not share its bugs.
     """
     slash, colon = name.rfind("/"), name.rfind(":")

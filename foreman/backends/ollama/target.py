@@ -6,7 +6,7 @@ hooks, URL merging) do nothing for a relay and cost time on every request
 (``docs/adr/0008-fast-data-plane.md``). The transport is foreman's own
 :class:`~foreman.upstream.H11Transport` (``docs/adr/0015-own-http-server.md``),
 which speaks httpx2's types; tests pass the stand-in's in-process one. Every
-transport failure leaves this module as a :class:`~foreman.errors.TargetError`.
+transport failure leaves this module as a :class:`~foreman.dataplane.errors.TargetError`.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from typing import Any
 import httpx2
 import trio
 
-from .errors import TargetStatus, TargetTimeout, classify
-from .settings import Settings
-from .upstream import H11Transport
+from ...dataplane.errors import TargetStatus, TargetTimeout, classify
+from ...settings import Settings
+from ...upstream import H11Transport
 
 __all__ = ["RELAYED_HEADERS", "Target", "open_target"]
 
-LOGGER = logging.getLogger("foreman.target")
+LOGGER = logging.getLogger("foreman.backends.ollama.target")
 
 #: The pool: one chat at a time, but embeds and other calls run in parallel. A
 #: request beyond it waits for a free connection (no pool timeout, as Ollama
@@ -234,7 +234,7 @@ class Target:
 
         Returns:
             ``(status, headers, body)``; headers are the ones a client is shown
-            (:data:`foreman.relay.RELAYED_HEADERS`), as bytes.
+            (:data:`foreman.dataplane.relay.RELAYED_HEADERS`), as bytes.
 
         Raises:
             TargetError: transport failure, or no whole answer within ``total_timeout``.

@@ -7,7 +7,7 @@ sends the request, and writes the answer to the ASGI ``send`` as it arrives::
     client ◄── ASGI ◄── chunks as they come ◄──────────────────────┘
 
 An error before the status line is sent comes out of :func:`relay` as a
-:class:`~foreman.errors.TargetError`, while a real HTTP status can still be
+:class:`~foreman.dataplane.errors.TargetError`, while a real HTTP status can still be
 chosen. After it, :func:`relay` never raises for the target's sake: an NDJSON
 stream that stalls or breaks ends with one ``{"error": ...}`` line, as Ollama
 itself ends a stream that fails; any other body that breaks is cut short, as
@@ -24,14 +24,14 @@ from typing import Any
 import httpx2
 import trio
 
+from ..backends.ollama.target import RELAYED_HEADERS, Target
 from .errors import TargetError
 from .exchange import Exchange
 from .jsonwire import error_body
-from .target import RELAYED_HEADERS, Target
 
 __all__ = ["NDJSON", "relay"]
 
-LOGGER = logging.getLogger("foreman.relay")
+LOGGER = logging.getLogger("foreman.dataplane.relay")
 
 NDJSON = "application/x-ndjson"
 

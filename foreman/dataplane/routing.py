@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .backends import Backend, Backends
-from .backends.registry import Preferences
+from ..backends import Backend, Backends
+from ..backends.registry import Preferences
 
 __all__ = ["Route", "fallback", "resolve"]
 

@@ -1,10 +1,10 @@
 """The control plane: what foreman says about itself, served by Quart.
 
 Routes: ``GET /healthz`` (liveness), ``GET /readyz`` (503 while the target is
-unreachable) and ``GET /metrics`` (Prometheus, :mod:`foreman.metrics`). Later
+unreachable) and ``GET /metrics`` (Prometheus, :mod:`foreman.control.metrics`). Later
 control-plane surfaces live here too: ``/jobs`` (:mod:`foreman.jobs`), the admin API
-``/admin/api/`` and the settings pages under ``/admin/`` (:mod:`foreman.admin`).
-Ollama's own routes never do (see :mod:`foreman.dataplane`).
+``/admin/api/`` and the settings pages under ``/admin/`` (:mod:`foreman.control.admin`).
+Ollama's own routes never do (see :mod:`foreman.dataplane.native`).
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from ..backends.manage import Manager
+from ..backends.routes import backend_routes
+from ..dataplane.errors import ForemanError
+from ..dataplane.jsonwire import rfc3339
+from ..gateway import Gateway
+from ..jobs import job_routes
+from ..users.routes import user_routes
 from .admin import admin_pages, page_error
-from .backends.manage import Manager
-from .backends.routes import backend_routes
-from .errors import ForemanError
-from .gateway import Gateway
-from .jobs import job_routes
-from .jsonwire import rfc3339
 from .responses import json_response
-from .users.routes import user_routes
 
 __all__ = ["CONTROL_PATHS", "create_control_app", "health", "is_control", "is_page"]
 

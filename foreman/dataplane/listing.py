@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .backends import Backend, Backends
+from ..backends import Backend, Backends
 from .jsonwire import dumps
 from .routing import resolve
 

@@ -27,8 +27,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from .exchange import Exchange
-    from .gateway import Gateway
+    from ..dataplane.exchange import Exchange
+    from ..gateway import Gateway
 
 __all__ = ["Metrics", "route_label"]
 
@@ -51,7 +51,7 @@ _ROUTES = {
 
 
 def route_label(key: str | None) -> str:
-    """The ``route`` label for a route key (see :func:`foreman.dataplane.route_key`)."""
+    """The ``route`` label for a route key (see :func:`foreman.dataplane.native.route_key`)."""
     return _ROUTES.get(key or "", "other")
 
 

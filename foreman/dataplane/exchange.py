@@ -30,9 +30,9 @@ class Exchange:
     client: str = "-"
     request_id: str = ""
     user: str = "-"  # who the bearer key says the client is (foreman.users)
-    route: str = "other"  # the metrics label (:func:`foreman.metrics.route_label`)
+    route: str = "other"  # the metrics label (:func:`foreman.control.metrics.route_label`)
     model: str | None = None
-    backend: str | None = None  # the route, "backend/model" (foreman.routing)
+    backend: str | None = None  # the route, "backend/model" (foreman.dataplane.routing)
     status: int | None = None
     gate_wait: float | None = None
     outcome: str = "done"

@@ -41,7 +41,7 @@ class Gate:
         max_waiting_bytes: how many bytes of request bodies that lane may hold in all
             (each waiter states its body's size).
 
-    Past either bound a newcomer is refused with :class:`~foreman.errors.GateFull`
+    Past either bound a newcomer is refused with :class:`~foreman.dataplane.errors.GateFull`
     (Ollama's own 503 for a full queue), so memory stays bounded however many
     clients pile up. The task that holds the gate is the one that talks to the
     target (a request's own task, or the batch worker), so cancelling it frees

@@ -105,8 +105,8 @@ from typing import Any
 import httpx2
 import trio
 
-from .standin import ASGIStreamTransport
-from .standin import serve as serve  # every stand-in is served the same way
+from .ollama import ASGIStreamTransport
+from .ollama import serve as serve  # every stand-in is served the same way
 
 __all__ = ["DEFAULT_MODELS", "AnthropicStandIn", "serve"]
 

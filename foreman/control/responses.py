@@ -6,13 +6,13 @@ from typing import Any
 
 from quart import Response
 
-from .jsonwire import JSON_CONTENT_TYPE, dumps
+from ..dataplane.jsonwire import JSON_CONTENT_TYPE, dumps
 
 __all__ = ["error_response", "json_response"]
 
 
 def json_response(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """``value`` as JSON (see :mod:`foreman.jsonwire`) with ``status`` and extra ``headers``."""
+    """``value`` as JSON (:mod:`foreman.dataplane.jsonwire`), ``status`` and extra ``headers``."""
     return Response(dumps(value), status=status, content_type=JSON_CONTENT_TYPE, headers=headers)
 
 

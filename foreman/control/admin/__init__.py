@@ -36,14 +36,14 @@ from quart import Blueprint, Response, redirect, render_template, request
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 
-from ..backends import registry
-from ..backends.manage import Manager
-from ..backends.registry import BackendRecord, FieldError
-from ..errors import ForemanError
-from ..gateway import Gateway
-from ..jobs import records as job_records
-from ..users import SESSION_SCOPE_KEY, User, create_user, list_users, revoke_user
-from ..users.sessions import COOKIE, Session, cookie_value, same_secret
+from ...backends import registry
+from ...backends.manage import Manager
+from ...backends.registry import BackendRecord, FieldError
+from ...dataplane.errors import ForemanError
+from ...gateway import Gateway
+from ...jobs import records as job_records
+from ...users import SESSION_SCOPE_KEY, User, create_user, list_users, revoke_user
+from ...users.sessions import COOKIE, Session, cookie_value, same_secret
 
 __all__ = ["admin_pages", "human_age", "human_size", "page_error"]
 

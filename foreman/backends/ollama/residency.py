@@ -17,13 +17,13 @@ from collections.abc import Callable
 import trio
 from trio_util import AsyncBool
 
-from .errors import TargetError
-from .names import normalize
+from ...dataplane.errors import TargetError
+from ...dataplane.names import normalize
 from .target import Target
 
 __all__ = ["BACKOFF_MAX", "BACKOFF_MIN", "Residency"]
 
-LOGGER = logging.getLogger("foreman.residency")
+LOGGER = logging.getLogger("foreman.backends.ollama.residency")
 
 #: Seconds between failed warm-ups: doubling from BACKOFF_MIN up to BACKOFF_MAX.
 BACKOFF_MIN = 1.0

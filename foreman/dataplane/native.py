@@ -33,21 +33,21 @@ from urllib.parse import quote
 
 import trio
 
-from .backends import OllamaBackend
+from ..backends import OllamaBackend
+from ..gateway import Gateway
+from ..users import USER_SCOPE_KEY
 from .bodies import drain
 from .errors import BodyTooLarge, CannotEmbed, TargetError, TargetUnreachable
 from .exchange import Exchange
-from .gateway import Gateway
 from .jsonwire import JSON_CONTENT_TYPE, dumps, request_fields
 from .listing import reachable_models
 from .names import is_cloud, normalize
 from .relay import NDJSON, relay
 from .routing import Route, fallback, resolve
-from .users import USER_SCOPE_KEY
 
 __all__ = ["DataPlane", "route_key"]
 
-LOGGER = logging.getLogger("foreman.dataplane")
+LOGGER = logging.getLogger("foreman.dataplane.native")
 
 _JSON = [(b"content-type", JSON_CONTENT_TYPE.encode())]
 
@@ -391,7 +391,7 @@ def _user(scope: Any) -> str:
 def _with_model(body: bytes, model: str) -> bytes:
     """The request body with its ``model`` field (any case, as Go matches it) replaced.
 
-    Read as :func:`~foreman.jsonwire.request_fields` reads it (Go's way: invalid UTF-8
+    Read as :func:`~foreman.dataplane.jsonwire.request_fields` reads it (Go's way: invalid UTF-8
     replaced, anything after the first value ignored), so a body routing could read
     can always be rewritten; what follows the first value is dropped.
     """

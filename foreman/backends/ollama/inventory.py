@@ -10,13 +10,13 @@ from collections.abc import Callable
 import trio
 from trio_util import AsyncBool, AsyncValue
 
-from .errors import ModelNotFound, TargetError, TargetStatus
-from .names import normalize
+from ...dataplane.errors import ModelNotFound, TargetError, TargetStatus
+from ...dataplane.names import normalize
 from .target import Target
 
 __all__ = ["Inventory"]
 
-LOGGER = logging.getLogger("foreman.inventory")
+LOGGER = logging.getLogger("foreman.backends.ollama.inventory")
 
 #: Seconds between polls while the target is unreachable (or the interval, if shorter):
 #: recovery shows within seconds, not a whole poll interval later.
@@ -27,7 +27,7 @@ class Inventory:
     """What ``GET /api/tags`` last said, and whether the target is reachable.
 
     Attributes:
-        models: normalised name (:func:`foreman.names.normalize`) → display name
+        models: normalised name (:func:`foreman.dataplane.names.normalize`) → display name
             (``llama3.2:latest``), from the last successful poll; kept when a
             poll fails.
         body: the bytes of the last successful ``/api/tags`` answer.
