@@ -14,7 +14,7 @@ import httpx2 as httpx
 import pytest
 import trio
 
-from foreman.control.admin import _local, human_age, human_size
+from foreman.control.admin import human_age, human_size, local
 from foreman.standins.ollama import ASGIStreamTransport, StandIn
 from foreman.users.sessions import cookie_value
 
@@ -410,8 +410,8 @@ def test_cookies_and_next_pages_are_read_carefully() -> None:
         None,
         "/api/tags",
     ):
-        assert _local(target) == "/admin/", target
-    assert _local("/admin/backends") == "/admin/backends"
+        assert local(target) == "/admin/", target
+    assert local("/admin/backends") == "/admin/backends"
 
 
 def test_sizes_and_ages_read_as_people_write_them() -> None:
