@@ -2,8 +2,9 @@
 
 Every command talks to a running foreman over HTTP (``--url``, ``FOREMAN_URL``, else
 the address of ``FOREMAN_LISTEN``; ``--token``, ``FOREMAN_TOKEN``). ``--json`` prints
-the API's own JSON instead of a table. Exit status: 0 on success, 1 when foreman answers an error or cannot be
-reached (one line on stderr, foreman's ``{"error": ...}`` text when it has one).
+the API's own JSON instead of a table. Exit status: 0 on success, 1 when foreman
+answers an error or cannot be reached (one line on stderr, foreman's ``{"error": ...}``
+text when it has one).
 """
 
 from __future__ import annotations
