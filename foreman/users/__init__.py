@@ -158,6 +158,8 @@ class Users:
         self._by_hash: dict[str, User] = {}
         self._any = False  # a user was ever made (revoking the last one does not reopen)
         self._read_at = -math.inf  # trio time at which the last read of the store began
+        self._reads = 0  # reads of the store begun
+        self._seen = 0  # the number (1, 2, ...) of the latest read begun that has ended
         self._miss_lock = trio.Lock()
         self.sessions = Sessions(self)
 
@@ -193,9 +195,10 @@ class Users:
 
     async def reload(self) -> None:
         """Read the active users again (after a change made through the API)."""
-        began = trio.current_time()
+        self._reads += 1
+        number, self._read_at = self._reads, trio.current_time()
         self._by_hash, self._any = await self.store.call(_active)
-        self._read_at = max(self._read_at, began)
+        self._seen = max(self._seen, number)
 
     async def refreshed_for(self, key: str | bytes | None) -> bool:
         """After ``key`` was not known: read the users again, if ``key`` looks like one of
@@ -209,9 +212,9 @@ class Users:
             key = key.encode("utf-8", "surrogateescape")
         if not key or not key.startswith(KEY_PREFIX.encode()):
             return False
-        asked = trio.current_time()
+        asked = self._reads
         async with self._miss_lock:
-            if self._read_at >= asked:  # a read began after the miss: it saw the store
+            if self._seen > asked:  # a read begun after the miss has ended: it saw the store
                 return True
             await trio.sleep_until(self._read_at + MISS_REFRESH)
             await self.reload()
