@@ -52,7 +52,10 @@ def shell_blocks(text: str) -> list[str]:
 
 
 def test_blocks_are_found_and_marked_ones_left_out() -> None:
-    text = "```sh\necho one\n```\n\n```sh\n# not run by the tests: needs x\nx\n```\n```python\np\n```\n"
+    text = (
+        "```sh\necho one\n```\n\n```sh\n# not run by the tests: needs x\nx\n```\n"
+        "```python\np\n```\n"
+    )
     assert shell_blocks(text) == ["echo one\n"]
     blocks = shell_blocks(README.read_text())
     assert len(blocks) >= 5 and any("foreman demo &" in b for b in blocks)
