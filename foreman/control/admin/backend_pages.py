@@ -208,9 +208,13 @@ async def backend_model(session: Session, backend_id: int) -> Any:
     try:
         record = await services().manager.select(session.user, backend_id, form.get("model"))
     except FieldError as exc:
+        if fetched():  # admin.js: the menu's answer in place
+            return {"error": plain({"": exc.problem})[""]}, 422
         return await backends_page(
             session, 422, errors={f"model-{backend_id}": exc.problem}, form="model"
         )
+    if fetched():
+        return {"model": form.get("model")}
     session.flash(f"{record.name}: selected model {form.get('model')}.")
     return redirect(f"/admin/backends#backend-{backend_id}", 303)
 
