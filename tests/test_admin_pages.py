@@ -364,7 +364,7 @@ async def test_add_select_and_prefer_through_the_forms(
             headers={"x-requested-with": "fetch"},
         )
         assert tested.status_code == 200
-        assert " ".join(tested.text.split()).endswith('role="status">Connected: 2 models</span>')
+        assert " ".join(tested.text.split()).endswith('role="status">✓ Connected: 2 models</span>')
 
 
 async def test_a_user_sees_their_own_and_the_shared_backends_only(
