@@ -247,8 +247,12 @@ def review(chromium: Browser, world: World, path: str, name: str) -> dict[str, f
                     assert box is not None
                     widths[each.locator("h2").inner_text()] = box["width"]
             shot(opened, label)
-            if os.environ.get("FOREMAN_DOC_SHOTS") == "1":
-                opened.screenshot(path=str(DOC_SHOTS / f"{label}.png"), full_page=True)
+            if os.environ.get("FOREMAN_DOC_SHOTS") == "1":  # the cards: a small picture
+                bottom = opened.evaluate(
+                    "document.querySelector('#add').getBoundingClientRect().bottom"
+                )
+                clip = {"x": 0, "y": 0, "width": viewport["width"], "height": bottom + 16}
+                opened.screenshot(path=str(DOC_SHOTS / f"{label}.png"), clip=clip, full_page=True)
             context.close()
     return widths
 
@@ -472,6 +476,7 @@ def test_every_page_is_usable_at_360_px_in_dark_mode_and_by_keyboard(
                .map(e => e.outerHTML)"""
         )
         assert unlabelled == [], f"{path}: controls without a label"
+        assert phone.evaluate(CUT_OFF) == [], f"{path}: cut off or wrapped at 360 px"
         shot(phone, f"{name}-phone-dark")
     # the whole sign-out path by keyboard: focus the button, press Enter
     phone.get_by_role("button", name="Sign out").focus()
