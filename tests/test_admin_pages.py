@@ -472,3 +472,18 @@ async def test_a_signed_in_readers_unknown_page_keeps_the_navigation(closed: For
     async with browser(closed) as stranger:
         lost = await stranger.get("/admin/no-such-page")
         assert lost.status_code == 404 and "Sign out" not in lost.text
+
+
+async def test_a_key_made_by_another_process_signs_in_at_once(closed: Foreman) -> None:
+    import os
+    import sqlite3
+
+    from foreman.users import create_user
+
+    db = sqlite3.connect(os.path.join(closed.gw.settings.data_path, "foreman.db"))
+    db.row_factory = sqlite3.Row
+    with db:  # `foreman users add` in its own process
+        _, key = create_user(db, "newcomer", "user")
+    db.close()
+    async with browser(closed) as client:
+        await sign_in(client, key)  # no wait for the 5 s refresh
