@@ -1,0 +1,43 @@
+"""Walls between users, small ones: logs, /healthz, model management, identities, keys,
+limits, file modes (issue 19). Jobs' owners are in ``tests/test_walls_jobs.py``, the
+outbound address policy and the gate per machine in ``tests/test_outbound.py``."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import pytest
+import trio
+
+from foreman.logs import configure_logging
+from foreman.standins.ollama import StandIn
+
+from .asgi import call
+from .conftest import open_foreman
+
+
+@pytest.fixture
+def text_logs() -> Iterator[io.StringIO]:
+    """foreman's text logging, into a string for the test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    stream = io.StringIO()
+    configure_logging("INFO", "text", stream)
+    try:
+        yield stream
+    finally:
+        root.handlers[:], root.level = handlers, level
+
+
+async def test_text_logs_cannot_be_forged_with_control_characters(
+    nursery: trio.Nursery, standin: StandIn, autojump_clock: trio.abc.Clock, text_logs: io.StringIO
+) -> None:
+    forged = "/api/x%0A2026-01-01 00:00:00,000 INFO    foreman.access: 1.2.3.4 admin GET /ok"
+    async with open_foreman(nursery, standin) as fm:
+        answer = await call(fm.app, "GET", forged.encode())
+        assert answer.status == 404
+    lines = [line for line in text_logs.getvalue().splitlines() if "foreman.access" in line]
+    assert len(lines) == 1, lines  # one request, one line: the \n is escaped
+    assert "/api/x\\n2026-01-01" in lines[0]
