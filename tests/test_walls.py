@@ -41,3 +41,18 @@ async def test_text_logs_cannot_be_forged_with_control_characters(
     lines = [line for line in text_logs.getvalue().splitlines() if "foreman.access" in line]
     assert len(lines) == 1, lines  # one request, one line: the \n is escaped
     assert "/api/x\\n2026-01-01" in lines[0]
+
+
+async def test_healthz_without_a_key_says_only_the_status(
+    nursery: trio.Nursery, standin: StandIn, autojump_clock: trio.abc.Clock
+) -> None:
+    async with open_foreman(nursery, standin, token="s3cret-token") as fm:
+        for path in ("/healthz", "/readyz"):
+            bare = await fm.client.get(path)
+            assert bare.status_code == 200 and bare.json() == {"status": "ok"}
+            wrong = await fm.client.get(path, headers={"Authorization": "Bearer nope"})
+            assert wrong.json() == {"status": "ok"}
+            keyed = await fm.client.get(path, headers={"Authorization": "Bearer s3cret-token"})
+            assert keyed.json()["status"] == "ok"
+            assert keyed.json()["target"] == "http://127.0.0.1:11434"
+            assert [b["name"] for b in keyed.json()["backends"]] == ["ollama"]
