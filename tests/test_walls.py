@@ -56,3 +56,52 @@ async def test_healthz_without_a_key_says_only_the_status(
             assert keyed.json()["status"] == "ok"
             assert keyed.json()["target"] == "http://127.0.0.1:11434"
             assert [b["name"] for b in keyed.json()["backends"]] == ["ollama"]
+
+
+async def test_model_management_needs_the_admin_role_once_users_exist(
+    nursery: trio.Nursery, standin: StandIn, autojump_clock: trio.abc.Clock
+) -> None:
+    async with open_foreman(nursery, standin, token="s3cret-token") as fm:
+        admin = {"Authorization": "Bearer s3cret-token"}
+        made = await fm.client.post("/admin/api/users", json={"name": "bob"}, headers=admin)
+        bob = {"Authorization": f"Bearer {made.json()['key']}"}
+        for method, path, body in MANAGEMENT:
+            answer = await fm.client.request(method, path, json=body, headers=bob)
+            assert answer.status_code == 403, (path, answer.text)
+            assert answer.json() == {
+                "error": "managing models needs the admin role (FOREMAN_MODEL_MANAGEMENT=admins)"
+            }
+        managed = ("/api/pull", "/api/push", "/api/delete", "/api/copy", "/api/create", "/api/b")
+        reached = [r for r, n in fm.standin.requests.items() if n]
+        assert not [r for r in reached if r.split()[1].lower().startswith(managed)]
+        shown = await fm.client.post("/api/show", json={"model": "llama3.2"}, headers=bob)
+        assert shown.status_code == 200  # reading is for everyone
+        deleted = await fm.client.request(
+            "DELETE", "/api/delete", json={"model": "llama3.2"}, headers=admin
+        )
+        assert deleted.status_code != 403 and fm.standin.requests["DELETE /api/delete"] == 1
+
+
+async def test_model_management_can_be_opened_to_users(
+    nursery: trio.Nursery, standin: StandIn, autojump_clock: trio.abc.Clock
+) -> None:
+    async with open_foreman(nursery, standin, token="s3cret-token", model_management="users") as fm:
+        admin = {"Authorization": "Bearer s3cret-token"}
+        made = await fm.client.post("/admin/api/users", json={"name": "bob"}, headers=admin)
+        bob = {"Authorization": f"Bearer {made.json()['key']}"}
+        deleted = await fm.client.request(
+            "DELETE", "/api/delete", json={"model": "llama3.2"}, headers=bob
+        )
+        assert deleted.status_code != 403 and fm.standin.requests["DELETE /api/delete"] == 1
+
+
+MANAGEMENT = [
+    ("POST", "/api/pull", {"model": "qwen3:0.6b"}),
+    ("POST", "/api/push", {"model": "llama3.2"}),
+    ("DELETE", "/api/delete", {"model": "llama3.2"}),
+    ("DELETE", "/API/Delete/", {"model": "llama3.2"}),
+    ("POST", "/api/copy", {"source": "llama3.2", "destination": "mine"}),
+    ("POST", "/api/create", {"model": "mine", "from": "llama3.2"}),
+    ("HEAD", "/api/blobs/sha256:" + "0" * 64, None),
+    ("POST", "/api/blobs/sha256:" + "0" * 64, None),
+]

@@ -1,9 +1,10 @@
 """The control plane: what foreman says about itself, served by Quart.
 
 Routes: ``GET /healthz`` (liveness), ``GET /readyz`` (503 while the target is
-unreachable; both give their details only to a caller with a key) and ``GET /metrics`` (Prometheus, :mod:`foreman.control.metrics`). Later
-control-plane surfaces live here too: ``/jobs`` (:mod:`foreman.jobs`), the admin API
-``/admin/api/`` and the settings pages under ``/admin/`` (:mod:`foreman.control.admin`).
+unreachable; both give their details only to a caller with a key) and ``GET /metrics``
+(Prometheus, :mod:`foreman.control.metrics`). Later control-plane surfaces live here
+too: ``/jobs`` (:mod:`foreman.jobs`), the admin API ``/admin/api/`` and the settings
+pages under ``/admin/`` (:mod:`foreman.control.admin`).
 Ollama's own routes never do (see :mod:`foreman.dataplane.native`).
 """
 
