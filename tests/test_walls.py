@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import stat
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trio
@@ -15,7 +18,8 @@ from foreman.logs import configure_logging
 from foreman.standins.ollama import StandIn
 
 from .asgi import call
-from .conftest import open_foreman
+from .conftest import chat_body, open_foreman
+from .test_jobs import wait_state
 
 
 @pytest.fixture
@@ -95,6 +99,14 @@ async def test_model_management_can_be_opened_to_users(
         assert deleted.status_code != 403 and fm.standin.requests["DELETE /api/delete"] == 1
 
 
+def file_modes(data: Path) -> dict[str, int]:
+    """Every file's and directory's permission bits under ``data``, by relative path."""
+    return {
+        str(path.relative_to(data)): stat.S_IMODE(path.stat().st_mode)
+        for path in [data, *data.rglob("*")]
+    }
+
+
 MANAGEMENT = [
     ("POST", "/api/pull", {"model": "qwen3:0.6b"}),
     ("POST", "/api/push", {"model": "llama3.2"}),
@@ -105,3 +117,24 @@ MANAGEMENT = [
     ("HEAD", "/api/blobs/sha256:" + "0" * 64, None),
     ("POST", "/api/blobs/sha256:" + "0" * 64, None),
 ]
+
+
+async def test_the_data_directory_database_and_artifacts_are_private_whatever_the_umask(
+    nursery: trio.Nursery, standin: StandIn, autojump_clock: trio.abc.Clock
+) -> None:
+    old = os.umask(0o022)  # the usual umask: files 0644, directories 0755
+    try:
+        async with open_foreman(nursery, standin) as fm:
+            body = {"endpoint": "chat", "request": chat_body(stream=True)}
+            job = (await fm.client.post("/jobs", json=body)).json()
+            assert (await wait_state(fm, job["id"], "succeeded"))["state"] == "succeeded"
+            modes = file_modes(Path(fm.gw.settings.data_path))
+    finally:
+        os.umask(old)
+    assert modes["."] == 0o700
+    for name in ("foreman.db", "foreman.db-wal", "foreman.db-shm"):
+        assert modes[name] == 0o600, (name, oct(modes[name]))
+    artifacts = [name for name in modes if name.startswith("artifacts/") and "." in name]
+    assert len(artifacts) == 2  # response.json and stream.ndjson
+    assert all(modes[name] == 0o600 for name in artifacts), modes
+    assert all(mode & 0o077 == 0 for mode in modes.values()), modes

@@ -31,6 +31,7 @@ import trio
 from ..dataplane.errors import TargetError, TargetStatus
 from ..gateway import Gateway
 from ..store import Store
+from ..store.private import write_private
 from . import records
 from .assemble import StreamError, assemble
 from .records import Job
@@ -276,12 +277,7 @@ class Jobs:
         relative = os.path.join("artifacts", job.id, name)
         path = os.path.join(self.settings.data_path, relative)
 
-        def write() -> None:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as file:
-                file.write(data)
-
-        await trio.to_thread.run_sync(write)
+        await trio.to_thread.run_sync(write_private, path, data)  # 0600, whatever the umask
         await self.store.call(records.add_artifact, job.id, name, content_type, len(data), relative)
 
     # --- webhooks ----------------------------------------------------------------------
