@@ -138,3 +138,57 @@ async def test_the_data_directory_database_and_artifacts_are_private_whatever_th
     assert len(artifacts) == 2  # response.json and stream.ndjson
     assert all(modes[name] == 0o600 for name in artifacts), modes
     assert all(mode & 0o077 == 0 for mode in modes.values()), modes
+
+
+async def test_user_names_ignore_case_and_admin_and_anonymous_are_reserved(
+    nursery: trio.Nursery, standin: StandIn, autojump_clock: trio.abc.Clock
+) -> None:
+    async with open_foreman(nursery, standin, token="s3cret-token") as fm:
+        admin = {"Authorization": "Bearer s3cret-token"}
+        made = await fm.client.post("/admin/api/users", json={"name": "bob"}, headers=admin)
+        assert made.status_code == 201
+        for name, error in [
+            ("BOB", "name: a user 'BOB' exists already"),
+            ("admin", "name: 'admin' is reserved"),
+            ("Admin", "name: 'Admin' is reserved"),
+            ("anonymous", "name: 'anonymous' is reserved"),
+        ]:
+            refused = await fm.client.post("/admin/api/users", json={"name": name}, headers=admin)
+            assert (refused.status_code, refused.json()) == (422, {"error": error})
+
+
+async def test_backend_names_are_per_owner_and_errors_name_no_private_backend(
+    nursery: trio.Nursery, standin: StandIn, autojump_clock: trio.abc.Clock
+) -> None:
+    async with open_foreman(nursery, standin, token="s3cret-token") as fm:
+        admin = {"Authorization": "Bearer s3cret-token"}
+        keys = {}
+        for name in ("alice", "bob"):
+            made = await fm.client.post("/admin/api/users", json={"name": name}, headers=admin)
+            keys[name] = {"Authorization": f"Bearer {made.json()['key']}"}
+        body = {"type": "ollama", "endpoint": "http://192.0.2.1:11434", "is_active": False}
+        mine = {**body, "name": "alice-ollama"}
+        assert (
+            await fm.client.post("/admin/api/backends", json=mine, headers=keys["alice"])
+        ).status_code == 201
+        # bob may use the same name: he never learns that alice has one
+        same = await fm.client.post("/admin/api/backends", json=mine, headers=keys["bob"])
+        assert same.status_code == 201, same.text
+        renamed = await fm.client.post(
+            "/admin/api/backends", json={**body, "name": "other"}, headers=keys["bob"]
+        )
+        clash = await fm.client.patch(
+            f"/admin/api/backends/{renamed.json()['id']}",
+            json={"name": "alice-ollama"},
+            headers=keys["bob"],
+        )
+        assert clash.status_code == 422  # his own one has that name
+        # a shared name is everyone's: taken for users, and a shared one must be unique
+        shared = await fm.client.post(
+            "/admin/api/backends", json={**body, "name": "ollama"}, headers=keys["bob"]
+        )
+        assert (shared.status_code, shared.json()["field"]) == (422, "name")
+        twice = await fm.client.post(
+            "/admin/api/backends", json={**body, "name": "ollama"}, headers=admin
+        )
+        assert twice.status_code == 422

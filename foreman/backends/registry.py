@@ -303,6 +303,7 @@ def insert_backend(
     """
     if checked.get("is_default") and owner is not None:
         raise FieldError("is_default", "only a shared backend is the shared default")
+    _check_name_free(db, checked["name"], owner)
     now = time.time()
     try:
         cursor = db.execute(
@@ -357,6 +358,8 @@ def update_backend(
     owner = checked.get("owner", record.owner)
     if owner is not None and checked.get("is_default", record.is_default):
         raise FieldError("is_default", "only a shared backend is the shared default")
+    if "name" in checked or "owner" in checked:
+        _check_name_free(db, checked.get("name", record.name), owner, backend_id)
     columns = {k: v for k, v in checked.items() if k not in ("is_default", "api_key")}
     if "api_key" in checked:
         columns["api_key"] = sealer.seal(checked["api_key"])
@@ -374,6 +377,22 @@ def update_backend(
     elif checked.get("is_default") is False:
         db.execute("UPDATE backends SET is_default = 0 WHERE id = ?", (backend_id,))
     return get_backend(db, sealer, backend_id)
+
+
+def _check_name_free(
+    db: sqlite3.Connection, name: str, owner: str | None, backend_id: int | None = None
+) -> None:
+    """A backend's name must be free where it will be seen: a user's among the shared
+    backends and their own (another user's private names are theirs, and never shown);
+    a shared one's among all, since every user sees it.
+
+    Raises:
+        FieldError: the name is taken (naming only a backend the owner can see).
+    """
+    scope = "" if owner is None else " AND (owner IS NULL OR owner = ?)"
+    args = (name, -1 if backend_id is None else backend_id) + (() if owner is None else (owner,))
+    if db.execute(f"SELECT 1 FROM backends WHERE name = ? AND id != ?{scope}", args).fetchone():
+        raise FieldError("name", f"a backend {name!r} exists already")
 
 
 def _make_default(db: sqlite3.Connection, backend_id: int) -> None:
