@@ -23,7 +23,7 @@ import math
 import os
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 import trio
@@ -35,6 +35,9 @@ from ..store.private import write_private
 from . import records
 from .assemble import StreamError, assemble
 from .records import Job
+
+if TYPE_CHECKING:
+    from ..users import User
 
 __all__ = ["Jobs"]
 
@@ -71,6 +74,7 @@ class Jobs:
         self.running: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
         self.depths = {"interactive": 0, "batch": 0}
         self.chat_job: str | None = None  # the chat or generate job holding the slot now
+        self._chat_job_owner: Job | None = None  # that job
         #: jobs ended by this process, by state (``/metrics``)
         self.finished = {"succeeded": 0, "failed": 0, "cancelled": 0}
         self._changed = trio.Event()  # the queue changed: workers look again
@@ -121,6 +125,20 @@ class Jobs:
                 await finished.wait()
         await self._touched()
         return await self.store.call(records.get_job, job_id)
+
+    async def recent(self, user: User, limit: int) -> list[Job]:
+        """The ``limit`` newest jobs ``user`` may see (their own; every one for an admin)."""
+        owner = None if user.is_admin else user.name
+        return await self.store.call(
+            lambda db: records.list_jobs(
+                db, state=None, priority=None, limit=limit, before=None, owner=owner
+            )
+        )
+
+    def running_chat_of(self, user: User) -> str | None:
+        """The id of the chat job holding the slot now, if ``user`` may see it."""
+        job = self._chat_job_owner
+        return job.id if job is not None and job.visible_to(user.name, user.is_admin) else None
 
     # --- the tasks -------------------------------------------------------------------
 
@@ -181,11 +199,11 @@ class Jobs:
                 job = await self.store.call(records.claim_next, CHATS)
                 if job is None:
                     continue
-                self.chat_job = job.id
+                self.chat_job, self._chat_job_owner = job.id, job
                 try:
                     await self._run(job)
                 finally:
-                    self.chat_job = None
+                    self.chat_job = self._chat_job_owner = None
 
     async def _embed_worker(self) -> None:
         """Run embed jobs, ``FOREMAN_EMBED_JOB_CONCURRENCY`` at a time, beside the gate."""

@@ -279,14 +279,10 @@ def admin_pages(gw: Gateway, manager: Manager) -> Blueprint:
             )
         jobs = None
         if gw.jobs is not None:
-            recent = await gw.jobs.store.call(
-                lambda db: job_records.list_jobs(
-                    db, state=None, priority=None, limit=RECENT_JOBS, before=None
-                )
-            )
+            recent = await gw.jobs.recent(session.user, RECENT_JOBS)  # the user's own
             jobs = {
                 "depths": dict(gw.jobs.depths),
-                "running": gw.jobs.chat_job,
+                "running": gw.jobs.running_chat_of(session.user),
                 "recent": [(job, _duration(job, now)) for job in recent],
             }
         return {"rows": rows, "jobs": jobs, "embeds": gw.embeds_in_flight, "now": now}
