@@ -192,3 +192,30 @@ async def test_backend_names_are_per_owner_and_errors_name_no_private_backend(
             "/admin/api/backends", json={**body, "name": "ollama"}, headers=admin
         )
         assert twice.status_code == 422
+
+
+async def test_a_stored_key_never_follows_a_new_endpoint(
+    nursery: trio.Nursery, standin: StandIn, autojump_clock: trio.abc.Clock
+) -> None:
+    async with open_foreman(nursery, standin) as fm:
+        body = {"name": "proxied", "type": "ollama", "endpoint": "http://192.0.2.1:11434"}
+        added = await fm.client.post(
+            "/admin/api/backends", json={**body, "api_key": "proxy-token-0001", "is_active": False}
+        )
+        path = f"/admin/api/backends/{added.json()['id']}"
+        same_origin = await fm.client.patch(path, json={"endpoint": "http://192.0.2.1:11434/x"})
+        assert same_origin.json()["api_key"] == "…0001"  # the same server: the key stays
+        for endpoint in ("https://192.0.2.1:11434", "http://192.0.2.2:11434", "http://192.0.2.2:1"):
+            moved = await fm.client.patch(path, json={"endpoint": endpoint})
+            assert moved.json()["api_key"] is None, endpoint
+            await fm.client.patch(path, json={"api_key": "proxy-token-0001"})
+        given = await fm.client.patch(
+            path, json={"endpoint": "http://192.0.2.3:11434", "api_key": "proxy-token-0002"}
+        )
+        assert given.json()["api_key"] == "…0002"
+        claude = {"name": "claude", "type": "anthropic", "api_key": "sk-ant-key-0003"}
+        added = await fm.client.post("/admin/api/backends", json={**claude, "is_active": False})
+        moved = await fm.client.patch(
+            f"/admin/api/backends/{added.json()['id']}", json={"endpoint": "https://192.0.2.9"}
+        )
+        assert (moved.status_code, moved.json()["field"]) == (422, "api_key")

@@ -285,6 +285,15 @@ def _endpoint(value: Any) -> str:
     return value.rstrip("/")
 
 
+def _origin(endpoint: str | None) -> tuple[str, str, int] | None:
+    """``(scheme, host, port)`` of an endpoint (None: the API's default one)."""
+    if endpoint is None:
+        return None
+    parts = urlsplit(endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
 def _complete(kind: str, endpoint: str | None, api_key: str | None) -> None:
     """What a backend of ``kind`` cannot run without."""
     if kind == "ollama" and not endpoint:
@@ -336,7 +345,9 @@ def update_backend(
 ) -> BackendRecord | None:
     """Change a backend's fields (None: no such backend).
 
-    The builtin backend's name, type and endpoint come from foreman's settings.
+    The builtin backend's name, type and endpoint come from foreman's settings. A new
+    scheme, host or port clears the stored API key unless ``checked`` gives one: a key
+    is never sent to a server it was not given for.
 
     Raises:
         FieldError: a change the builtin backend cannot take, or a name taken.
@@ -350,6 +361,12 @@ def update_backend(
                 raise FieldError(fixed, "set by FOREMAN_OLLAMA_URL/TOKEN for this backend")
         if checked.get("is_active") is False:
             raise FieldError("is_active", "the backend of FOREMAN_OLLAMA_URL is always active")
+    if (
+        "endpoint" in checked
+        and "api_key" not in checked
+        and _origin(checked["endpoint"]) != _origin(record.endpoint)
+    ):
+        checked = {**checked, "api_key": None}  # a key never follows a new endpoint
     _complete(
         checked.get("type", record.type),
         checked.get("endpoint", record.endpoint),
