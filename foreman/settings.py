@@ -491,7 +491,7 @@ OPTIONS: tuple[Option, ...] = (
         "--max-name-length",
         "64",
         _count,
-        "Characters in a user's or a backend's name.",
+        "Characters in a backend's name (a user's: 64).",
     ),
     Option(
         "max_endpoint_length",

@@ -10,6 +10,7 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -219,3 +220,50 @@ async def test_a_stored_key_never_follows_a_new_endpoint(
             f"/admin/api/backends/{added.json()['id']}", json={"endpoint": "https://192.0.2.9"}
         )
         assert (moved.status_code, moved.json()["field"]) == (422, "api_key")
+
+
+async def test_limits_answer_422_naming_the_field(
+    nursery: trio.Nursery, standin: StandIn, autojump_clock: trio.abc.Clock
+) -> None:
+    async with open_foreman(
+        nursery,
+        standin,
+        token="s3cret-token",
+        max_backends_per_user=2,
+        max_aliases_per_user=3,
+        max_name_length=10,
+        max_endpoint_length=40,
+        max_key_length=20,
+        max_alias_length=12,
+    ) as fm:
+        admin = {"Authorization": "Bearer s3cret-token"}
+        made = await fm.client.post("/admin/api/users", json={"name": "bob"}, headers=admin)
+        bob = {"Authorization": f"Bearer {made.json()['key']}"}
+        body = {"type": "ollama", "endpoint": "http://192.0.2.1:11434", "is_active": False}
+
+        async def refused(method: str, path: str, fields: dict[str, Any], field: str) -> None:
+            answer = await fm.client.request(method, path, json=fields, headers=bob)
+            assert answer.status_code == 422, answer.text
+            assert answer.json()["field"] == field, answer.text
+
+        backends = "/admin/api/backends"
+        await refused("POST", backends, {**body, "name": "x" * 11}, "name")
+        await refused(
+            "POST", backends, {**body, "name": "a", "endpoint": "http://h/" + "p" * 40}, "endpoint"
+        )
+        await refused("POST", backends, {**body, "name": "a", "api_key": "k" * 21}, "api_key")
+        for name in ("one", "two"):
+            added = await fm.client.post(backends, json={**body, "name": name}, headers=bob)
+            assert added.status_code == 201
+        await refused("POST", backends, {**body, "name": "three"}, "backends")
+        shared = await fm.client.post(backends, json={**body, "name": "three"}, headers=admin)
+        assert shared.status_code == 201  # shared backends are the admin's to count
+        await refused("PATCH", f"{backends}/{added.json()['id']}", {"name": "y" * 11}, "name")
+
+        preferences = "/admin/api/preferences"
+        four = {f"a{i}": "llama3.2" for i in range(4)}
+        await refused("PUT", preferences, {"aliases": four}, "aliases")
+        await refused("PUT", preferences, {"aliases": {"a" * 13: "llama3.2"}}, "aliases")
+        await refused("PUT", preferences, {"aliases": {"a": "m" * 13}}, "aliases")
+        kept = await fm.client.put(preferences, json={"aliases": {"a": "llama3.2"}}, headers=bob)
+        assert kept.status_code == 200

@@ -22,9 +22,12 @@ from ..dataplane.errors import ForemanError, TargetError
 from ..dataplane.jsonwire import rfc3339
 from ..users import User
 from . import Backends, registry
-from .registry import BackendRecord, FieldError
+from .registry import BackendRecord, FieldError, Limits
 
-__all__ = ["Forbidden", "Inactive", "Manager", "NotFound"]
+__all__ = ["PAGE_ROWS", "Forbidden", "Inactive", "Manager", "NotFound"]
+
+#: Backends the settings pages show at most (every user's, for an admin).
+PAGE_ROWS = 200
 
 
 class NotFound(ForemanError):
@@ -45,6 +48,7 @@ class Manager:
     def __init__(self, backends: Backends) -> None:
         self.backends = backends
         self.store, self.sealer = backends.store, backends.sealer
+        self.limits = Limits.of(backends.settings)
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -81,6 +85,14 @@ class Manager:
             for r in self.backends.records.values()
             if user.is_admin or r.owner is None or r.owner == user.name
         ]
+
+    def on_pages(self, user: User) -> list[BackendRecord]:
+        """The backends the settings pages and their live fragments show ``user``: those
+        of :meth:`seen`, the shared ones and the user's own first, :data:`PAGE_ROWS` at
+        most (the fragments are fetched every few seconds)."""
+        seen = self.seen(user)
+        seen.sort(key=lambda r: r.owner not in (None, user.name))  # stable: oldest first
+        return seen[:PAGE_ROWS]
 
     def may_change(self, user: User, record: BackendRecord) -> bool:
         return user.is_admin or record.owner == user.name
@@ -129,10 +141,13 @@ class Manager:
         Raises:
             FieldError: a wrong field, or one only an admin may set.
         """
-        checked = registry.validate(fields, creating=True)
+        checked = registry.validate(fields, creating=True, limits=self.limits)
         owner = checked.pop("owner", None) if user.is_admin else user.name
         if "owner" in checked:
             raise FieldError("owner", "only an admin sets a backend's owner")
+        owned = sum(1 for r in self.backends.records.values() if r.owner == owner)
+        if owner is not None and owned >= self.limits.backends:
+            raise FieldError("backends", f"at most {self.limits.backends} backends per user")
         if checked.get("is_default") and not user.is_admin:
             raise FieldError("is_default", "only an admin sets the shared default")
         record = await self.store.call(registry.insert_backend, self.sealer, checked, owner)
@@ -152,7 +167,7 @@ class Manager:
             FieldError: a wrong field, or one only an admin may set.
         """
         self.find(user, backend_id, change=True)
-        checked = registry.validate(fields, creating=False)
+        checked = registry.validate(fields, creating=False, limits=self.limits)
         if not user.is_admin and ("owner" in checked or "is_default" in checked):
             field = "owner" if "owner" in checked else "is_default"
             raise FieldError(field, "only an admin changes it")
@@ -217,7 +232,7 @@ class Manager:
                 may route to).
         """
         visible = {b.record.id for b in self.backends.visible(user.name).values()}
-        chosen = registry.check_preferences(fields, visible)
+        chosen = registry.check_preferences(fields, visible, self.limits)
         await self.store.call(registry.put_preferences, user.name, chosen)
         self.backends.preferences[user.name] = chosen
         return chosen.shown()

@@ -26,6 +26,7 @@ __all__ = [
     "TYPES",
     "BackendRecord",
     "FieldError",
+    "Limits",
     "Preferences",
     "Sealer",
     "delete_backend",
@@ -41,10 +42,40 @@ __all__ = [
 ]
 
 TYPES = ("ollama", "anthropic", "openai")
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 #: The name of the backend FOREMAN_OLLAMA_URL names.
 BUILTIN_NAME = "ollama"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How large what a user stores may be (``FOREMAN_MAX_*``; see :mod:`foreman.settings`).
+
+    Lengths are in characters; a value beyond one is a :class:`FieldError` naming its field.
+    """
+
+    backends: int = 20  # backends one user owns
+    aliases: int = 100  # aliases one user keeps
+    name: int = 64  # a backend's name
+    endpoint: int = 2048  # a backend's endpoint URL
+    key: int = 1024  # a backend's API key
+    alias: int = 200  # an alias, and the model it names
+
+    @classmethod
+    def of(cls, settings: Any) -> Limits:
+        """The limits of foreman's :class:`~foreman.settings.Settings`."""
+        return cls(
+            backends=settings.max_backends_per_user,
+            aliases=settings.max_aliases_per_user,
+            name=settings.max_name_length,
+            endpoint=settings.max_endpoint_length,
+            key=settings.max_key_length,
+            alias=settings.max_alias_length,
+        )
+
+
+DEFAULT_LIMITS = Limits()
 
 
 class FieldError(ValueError):
@@ -217,11 +248,11 @@ def ensure_builtin(db: sqlite3.Connection, sealer: Sealer, endpoint: str) -> Bac
     return record
 
 
-def validate(fields: Any, *, creating: bool) -> dict[str, Any]:
+def validate(fields: Any, *, creating: bool, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     """The checked columns of a create (all required ones) or an update (any subset).
 
     Takes the request's JSON object: ``name``, ``type``, ``endpoint``, ``api_key``,
-    ``is_default``, ``is_active`` and, for admins, ``owner``.
+    ``is_default``, ``is_active`` and, for admins, ``owner``; lengths within ``limits``.
 
     Raises:
         FieldError: the first wrong field (unknown fields are wrong too).
@@ -235,9 +266,9 @@ def validate(fields: Any, *, creating: bool) -> dict[str, Any]:
     checked: dict[str, Any] = {}
     if "name" in fields or creating:
         name = fields.get("name")
-        if not isinstance(name, str) or not NAME.fullmatch(name):
+        if not isinstance(name, str) or not NAME.fullmatch(name) or len(name) > limits.name:
             raise FieldError(
-                "name", "1 to 64 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
+                "name", f"1 to {limits.name} of A-Z a-z 0-9 . _ -, starting with a letter or digit"
             )
         checked["name"] = name
     if "type" in fields or creating:
@@ -246,6 +277,8 @@ def validate(fields: Any, *, creating: bool) -> dict[str, Any]:
         checked["type"] = fields["type"]
     if "endpoint" in fields:
         endpoint = fields["endpoint"]
+        if isinstance(endpoint, str) and len(endpoint) > limits.endpoint:
+            raise FieldError("endpoint", f"at most {limits.endpoint} characters")
         if endpoint is not None:
             endpoint = _endpoint(endpoint)
         checked["endpoint"] = endpoint
@@ -253,6 +286,8 @@ def validate(fields: Any, *, creating: bool) -> dict[str, Any]:
         api_key = fields["api_key"]
         if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
             raise FieldError("api_key", "a non-empty string, or null for none")
+        if api_key is not None and len(api_key) > limits.key:
+            raise FieldError("api_key", f"at most {limits.key} characters")
         checked["api_key"] = api_key.strip() if api_key else None
     for flag in ("is_default", "is_active"):
         if flag in fields:
@@ -536,11 +571,16 @@ def all_preferences(db: sqlite3.Connection) -> dict[str, Preferences]:
     return {name: get_preferences(db, name) for name in names}
 
 
-def check_preferences(fields: Any, visible: set[int]) -> Preferences:
+def check_preferences(
+    fields: Any,
+    visible: set[int],
+    limits: Limits = DEFAULT_LIMITS,
+) -> Preferences:
     """The checked preferences of a ``PUT`` (every field; an absent one is reset).
 
     Args:
         visible: the ids of the backends the user may route to.
+        limits: how many aliases, and how long.
 
     Raises:
         FieldError: the first wrong field.
@@ -561,11 +601,17 @@ def check_preferences(fields: Any, visible: set[int]) -> Preferences:
     aliases = fields.get("aliases") or {}
     if not isinstance(aliases, dict):
         raise FieldError("aliases", 'an object {"alias": "backend/model"}')
+    if len(aliases) > limits.aliases:
+        raise FieldError("aliases", f"at most {limits.aliases} aliases")
     for alias, value in aliases.items():
+        if len(alias) > limits.alias:
+            raise FieldError("aliases", f"an alias has at most {limits.alias} characters")
         if not ALIAS.fullmatch(alias) or "/" in alias:
             raise FieldError("aliases", f"{alias!r} is not a valid alias name")
         if not isinstance(value, str) or not value.strip():
             raise FieldError("aliases", f"{alias!r} must name a model")
+        if len(value) > limits.alias:
+            raise FieldError("aliases", f"{alias!r}: at most {limits.alias} characters")
     return Preferences(default, fallback, aliases)
 
 

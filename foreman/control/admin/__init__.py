@@ -264,7 +264,7 @@ def admin_pages(gw: Gateway, manager: Manager) -> Blueprint:
     async def dashboard_context(session: Session) -> dict[str, Any]:
         now = time.time()
         rows = []
-        for record in manager.seen(session.user):
+        for record in manager.on_pages(session.user):
             running = backends.running.get(record.id)
             gate = getattr(running, "gate", None)
             residency = getattr(running, "residency", None)
@@ -324,7 +324,7 @@ def admin_pages(gw: Gateway, manager: Manager) -> Blueprint:
         form: str | None = None,
     ) -> Any:
         user = session.user
-        cards = [await card_of(user, record) for record in manager.seen(user)]
+        cards = [await card_of(user, record) for record in manager.on_pages(user)]
         preferences = backends.preferences_of(user.name)
         aliases = dict(preferences.aliases or {})
         return await render(
@@ -359,7 +359,7 @@ def admin_pages(gw: Gateway, manager: Manager) -> Blueprint:
     async def backends_live(session: Session) -> Any:
         """``{"<id>": {"status": html, "models": html, "sig": str}}`` for admin.js."""
         live = {}
-        for record in manager.seen(session.user):
+        for record in manager.on_pages(session.user):
             card = await card_of(session.user, record)
             live[str(record.id)] = {
                 "status": await render_template("admin/_status.html", status=card["status"]),
