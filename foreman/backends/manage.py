@@ -20,11 +20,12 @@ from typing import Any
 
 from ..dataplane.errors import ForemanError, TargetError
 from ..dataplane.jsonwire import rfc3339
+from ..outbound import short_reason
 from ..users import User
 from . import Backends, registry
 from .registry import BackendRecord, FieldError, Limits
 
-__all__ = ["PAGE_ROWS", "Forbidden", "Inactive", "Manager", "NotFound"]
+__all__ = ["PAGE_ROWS", "CheckFailed", "Forbidden", "Inactive", "Manager", "NotFound"]
 
 #: Backends the settings pages show at most (every user's, for an admin).
 PAGE_ROWS = 200
@@ -40,6 +41,12 @@ class Forbidden(ForemanError):
 
 class Inactive(ForemanError):
     status_code = 409
+
+
+class CheckFailed(ForemanError):
+    """A discovery asked for failed: 502 with a short, fixed reason."""
+
+    status_code = 502
 
 
 class Manager:
@@ -116,12 +123,16 @@ class Manager:
         ``refresh``, discovered again first.
 
         Raises:
-            TargetError: ``refresh`` and the backend could not be reached.
+            CheckFailed: ``refresh`` and the backend could not be reached (502, a short reason).
         """
-        self.find(user, backend_id)
+        record = self.find(user, backend_id)
         backend = self.backends.running.get(backend_id)
         if refresh and backend is not None:
-            await self.backends.record(backend_id, await backend.check())
+            try:
+                found = await backend.check()
+            except TargetError as exc:
+                raise CheckFailed(f"backend {record.name!r}: {short_reason(exc)}") from exc
+            await self.backends.record(backend_id, found)
         since = self.backends.status(backend_id).last_success
         return await self.store.call(
             registry.list_models, backend_id, math.inf if since is None else since
@@ -202,8 +213,9 @@ class Manager:
             raise Inactive(f"backend {record.name!r} is not active")
         try:
             models = await backend.check()
-        except TargetError as exc:
-            return {"ok": False, "status": self.status(backend_id), "models": [], "error": str(exc)}
+        except TargetError as exc:  # a short, fixed reason: never what the backend answered
+            error = short_reason(exc)
+            return {"ok": False, "status": self.status(backend_id), "models": [], "error": error}
         await self.backends.record(backend_id, models)
         names = sorted(name for name, _ in models)
         return {"ok": True, "status": self.status(backend_id), "models": names, "error": None}

@@ -30,6 +30,7 @@ import trio
 
 from ..dataplane.errors import TargetError, TargetStatus
 from ..gateway import Gateway
+from ..outbound import AddressPolicy, PolicyBackend, policed_transport
 from ..store import Store
 from ..store.private import write_private
 from . import records
@@ -302,19 +303,26 @@ class Jobs:
 
     async def _send_webhooks(self) -> None:
         """Deliver state webhooks: due ones now, failed ones again with back-off; forever."""
-        async with httpx2.AsyncClient(
-            transport=self._webhook_transport,
-            timeout=WEBHOOK_TIMEOUT,
-            follow_redirects=False,
-            trust_env=False,
-        ) as client:
+        policed = self._webhook_transport or policed_transport(
+            PolicyBackend(AddressPolicy.of(self.settings))
+        )  # an ordinary user's webhook goes through the outbound address policy
+        options: dict[str, Any] = {
+            "timeout": WEBHOOK_TIMEOUT,
+            "follow_redirects": False,
+            "trust_env": False,
+        }
+        async with (
+            httpx2.AsyncClient(transport=self._webhook_transport, **options) as client,
+            httpx2.AsyncClient(transport=policed, **options) as users_client,
+        ):
             while True:
                 wake = self._deliveries
                 due = await self.store.call(records.due_deliveries, self.now(), 50)
                 if due:  # one job's deliveries go one at a time, in order; jobs in parallel
                     async with trio.open_nursery() as batch:
                         for delivery in due:
-                            batch.start_soon(self._deliver, client, delivery)
+                            sender = users_client if delivery.get("policed") else client
+                            batch.start_soon(self._deliver, sender, delivery)
                     continue
                 upcoming = await self.store.call(records.next_delivery_at)
                 # a millisecond late, so that the retry is surely due when we look again
