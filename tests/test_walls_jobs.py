@@ -226,3 +226,16 @@ async def test_the_dashboard_shows_a_user_their_own_jobs_only(
                 seen[person.name] = (await client.get("/admin/live")).text
         assert alice.job in seen["alice"] and bob.job not in seen["alice"]
         assert bob.job in seen["bob"] and alice.job not in seen["bob"]
+
+
+def test_the_cli_table_shows_each_jobs_owner() -> None:
+    from rich.console import Console
+
+    from foreman.jobs.cli import _table
+
+    job = {"id": "j1", "owner": "alice", "endpoint": "chat", "state": "queued", "priority": "batch"}
+    console = Console(width=200, record=True)
+    console.print(_table([{**job, "attempts": 0, "created_at": "2026-01-01T00:00:00Z"}]))
+    lines = console.export_text().splitlines()
+    header, row = lines[1], lines[3]
+    assert "owner" in header and "alice" in row
