@@ -295,3 +295,24 @@ async def test_server_keys_resolve_every_spelling_of_one_machine() -> None:
     assert await server_key("http://ollama.lan:11434", names) == "192.168.1.7:11434"
     assert await server_key("http://alias.lan:11434/x", names) == "192.168.1.7:11434"
     assert await server_key("http://127.0.0.1:11435", names) == "local:11435"
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "openai"])
+async def test_a_users_claude_or_openai_backend_cannot_reach_this_machine(
+    nursery: trio.Nursery, standin: StandIn, kind: str
+) -> None:
+    async with (
+        internal_service(nursery) as (internal, port),
+        open_foreman(nursery, standin, token="s3cret-token") as fm,
+    ):
+        bob = await user(fm, "bob")
+        body = {"name": "api", "type": kind, "endpoint": f"http://localhost:{port}/v1"}
+        added = await fm.client.post(
+            "/admin/api/backends", json={**body, "api_key": "sk-bob"}, headers=bob
+        )
+        backend = added.json()["id"]
+        status = await settled(fm, backend, bob)
+        assert (status["state"], status["last_error"]) == ("unreachable", REFUSED)
+        tested = await fm.client.post(f"/admin/api/backends/{backend}/test", headers=bob)
+        assert tested.json()["error"] == REFUSED
+        assert sum(internal.requests.values()) == 0
