@@ -263,21 +263,18 @@ def short_reason(exc: TargetError) -> str:
     return "failed"
 
 
+#: This host's own addresses (looked up once, by the first :func:`server_key`).
 _LOCAL: set[Address] = set()
 
 
-def _is_this_host(address: Address) -> bool:
-    """Loopback, unspecified, or one of this host's own addresses (looked up once)."""
-    if address.is_loopback or address.is_unspecified:
-        return True
+async def _this_host() -> set[Address]:
     if not _LOCAL:
         try:
-            infos = socket.getaddrinfo(socket.gethostname(), None, type=socket.SOCK_STREAM)
-            _LOCAL.update(_address(str(info[4][0])) for info in infos)
-        except OSError:
+            _LOCAL.update(_address(text) for text in await resolve(socket.gethostname(), 0))
+        except (OSError, ValueError):
             pass
         _LOCAL.add(ipaddress.ip_address("127.0.0.1"))  # looked up: never again
-    return address in _LOCAL
+    return _LOCAL
 
 
 async def server_key(endpoint: str, resolver: Resolver = resolve) -> str:
@@ -294,6 +291,7 @@ async def server_key(endpoint: str, resolver: Resolver = resolve) -> str:
         addresses = []
     if not addresses:
         return f"{host}:{port}"
-    if any(_is_this_host(address) for address in addresses):
+    this_host = await _this_host()
+    if any(a.is_loopback or a.is_unspecified or a in this_host for a in addresses):
         return f"local:{port}"
     return f"{min(addresses, key=lambda a: (a.version, int(a)))}:{port}"

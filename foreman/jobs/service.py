@@ -75,7 +75,7 @@ class Jobs:
         self.running: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
         self.depths = {"interactive": 0, "batch": 0}
         self.chat_job: str | None = None  # the chat or generate job holding the slot now
-        self._chat_job_owner: Job | None = None  # that job
+        self._running_chat: Job | None = None  # that job (whose owner may see its id)
         #: jobs ended by this process, by state (``/metrics``)
         self.finished = {"succeeded": 0, "failed": 0, "cancelled": 0}
         self._changed = trio.Event()  # the queue changed: workers look again
@@ -138,7 +138,7 @@ class Jobs:
 
     def running_chat_of(self, user: User) -> str | None:
         """The id of the chat job holding the slot now, if ``user`` may see it."""
-        job = self._chat_job_owner
+        job = self._running_chat
         return job.id if job is not None and job.visible_to(user.name, user.is_admin) else None
 
     # --- the tasks -------------------------------------------------------------------
@@ -200,11 +200,11 @@ class Jobs:
                 job = await self.store.call(records.claim_next, CHATS)
                 if job is None:
                     continue
-                self.chat_job, self._chat_job_owner = job.id, job
+                self.chat_job, self._running_chat = job.id, job
                 try:
                     await self._run(job)
                 finally:
-                    self.chat_job = self._chat_job_owner = None
+                    self.chat_job = self._running_chat = None
 
     async def _embed_worker(self) -> None:
         """Run embed jobs, ``FOREMAN_EMBED_JOB_CONCURRENCY`` at a time, beside the gate."""
