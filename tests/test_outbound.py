@@ -65,6 +65,18 @@ async def settled(fm: Foreman, backend_id: int, headers: dict[str, str]) -> dict
             await trio.sleep(0.02)
 
 
+@asynccontextmanager
+async def bob_beside_internal(
+    nursery: trio.Nursery, standin: StandIn
+) -> AsyncIterator[tuple[Foreman, dict[str, str], StandIn, int]]:
+    """foreman with a user bob (his key's headers), and the internal service's port."""
+    async with (
+        internal_service(nursery) as (internal, port),
+        open_foreman(nursery, standin, token="s3cret-token") as fm,
+    ):
+        yield fm, await user(fm, "bob"), internal, port
+
+
 def test_the_policy_refuses_every_spelling_of_this_machine_and_private_networks() -> None:
     policy = AddressPolicy.of(
         Settings(listen="127.0.0.1:8080", user_networks=("192.168.1.0/24", "ollama.lan"))
@@ -142,11 +154,7 @@ async def test_a_name_that_rebinds_to_loopback_after_the_check_is_refused(
 async def test_a_users_backend_cannot_reach_this_machine(
     nursery: trio.Nursery, standin: StandIn, host: str
 ) -> None:
-    async with (
-        internal_service(nursery) as (internal, port),
-        open_foreman(nursery, standin, token="s3cret-token") as fm,
-    ):
-        bob = await user(fm, "bob")
+    async with bob_beside_internal(nursery, standin) as (fm, bob, internal, port):
         body = {"name": "mine", "type": "ollama", "endpoint": f"http://{host}:{port}/secret?x="}
         added = await fm.client.post("/admin/api/backends", json=body, headers=bob)
         assert added.status_code == 201
@@ -279,8 +287,14 @@ async def test_one_gate_per_machine_however_the_url_spells_it(
                 body = chat_body(model, text=f"hello {index}")
                 chats.start_soon(partial(fm.client.post, "/api/chat", json=body))
         assert standin.chats_total == 6 and standin.max_chats_in_flight == 1
-        running = fm.gw.backends.running[added.json()["id"]]
-        assert running.gate is fm.gw.gate
+        backend_id = added.json()["id"]
+        assert fm.gw.backends.running[backend_id].gate is fm.gw.gate
+        # re-resolved when the backend changes: another machine, another gate; and back
+        path = f"/admin/api/backends/{backend_id}"
+        await fm.client.patch(path, json={"endpoint": "http://192.0.2.1:11434"})
+        assert fm.gw.backends.running[backend_id].gate is not fm.gw.gate
+        await fm.client.patch(path, json={"endpoint": "http://[::1]:11434/"})
+        assert fm.gw.backends.running[backend_id].gate is fm.gw.gate
 
 
 async def test_server_keys_resolve_every_spelling_of_one_machine() -> None:
@@ -301,11 +315,7 @@ async def test_server_keys_resolve_every_spelling_of_one_machine() -> None:
 async def test_a_users_claude_or_openai_backend_cannot_reach_this_machine(
     nursery: trio.Nursery, standin: StandIn, kind: str
 ) -> None:
-    async with (
-        internal_service(nursery) as (internal, port),
-        open_foreman(nursery, standin, token="s3cret-token") as fm,
-    ):
-        bob = await user(fm, "bob")
+    async with bob_beside_internal(nursery, standin) as (fm, bob, internal, port):
         body = {"name": "api", "type": kind, "endpoint": f"http://localhost:{port}/v1"}
         added = await fm.client.post(
             "/admin/api/backends", json={**body, "api_key": "sk-bob"}, headers=bob

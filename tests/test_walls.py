@@ -21,6 +21,7 @@ from foreman.standins.ollama import StandIn
 from .asgi import call
 from .conftest import chat_body, open_foreman
 from .test_jobs import wait_state
+from .test_outbound import ADMIN, user
 
 
 @pytest.fixture
@@ -67,9 +68,7 @@ async def test_model_management_needs_the_admin_role_once_users_exist(
     nursery: trio.Nursery, standin: StandIn, autojump_clock: trio.abc.Clock
 ) -> None:
     async with open_foreman(nursery, standin, token="s3cret-token") as fm:
-        admin = {"Authorization": "Bearer s3cret-token"}
-        made = await fm.client.post("/admin/api/users", json={"name": "bob"}, headers=admin)
-        bob = {"Authorization": f"Bearer {made.json()['key']}"}
+        bob = await user(fm, "bob")
         for method, path, body in MANAGEMENT:
             answer = await fm.client.request(method, path, json=body, headers=bob)
             assert answer.status_code == 403, (path, answer.text)
@@ -82,7 +81,7 @@ async def test_model_management_needs_the_admin_role_once_users_exist(
         shown = await fm.client.post("/api/show", json={"model": "llama3.2"}, headers=bob)
         assert shown.status_code == 200  # reading is for everyone
         deleted = await fm.client.request(
-            "DELETE", "/api/delete", json={"model": "llama3.2"}, headers=admin
+            "DELETE", "/api/delete", json={"model": "llama3.2"}, headers=ADMIN
         )
         assert deleted.status_code != 403 and fm.standin.requests["DELETE /api/delete"] == 1
 
@@ -91,9 +90,7 @@ async def test_model_management_can_be_opened_to_users(
     nursery: trio.Nursery, standin: StandIn, autojump_clock: trio.abc.Clock
 ) -> None:
     async with open_foreman(nursery, standin, token="s3cret-token", model_management="users") as fm:
-        admin = {"Authorization": "Bearer s3cret-token"}
-        made = await fm.client.post("/admin/api/users", json={"name": "bob"}, headers=admin)
-        bob = {"Authorization": f"Bearer {made.json()['key']}"}
+        bob = await user(fm, "bob")
         deleted = await fm.client.request(
             "DELETE", "/api/delete", json={"model": "llama3.2"}, headers=bob
         )
@@ -145,16 +142,14 @@ async def test_user_names_ignore_case_and_admin_and_anonymous_are_reserved(
     nursery: trio.Nursery, standin: StandIn, autojump_clock: trio.abc.Clock
 ) -> None:
     async with open_foreman(nursery, standin, token="s3cret-token") as fm:
-        admin = {"Authorization": "Bearer s3cret-token"}
-        made = await fm.client.post("/admin/api/users", json={"name": "bob"}, headers=admin)
-        assert made.status_code == 201
+        await user(fm, "bob")
         for name, error in [
             ("BOB", "name: a user 'BOB' exists already"),
             ("admin", "name: 'admin' is reserved"),
             ("Admin", "name: 'Admin' is reserved"),
             ("anonymous", "name: 'anonymous' is reserved"),
         ]:
-            refused = await fm.client.post("/admin/api/users", json={"name": name}, headers=admin)
+            refused = await fm.client.post("/admin/api/users", json={"name": name}, headers=ADMIN)
             assert (refused.status_code, refused.json()) == (422, {"error": error})
 
 
@@ -162,11 +157,7 @@ async def test_backend_names_are_per_owner_and_errors_name_no_private_backend(
     nursery: trio.Nursery, standin: StandIn, autojump_clock: trio.abc.Clock
 ) -> None:
     async with open_foreman(nursery, standin, token="s3cret-token") as fm:
-        admin = {"Authorization": "Bearer s3cret-token"}
-        keys = {}
-        for name in ("alice", "bob"):
-            made = await fm.client.post("/admin/api/users", json={"name": name}, headers=admin)
-            keys[name] = {"Authorization": f"Bearer {made.json()['key']}"}
+        keys = {name: await user(fm, name) for name in ("alice", "bob")}
         body = {"type": "ollama", "endpoint": "http://192.0.2.1:11434", "is_active": False}
         mine = {**body, "name": "alice-ollama"}
         assert (
@@ -190,7 +181,7 @@ async def test_backend_names_are_per_owner_and_errors_name_no_private_backend(
         )
         assert (shared.status_code, shared.json()["field"]) == (422, "name")
         twice = await fm.client.post(
-            "/admin/api/backends", json={**body, "name": "ollama"}, headers=admin
+            "/admin/api/backends", json={**body, "name": "ollama"}, headers=ADMIN
         )
         assert twice.status_code == 422
 
@@ -236,9 +227,7 @@ async def test_limits_answer_422_naming_the_field(
         max_key_length=20,
         max_alias_length=12,
     ) as fm:
-        admin = {"Authorization": "Bearer s3cret-token"}
-        made = await fm.client.post("/admin/api/users", json={"name": "bob"}, headers=admin)
-        bob = {"Authorization": f"Bearer {made.json()['key']}"}
+        bob = await user(fm, "bob")
         body = {"type": "ollama", "endpoint": "http://192.0.2.1:11434", "is_active": False}
 
         async def refused(method: str, path: str, fields: dict[str, Any], field: str) -> None:
@@ -256,7 +245,7 @@ async def test_limits_answer_422_naming_the_field(
             added = await fm.client.post(backends, json={**body, "name": name}, headers=bob)
             assert added.status_code == 201
         await refused("POST", backends, {**body, "name": "three"}, "backends")
-        shared = await fm.client.post(backends, json={**body, "name": "three"}, headers=admin)
+        shared = await fm.client.post(backends, json={**body, "name": "three"}, headers=ADMIN)
         assert shared.status_code == 201  # shared backends are the admin's to count
         await refused("PATCH", f"{backends}/{added.json()['id']}", {"name": "y" * 11}, "name")
 
