@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import sqlite3
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import trio
 
 from foreman.logs import configure_logging
 from foreman.standins.ollama import StandIn
+from foreman.store import open_store
 
 from .asgi import call
 from .conftest import chat_body, open_foreman
@@ -256,3 +258,38 @@ async def test_limits_answer_422_naming_the_field(
         await refused("PUT", preferences, {"aliases": {"a": "m" * 13}}, "aliases")
         kept = await fm.client.put(preferences, json={"aliases": {"a": "llama3.2"}}, headers=bob)
         assert kept.status_code == 200
+
+
+async def test_migrations_keep_backends_models_preferences_and_jobs(tmp_path: Path) -> None:
+    from importlib import resources
+
+    path = str(tmp_path / "foreman.db")
+    old = sqlite3.connect(path)
+    scripts = resources.files("foreman.store").joinpath("migrations")
+    for name in ("0001_jobs.sql", "0002_lane_index.sql", "0003_users.sql", "0004_backends.sql"):
+        old.executescript(scripts.joinpath(name).read_text())
+    old.executescript(
+        "INSERT INTO backends (id, name, type, endpoint, owner, created_at, updated_at)"
+        " VALUES (7, 'home', 'ollama', 'http://192.0.2.1:11434', 'bob', 1, 1);"
+        "INSERT INTO backend_models VALUES (7, 'llama3.2:latest', 1, 1, 1);"
+        "INSERT INTO preferences VALUES ('bob', 7, NULL, '{}');"
+        "INSERT INTO jobs (id, endpoint, request, priority, state, created_at)"
+        " VALUES ('j', 'chat', x'7b7d', 'batch', 'queued', 1);"
+        "PRAGMA user_version = 4;"
+    )
+    old.close()
+    async with open_store(path) as store:
+
+        def read(db: sqlite3.Connection) -> Any:
+            return (
+                [tuple(row) for row in db.execute("SELECT id, name, owner FROM backends")],
+                db.execute("SELECT COUNT(*) FROM backend_models").fetchone()[0],
+                db.execute("SELECT default_backend_id FROM preferences").fetchone()[0],
+                db.execute("SELECT owner, owner_is_admin FROM jobs").fetchone()[:],
+                db.execute("PRAGMA foreign_key_check").fetchall(),
+            )
+
+        assert await store.call(read) == ([(7, "home", "bob")], 1, 7, (None, 1), [])
+        await store.call(lambda db: db.execute("DELETE FROM backends WHERE id = 7"))
+        after = await store.call(read)
+        assert after[1] == 0 and after[2] is None  # foreign keys work on the rebuilt table
