@@ -9,6 +9,7 @@ start-up with one line naming the variable.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -141,6 +142,27 @@ def _duration(value: str) -> float:
     return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2].lower()]
 
 
+def _management(value: str) -> str:
+    if value.lower() not in ("admins", "users"):
+        raise ValueError("expected admins or users")
+    return value.lower()
+
+
+_HOST = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*\.?", re.IGNORECASE)
+
+
+def _networks(value: str) -> tuple[str, ...]:
+    """CIDRs (``192.168.1.0/24``, ``fd00::/8``), addresses and host names, comma-separated."""
+    entries = tuple(entry.strip().lower() for entry in value.split(",") if entry.strip())
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            if not _HOST.fullmatch(entry):
+                raise ValueError(f"{entry!r} is neither a CIDR nor a host name") from None
+    return entries
+
+
 def _level(value: str) -> str:
     level = value.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -181,6 +203,8 @@ _METAVARS: dict[Callable[[str], Any], str] = {
     _path: "DIR",
     _file: "FILE",
     _duration: "DURATION",
+    _management: "WHO",
+    _networks: "NETWORKS",
 }
 
 
@@ -427,6 +451,72 @@ OPTIONS: tuple[Option, ...] = (
         "PEM private key for FOREMAN_TLS_CERT.",
         secret=True,
     ),
+    Option(
+        "user_networks",
+        "FOREMAN_USER_NETWORKS",
+        "--user-networks",
+        None,
+        _networks,
+        "Networks (CIDRs) and host names ordinary users' backends and webhooks may reach"
+        " besides public addresses, comma-separated (e.g. 192.168.1.0/24,ollama.lan).",
+    ),
+    Option(
+        "model_management",
+        "FOREMAN_MODEL_MANAGEMENT",
+        "--model-management",
+        "admins",
+        _management,
+        "Who may pull, push, delete, copy and create models and upload blobs: admins or"
+        " users (everyone with a key).",
+    ),
+    Option(
+        "max_backends_per_user",
+        "FOREMAN_MAX_BACKENDS_PER_USER",
+        "--max-backends-per-user",
+        "20",
+        _count,
+        "Backends one user may own.",
+    ),
+    Option(
+        "max_aliases_per_user",
+        "FOREMAN_MAX_ALIASES_PER_USER",
+        "--max-aliases-per-user",
+        "100",
+        _count,
+        "Model aliases one user may keep.",
+    ),
+    Option(
+        "max_name_length",
+        "FOREMAN_MAX_NAME_LENGTH",
+        "--max-name-length",
+        "64",
+        _count,
+        "Characters in a backend's name (a user's: 64).",
+    ),
+    Option(
+        "max_endpoint_length",
+        "FOREMAN_MAX_ENDPOINT_LENGTH",
+        "--max-endpoint-length",
+        "2048",
+        _count,
+        "Characters in a backend's endpoint URL.",
+    ),
+    Option(
+        "max_key_length",
+        "FOREMAN_MAX_KEY_LENGTH",
+        "--max-key-length",
+        "1024",
+        _count,
+        "Characters in a backend's API key.",
+    ),
+    Option(
+        "max_alias_length",
+        "FOREMAN_MAX_ALIAS_LENGTH",
+        "--max-alias-length",
+        "200",
+        _count,
+        "Characters in a model alias and in the model it names.",
+    ),
 )
 
 
@@ -468,6 +558,14 @@ class Settings:
     secret_key: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    user_networks: tuple[str, ...] = ()
+    model_management: str = "admins"
+    max_backends_per_user: int = 20
+    max_aliases_per_user: int = 100
+    max_name_length: int = 64
+    max_endpoint_length: int = 2048
+    max_key_length: int = 1024
+    max_alias_length: int = 200
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):

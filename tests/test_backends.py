@@ -436,6 +436,8 @@ async def test_unauthenticated_health_shows_shared_backends_only(
             await fm.client.post("/admin/api/backends", json=body, headers=alice)
         ).status_code == 201
         health = await fm.client.get("/healthz")
+        assert health.json() == {"status": "ok"}  # without a key: the status only
+        health = await fm.client.get("/healthz", headers=alice)
         assert [b["name"] for b in health.json()["backends"]] == ["ollama"]
         assert "alice-secret-proj" not in health.text
         own_default = {**body, "name": "x", "is_default": True}

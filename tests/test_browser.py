@@ -96,6 +96,7 @@ class World:
                 port=self.port,
                 FOREMAN_TOKEN=ADMIN_KEY,
                 FOREMAN_HEARTBEAT_INTERVAL="0.5",
+                FOREMAN_USER_NETWORKS="127.0.0.0/8",  # users' own stand-ins live here
             )
         )
 

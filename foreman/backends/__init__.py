@@ -13,6 +13,11 @@ active ones running, one cancel scope each in the root nursery::
 Adding, changing or deleting a backend through ``/admin/api/backends`` starts,
 restarts or cancels its tasks at once (:meth:`Backends.changed`). Routing a
 request's ``model`` to a backend is :mod:`foreman.dataplane.routing`'s.
+
+An ordinary user's backend connects through the outbound address policy
+(:mod:`foreman.outbound`); a shared or an admin's one connects anywhere. Ollama
+backends share a gate per *server*: the resolved address and port of the endpoint
+(:meth:`Backends.gate_for`), so ``localhost``, ``127.0.0.1`` and ``[::1]`` are one.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import httpx2
 import trio
 
 from ..dataplane.gate import Gate
+from ..outbound import AddressPolicy, PolicyBackend, Resolver, policed_transport, resolve
+from ..outbound import server_key as outbound_server_key
 from ..settings import Settings
 from ..store import Store
 from . import registry
@@ -72,6 +79,7 @@ class Backends:
         builtin: the running backend of ``FOREMAN_OLLAMA_URL`` (its tasks are the
             caller's).
         transports: endpoint URL → transport replacing the network to it (tests).
+        resolver: resolves host names, for the address policy and the gates (tests).
     """
 
     def __init__(
@@ -82,6 +90,7 @@ class Backends:
         builtin: OllamaBackend,
         *,
         transports: Mapping[str, httpx2.AsyncBaseTransport] | None = None,
+        resolver: Resolver = resolve,
     ) -> None:
         self.settings, self.store, self.sealer = settings, store, sealer
         self.builtin = builtin
@@ -91,7 +100,9 @@ class Backends:
         self.preferences: dict[str, Preferences] = {}
         self.failures: dict[int, str] = {}  # why a backend's tasks could not run
         self._scopes: dict[int, trio.CancelScope] = {}
-        self._gates: dict[str, Gate] = {builtin.target.url.rstrip("/").lower(): builtin.gate}
+        self._gates: dict[str, Gate] = {}  # by server (see gate_for); the builtin's in run()
+        self.resolver = resolver
+        self.policy = AddressPolicy.of(settings)
         self._changing = trio.Lock()
         self._transports = dict(transports or {})
         self._nursery: trio.Nursery | None = None
@@ -105,6 +116,7 @@ class Backends:
         backend's tasks are started (not once they are connected: that is their status).
         """
         self.preferences = await self.store.call(registry.all_preferences)
+        self._gates[await self.server_key(self.builtin.target.url)] = self.builtin.gate
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self.builtin.record_discoveries, self.record)
@@ -144,8 +156,8 @@ class Backends:
                 old is not None
                 and running is not None
                 and record.is_active
-                and (old.type, old.endpoint, old.api_key)
-                == (record.type, record.endpoint, record.api_key)
+                and (old.type, old.endpoint, old.api_key, old.owner)
+                == (record.type, record.endpoint, record.api_key, record.owner)
             ):
                 (running or self.builtin).record = record
                 return
@@ -160,10 +172,17 @@ class Backends:
         self.running.pop(backend_id, None)
         self.failures.pop(backend_id, None)
 
-    def gate_for(self, endpoint: str) -> Gate:
-        """The gate of the Ollama server at ``endpoint``: one per server, however many
-        backends name it and however often they restart (one chat at a time, always)."""
-        key = endpoint.rstrip("/").lower()
+    async def server_key(self, endpoint: str) -> str:
+        """The server behind ``endpoint``: its resolved address and port (see
+        :func:`foreman.outbound.server_key`)."""
+        return await outbound_server_key(endpoint, self.resolver)
+
+    async def gate_for(self, endpoint: str) -> Gate:
+        """The gate of the Ollama server at ``endpoint``: one per server (its resolved
+        address and port, resolved again at every start of a backend), however many
+        backends name it, however they spell it and however often they restart (one
+        chat at a time, always)."""
+        key = await self.server_key(endpoint)
         gate = self._gates.get(key)
         if gate is None:
             gate = self._gates[key] = Gate(self.settings.max_queue, self.settings.max_waiting_bytes)
@@ -191,9 +210,13 @@ class Backends:
             self._scopes[record.id] = scope
             transport = self._transports.get((record.endpoint or "").rstrip("/"))
             try:
+                policed = transport is None and await self._policed(record)
+                network = PolicyBackend(self.policy, resolver=self.resolver) if policed else None
                 if record.type == "ollama":
-                    await self._serve_ollama(record, transport, ready)
+                    await self._serve_ollama(record, transport, network, ready)
                 else:
+                    if network is not None:
+                        transport = policed_transport(network)
                     await self._serve_api(record, transport, ready)
             except Exception as exc:
                 LOGGER.error("backend %s stopped: %s", record.name, exc, exc_info=True)
@@ -205,16 +228,27 @@ class Backends:
         if not started:
             task_status.started()
 
+    async def _policed(self, record: BackendRecord) -> bool:
+        """Whether ``record`` connects through the address policy: it is an ordinary
+        user's (a shared or an admin's backend may point anywhere)."""
+        if record.owner is None:
+            return False
+        return not await self.store.call(_owner_is_admin, record.owner)
+
     async def _serve_ollama(
-        self, record: BackendRecord, transport: Any, ready: Callable[[], None]
+        self,
+        record: BackendRecord,
+        transport: Any,
+        network: PolicyBackend | None,
+        ready: Callable[[], None],
     ) -> None:
         assert record.endpoint is not None
         settings = self.settings.replace(
             ollama_url=record.endpoint, ollama_token=record.api_key, embed_model=None
         )
         interval = self.settings.heartbeat_interval
-        async with open_target(settings, transport=transport) as target:
-            gate = self.gate_for(record.endpoint)
+        async with open_target(settings, transport=transport, network_backend=network) as target:
+            gate = await self.gate_for(record.endpoint)
             inventory = Inventory(target, interval)
             residency = Residency(
                 target,
@@ -278,3 +312,10 @@ class Backends:
 
     def preferences_of(self, user_name: str) -> Preferences:
         return self.preferences.get(user_name) or Preferences()
+
+
+def _owner_is_admin(db: Any, name: str) -> bool:
+    """Whether the user ``name`` (a backend's owner) has the admin role."""
+    row = db.execute("SELECT role FROM users WHERE name = ? AND revoked_at IS NULL", (name,))
+    found = row.fetchone()
+    return found is not None and found[0] == "admin"

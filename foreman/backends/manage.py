@@ -20,11 +20,15 @@ from typing import Any
 
 from ..dataplane.errors import ForemanError, TargetError
 from ..dataplane.jsonwire import rfc3339
+from ..outbound import short_reason
 from ..users import User
 from . import Backends, registry
-from .registry import BackendRecord, FieldError
+from .registry import BackendRecord, FieldError, Limits
 
-__all__ = ["Forbidden", "Inactive", "Manager", "NotFound"]
+__all__ = ["PAGE_ROWS", "CheckFailed", "Forbidden", "Inactive", "Manager", "NotFound"]
+
+#: Backends the settings pages show at most (every user's, for an admin).
+PAGE_ROWS = 200
 
 
 class NotFound(ForemanError):
@@ -39,12 +43,19 @@ class Inactive(ForemanError):
     status_code = 409
 
 
+class CheckFailed(ForemanError):
+    """A discovery asked for failed: 502 with a short, fixed reason."""
+
+    status_code = 502
+
+
 class Manager:
     """What a user may do with ``backends``; every method takes the acting user first."""
 
     def __init__(self, backends: Backends) -> None:
         self.backends = backends
         self.store, self.sealer = backends.store, backends.sealer
+        self.limits = Limits.of(backends.settings)
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -82,6 +93,14 @@ class Manager:
             if user.is_admin or r.owner is None or r.owner == user.name
         ]
 
+    def on_pages(self, user: User) -> list[BackendRecord]:
+        """The backends the settings pages and their live fragments show ``user``: those
+        of :meth:`seen`, the shared ones and the user's own first, :data:`PAGE_ROWS` at
+        most (the fragments are fetched every few seconds)."""
+        seen = self.seen(user)
+        seen.sort(key=lambda r: r.owner not in (None, user.name))  # stable: oldest first
+        return seen[:PAGE_ROWS]
+
     def may_change(self, user: User, record: BackendRecord) -> bool:
         return user.is_admin or record.owner == user.name
 
@@ -105,12 +124,16 @@ class Manager:
         while the backend is not connected.
 
         Raises:
-            TargetError: ``refresh`` and the backend could not be reached.
+            CheckFailed: ``refresh`` and the backend could not be reached (502, a short reason).
         """
-        self.find(user, backend_id)
+        record = self.find(user, backend_id)
         backend = self.backends.running.get(backend_id)
         if refresh and backend is not None:
-            await self.backends.record(backend_id, await backend.check())
+            try:
+                found = await backend.check()
+            except TargetError as exc:
+                raise CheckFailed(f"backend {record.name!r}: {short_reason(exc)}") from exc
+            await self.backends.record(backend_id, found)
         return await self.store.call(registry.list_models, backend_id, self._seen_since(backend_id))
 
     def _seen_since(self, backend_id: int) -> float:
@@ -136,10 +159,13 @@ class Manager:
         Raises:
             FieldError: a wrong field, or one only an admin may set.
         """
-        checked = registry.validate(fields, creating=True)
+        checked = registry.validate(fields, creating=True, limits=self.limits)
         owner = checked.pop("owner", None) if user.is_admin else user.name
         if "owner" in checked:
             raise FieldError("owner", "only an admin sets a backend's owner")
+        owned = sum(1 for r in self.backends.records.values() if r.owner == owner)
+        if owner is not None and owned >= self.limits.backends:
+            raise FieldError("backends", f"at most {self.limits.backends} backends per user")
         if checked.get("is_default") and not user.is_admin:
             raise FieldError("is_default", "only an admin sets the shared default")
         record = await self.store.call(registry.insert_backend, self.sealer, checked, owner)
@@ -159,7 +185,7 @@ class Manager:
             FieldError: a wrong field, or one only an admin may set.
         """
         self.find(user, backend_id, change=True)
-        checked = registry.validate(fields, creating=False)
+        checked = registry.validate(fields, creating=False, limits=self.limits)
         if not user.is_admin and ("owner" in checked or "is_default" in checked):
             field = "owner" if "owner" in checked else "is_default"
             raise FieldError(field, "only an admin changes it")
@@ -194,8 +220,9 @@ class Manager:
             raise Inactive(f"backend {record.name!r} is not active")
         try:
             models = await backend.check()
-        except TargetError as exc:
-            return {"ok": False, "status": self.status(backend_id), "models": [], "error": str(exc)}
+        except TargetError as exc:  # a short, fixed reason: never what the backend answered
+            error = short_reason(exc)
+            return {"ok": False, "status": self.status(backend_id), "models": [], "error": error}
         await self.backends.record(backend_id, models)
         names = sorted(name for name, _ in models)
         return {"ok": True, "status": self.status(backend_id), "models": names, "error": None}
@@ -226,7 +253,7 @@ class Manager:
                 may route to).
         """
         visible = {b.record.id for b in self.backends.visible(user.name).values()}
-        chosen = registry.check_preferences(fields, visible)
+        chosen = registry.check_preferences(fields, visible, self.limits)
         await self.store.call(registry.put_preferences, user.name, chosen)
         self.backends.preferences[user.name] = chosen
         return chosen.shown()

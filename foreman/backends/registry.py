@@ -26,6 +26,7 @@ __all__ = [
     "TYPES",
     "BackendRecord",
     "FieldError",
+    "Limits",
     "Preferences",
     "Sealer",
     "delete_backend",
@@ -41,10 +42,40 @@ __all__ = [
 ]
 
 TYPES = ("ollama", "anthropic", "openai")
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 #: The name of the backend FOREMAN_OLLAMA_URL names.
 BUILTIN_NAME = "ollama"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How large what a user stores may be (``FOREMAN_MAX_*``; see :mod:`foreman.settings`).
+
+    Lengths are in characters; a value beyond one is a :class:`FieldError` naming its field.
+    """
+
+    backends: int = 20  # backends one user owns
+    aliases: int = 100  # aliases one user keeps
+    name: int = 64  # a backend's name
+    endpoint: int = 2048  # a backend's endpoint URL
+    key: int = 1024  # a backend's API key
+    alias: int = 200  # an alias, and the model it names
+
+    @classmethod
+    def of(cls, settings: Any) -> Limits:
+        """The limits of foreman's :class:`~foreman.settings.Settings`."""
+        return cls(
+            backends=settings.max_backends_per_user,
+            aliases=settings.max_aliases_per_user,
+            name=settings.max_name_length,
+            endpoint=settings.max_endpoint_length,
+            key=settings.max_key_length,
+            alias=settings.max_alias_length,
+        )
+
+
+DEFAULT_LIMITS = Limits()
 
 
 class FieldError(ValueError):
@@ -217,11 +248,11 @@ def ensure_builtin(db: sqlite3.Connection, sealer: Sealer, endpoint: str) -> Bac
     return record
 
 
-def validate(fields: Any, *, creating: bool) -> dict[str, Any]:
+def validate(fields: Any, *, creating: bool, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     """The checked columns of a create (all required ones) or an update (any subset).
 
     Takes the request's JSON object: ``name``, ``type``, ``endpoint``, ``api_key``,
-    ``is_default``, ``is_active`` and, for admins, ``owner``.
+    ``is_default``, ``is_active`` and, for admins, ``owner``; lengths within ``limits``.
 
     Raises:
         FieldError: the first wrong field (unknown fields are wrong too).
@@ -235,9 +266,9 @@ def validate(fields: Any, *, creating: bool) -> dict[str, Any]:
     checked: dict[str, Any] = {}
     if "name" in fields or creating:
         name = fields.get("name")
-        if not isinstance(name, str) or not NAME.fullmatch(name):
+        if not isinstance(name, str) or not NAME.fullmatch(name) or len(name) > limits.name:
             raise FieldError(
-                "name", "1 to 64 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
+                "name", f"1 to {limits.name} of A-Z a-z 0-9 . _ -, starting with a letter or digit"
             )
         checked["name"] = name
     if "type" in fields or creating:
@@ -246,6 +277,8 @@ def validate(fields: Any, *, creating: bool) -> dict[str, Any]:
         checked["type"] = fields["type"]
     if "endpoint" in fields:
         endpoint = fields["endpoint"]
+        if isinstance(endpoint, str) and len(endpoint) > limits.endpoint:
+            raise FieldError("endpoint", f"at most {limits.endpoint} characters")
         if endpoint is not None:
             endpoint = _endpoint(endpoint)
         checked["endpoint"] = endpoint
@@ -253,6 +286,8 @@ def validate(fields: Any, *, creating: bool) -> dict[str, Any]:
         api_key = fields["api_key"]
         if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
             raise FieldError("api_key", "a non-empty string, or null for none")
+        if api_key is not None and len(api_key) > limits.key:
+            raise FieldError("api_key", f"at most {limits.key} characters")
         checked["api_key"] = api_key.strip() if api_key else None
     for flag in ("is_default", "is_active"):
         if flag in fields:
@@ -285,6 +320,15 @@ def _endpoint(value: Any) -> str:
     return value.rstrip("/")
 
 
+def _origin(endpoint: str | None) -> tuple[str, str, int] | None:
+    """``(scheme, host, port)`` of an endpoint (None: the API's default one)."""
+    if endpoint is None:
+        return None
+    parts = urlsplit(endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
 def _complete(kind: str, endpoint: str | None, api_key: str | None) -> None:
     """What a backend of ``kind`` cannot run without."""
     if kind == "ollama" and not endpoint:
@@ -303,6 +347,7 @@ def insert_backend(
     """
     if checked.get("is_default") and owner is not None:
         raise FieldError("is_default", "only a shared backend is the shared default")
+    _check_name_free(db, checked["name"], owner)
     now = time.time()
     try:
         cursor = db.execute(
@@ -335,7 +380,9 @@ def update_backend(
 ) -> BackendRecord | None:
     """Change a backend's fields (None: no such backend).
 
-    The builtin backend's name, type and endpoint come from foreman's settings.
+    The builtin backend's name, type and endpoint come from foreman's settings. A new
+    scheme, host or port clears the stored API key unless ``checked`` gives one: a key
+    is never sent to a server it was not given for.
 
     Raises:
         FieldError: a change the builtin backend cannot take, or a name taken.
@@ -349,6 +396,12 @@ def update_backend(
                 raise FieldError(fixed, "set by FOREMAN_OLLAMA_URL/TOKEN for this backend")
         if checked.get("is_active") is False:
             raise FieldError("is_active", "the backend of FOREMAN_OLLAMA_URL is always active")
+    if (
+        "endpoint" in checked
+        and "api_key" not in checked
+        and _origin(checked["endpoint"]) != _origin(record.endpoint)
+    ):
+        checked = {**checked, "api_key": None}  # a key never follows a new endpoint
     _complete(
         checked.get("type", record.type),
         checked.get("endpoint", record.endpoint),
@@ -357,6 +410,8 @@ def update_backend(
     owner = checked.get("owner", record.owner)
     if owner is not None and checked.get("is_default", record.is_default):
         raise FieldError("is_default", "only a shared backend is the shared default")
+    if "name" in checked or "owner" in checked:
+        _check_name_free(db, checked.get("name", record.name), owner, backend_id)
     columns = {k: v for k, v in checked.items() if k not in ("is_default", "api_key")}
     if "api_key" in checked:
         columns["api_key"] = sealer.seal(checked["api_key"])
@@ -374,6 +429,22 @@ def update_backend(
     elif checked.get("is_default") is False:
         db.execute("UPDATE backends SET is_default = 0 WHERE id = ?", (backend_id,))
     return get_backend(db, sealer, backend_id)
+
+
+def _check_name_free(
+    db: sqlite3.Connection, name: str, owner: str | None, backend_id: int | None = None
+) -> None:
+    """A backend's name must be free where it will be seen: a user's among the shared
+    backends and their own (another user's private names are theirs, and never shown);
+    a shared one's among all, since every user sees it.
+
+    Raises:
+        FieldError: the name is taken (naming only a backend the owner can see).
+    """
+    scope = "" if owner is None else " AND (owner IS NULL OR owner = ?)"
+    args = (name, -1 if backend_id is None else backend_id) + (() if owner is None else (owner,))
+    if db.execute(f"SELECT 1 FROM backends WHERE name = ? AND id != ?{scope}", args).fetchone():
+        raise FieldError("name", f"a backend {name!r} exists already")
 
 
 def _make_default(db: sqlite3.Connection, backend_id: int) -> None:
@@ -500,11 +571,16 @@ def all_preferences(db: sqlite3.Connection) -> dict[str, Preferences]:
     return {name: get_preferences(db, name) for name in names}
 
 
-def check_preferences(fields: Any, visible: set[int]) -> Preferences:
+def check_preferences(
+    fields: Any,
+    visible: set[int],
+    limits: Limits = DEFAULT_LIMITS,
+) -> Preferences:
     """The checked preferences of a ``PUT`` (every field; an absent one is reset).
 
     Args:
         visible: the ids of the backends the user may route to.
+        limits: how many aliases, and how long.
 
     Raises:
         FieldError: the first wrong field.
@@ -525,11 +601,17 @@ def check_preferences(fields: Any, visible: set[int]) -> Preferences:
     aliases = fields.get("aliases") or {}
     if not isinstance(aliases, dict):
         raise FieldError("aliases", 'an object {"alias": "backend/model"}')
+    if len(aliases) > limits.aliases:
+        raise FieldError("aliases", f"at most {limits.aliases} aliases")
     for alias, value in aliases.items():
+        if len(alias) > limits.alias:
+            raise FieldError("aliases", f"an alias has at most {limits.alias} characters")
         if not ALIAS.fullmatch(alias) or "/" in alias:
             raise FieldError("aliases", f"{alias!r} is not a valid alias name")
         if not isinstance(value, str) or not value.strip():
             raise FieldError("aliases", f"{alias!r} must name a model")
+        if len(value) > limits.alias:
+            raise FieldError("aliases", f"{alias!r}: at most {limits.alias} characters")
     return Preferences(default, fallback, aliases)
 
 

@@ -29,6 +29,7 @@ from ..dataplane.errors import (
     TargetUnauthorized,
 )
 from ..dataplane.gate import Gate
+from ..outbound import short_reason
 from .ollama.inventory import Inventory
 from .ollama.residency import Residency
 from .ollama.target import Target
@@ -73,7 +74,9 @@ class Status:
         )
 
     def failed(self, exc: TargetError) -> None:
-        self.last_ping, self.last_error = time.time(), str(exc)
+        """The check failed: ``last_error`` is a short, fixed reason (never the body the
+        backend answered: :func:`foreman.outbound.short_reason`); the log has the rest."""
+        self.last_ping, self.last_error = time.time(), short_reason(exc)
         unauthorized = isinstance(exc, TargetUnauthorized) or (
             isinstance(exc, TargetStatus) and exc.status in (401, 403)
         )

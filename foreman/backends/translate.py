@@ -387,7 +387,9 @@ def status_error(
         return ModelNotFound(model)
     if 400 <= status < 500:
         return TargetStatus(name, detail, status, kind=kind)
-    return TargetBroken(name, detail, kind=kind)
+    broken = TargetBroken(name, detail, kind=kind)
+    broken.status = status
+    return broken
 
 
 # --- Ollama's answer -------------------------------------------------------------------

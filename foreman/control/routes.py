@@ -1,9 +1,10 @@
 """The control plane: what foreman says about itself, served by Quart.
 
 Routes: ``GET /healthz`` (liveness), ``GET /readyz`` (503 while the target is
-unreachable) and ``GET /metrics`` (Prometheus, :mod:`foreman.control.metrics`). Later
-control-plane surfaces live here too: ``/jobs`` (:mod:`foreman.jobs`), the admin API
-``/admin/api/`` and the settings pages under ``/admin/`` (:mod:`foreman.control.admin`).
+unreachable; both give their details only to a caller with a key) and ``GET /metrics``
+(Prometheus, :mod:`foreman.control.metrics`). Later control-plane surfaces live here
+too: ``/jobs`` (:mod:`foreman.jobs`), the admin API ``/admin/api/`` and the settings
+pages under ``/admin/`` (:mod:`foreman.control.admin`).
 Ollama's own routes never do (see :mod:`foreman.dataplane.native`).
 """
 
@@ -24,11 +25,12 @@ from ..dataplane.errors import ForemanError
 from ..dataplane.jsonwire import rfc3339
 from ..gateway import Gateway
 from ..jobs import job_routes
+from ..users import USER_SCOPE_KEY
 from ..users.routes import user_routes
 from . import admin
 from .responses import json_response
 
-__all__ = ["CONTROL_PATHS", "create_control_app", "health", "is_control", "is_page"]
+__all__ = ["CONTROL_PATHS", "brief", "create_control_app", "health", "is_control", "is_page"]
 
 #: Paths the control plane serves, and everything under ``/jobs/`` and ``/admin/``;
 #: every other path belongs to the data plane.
@@ -78,7 +80,7 @@ def create_control_app(gw: Gateway) -> QuartTrio:
 
     @app.route("/healthz", methods=["GET"])
     async def healthz() -> Response:
-        return json_response(health(gw))
+        return json_response(health(gw) if _keyed() else brief(gw))
 
     @app.route("/metrics", methods=["GET"])
     async def metrics() -> Response:
@@ -86,9 +88,21 @@ def create_control_app(gw: Gateway) -> QuartTrio:
 
     @app.route("/readyz", methods=["GET"])
     async def readyz() -> Response:
-        return json_response(health(gw), 503 if gw.inventory.degraded.value else 200)
+        report = health(gw) if _keyed() else brief(gw)
+        return json_response(report, 503 if gw.inventory.degraded.value else 200)
 
     return app
+
+
+def _keyed() -> bool:
+    """Whether the request came with a valid key (or foreman is open: no key is needed)."""
+    return request.scope.get(USER_SCOPE_KEY) is not None
+
+
+def brief(gw: Gateway) -> dict[str, Any]:
+    """What ``/healthz`` and ``/readyz`` tell a caller without a key: ``{"status": "ok" |
+    "degraded"}``, nothing about targets, backends or jobs."""
+    return {"status": "degraded" if gw.inventory.degraded.value else "ok"}
 
 
 def health(gw: Gateway) -> dict[str, Any]:

@@ -62,6 +62,8 @@ class TargetError(ForemanError):
 
     status_code = 502
     template = "{kind} {target}: {detail}"
+    #: The HTTP status the target answered, when it answered one (0: none).
+    status = 0
 
     def __init__(self, target: str, detail: str, *, kind: str = "ollama target") -> None:
         super().__init__(target, detail)

@@ -43,6 +43,7 @@ from .jsonwire import JSON_CONTENT_TYPE, dumps, request_fields
 from .listing import reachable_models
 from .names import is_cloud, normalize
 from .relay import NDJSON, relay
+from .rights import check_model_management
 from .routing import Route, fallback, resolve
 
 __all__ = ["DataPlane", "route_key"]
@@ -108,6 +109,7 @@ class DataPlane:
             ForemanError: foreman answers it itself (the caller turns it into
                 Ollama's error shape); nothing has been sent yet.
         """
+        check_model_management(self.settings, scope, key)
         method = scope["method"]
         if key in GATED:
             handler = self._chat

@@ -1,10 +1,11 @@
 """``foreman jobs list|show|cancel|submit``: the ``/jobs`` API from a terminal.
 
 Every command talks to a running foreman over HTTP (``--url``, ``FOREMAN_URL``, else
-the address of ``FOREMAN_LISTEN``; ``--token``, ``FOREMAN_TOKEN``). ``--json`` prints
-the API's own JSON instead of a table. Exit status: 0 on success, 1 when foreman
-answers an error or cannot be reached (one line on stderr, foreman's ``{"error": ...}``
-text when it has one).
+the address of ``FOREMAN_LISTEN``; ``--token``, ``FOREMAN_TOKEN``, or a user's key). A user
+sees and cancels only their own jobs; an admin's list shows every job and its owner.
+``--json`` prints the API's own JSON instead of a table. Exit status: 0 on success, 1 when
+foreman answers an error or cannot be reached (one line on stderr, foreman's
+``{"error": ...}`` text when it has one).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def _print_json(value: Any) -> None:
 def _table(jobs: list[dict[str, Any]]) -> Table:
     table = Table(
         Column("id", no_wrap=True),
+        "owner",
         "endpoint",
         "model",
         Column("state", no_wrap=True),
@@ -96,6 +98,7 @@ def _table(jobs: list[dict[str, Any]]) -> Table:
             state += f" (#{job['position']})"
         table.add_row(
             job["id"],
+            job.get("owner") or "",
             job["endpoint"],
             job.get("model") or "",
             f"[{STATE_STYLES.get(job['state'], '')}]{state}",

@@ -57,12 +57,19 @@ class Job:
     metadata: dict[str, Any]
     webhook_url: str | None
     base_url: str
+    owner: str | None = None  # the submitting user's name; None: stored before owners
+    owner_is_admin: bool = True
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
         values = dict(row)
         values["metadata"] = json.loads(values["metadata"])
+        values["owner_is_admin"] = bool(values.get("owner_is_admin", True))
         return cls(**values)
+
+    def visible_to(self, name: str, is_admin: bool) -> bool:
+        """Whether the user ``name`` sees this job: their own, or every one for an admin."""
+        return is_admin or (self.owner is not None and self.owner == name)
 
     @property
     def url(self) -> str:
@@ -76,7 +83,8 @@ def insert_jobs(
     than ``max_jobs``.
 
     Each of ``jobs`` is ``{"id", "endpoint", "request": bytes, "model", "priority",
-    "metadata": dict, "webhook_url", "base_url"}``.
+    "metadata": dict, "webhook_url", "base_url"}`` and, optionally, ``"owner"`` (a user's
+    name) and ``"owner_is_admin"``.
     """
     if count_queued(db) + len(jobs) > max_jobs:
         return None
@@ -85,7 +93,8 @@ def insert_jobs(
     for fields in jobs:
         db.execute(
             "INSERT INTO jobs (id, endpoint, request, model, priority, state, created_at,"
-            " metadata, webhook_url, base_url) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+            " metadata, webhook_url, base_url, owner, owner_is_admin)"
+            " VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
             (
                 fields["id"],
                 fields["endpoint"],
@@ -96,6 +105,8 @@ def insert_jobs(
                 json.dumps(fields["metadata"]),
                 fields["webhook_url"],
                 fields["base_url"],
+                fields.get("owner"),
+                fields.get("owner_is_admin", True),
             ),
         )
         job = get_job(db, fields["id"])
@@ -117,10 +128,12 @@ def list_jobs(
     priority: str | None,
     limit: int,
     before: int | None,
+    owner: str | None = None,
 ) -> list[Job]:
-    """Newest first; ``before`` is the cursor (a ``seq``): only jobs older than it."""
+    """Newest first; ``before`` is the cursor (a ``seq``): only jobs older than it;
+    ``owner``: only that user's jobs (None: everyone's, for an admin)."""
     clauses, args = [], []
-    for column, value in (("state", state), ("priority", priority)):
+    for column, value in (("state", state), ("priority", priority), ("owner", owner)):
         if value is not None:
             clauses.append(f"{column} = ?")
             args.append(value)
@@ -238,8 +251,8 @@ def _deliver(
         }
     )
     db.execute(
-        "INSERT INTO deliveries (job_id, url, body, next_at) VALUES (?, ?, ?, 0)",  # due now
-        (job.id, job.webhook_url, body),
+        "INSERT INTO deliveries (job_id, url, body, next_at, policed) VALUES (?, ?, ?, 0, ?)",
+        (job.id, job.webhook_url, body, not job.owner_is_admin),  # due now
     )
 
 

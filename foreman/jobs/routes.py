@@ -11,6 +11,10 @@
 * ``GET /jobs/{id}/artifacts/{name}``: ``response.json`` (what Ollama answers with
   ``"stream": false``) and, for streamed jobs, ``stream.ndjson`` (the target's bytes).
 
+A job belongs to the key that submitted it (``"owner"``, the user's name): a user lists,
+shows, cancels and reads only their own jobs (another's is a 404, as if it did not
+exist); an admin sees every job.
+
 Errors use Ollama's shape, ``{"error": "..."}``.
 """
 
@@ -28,6 +32,7 @@ from ..control.responses import error_response, json_response
 from ..dataplane.errors import ModelNotFound
 from ..dataplane.jsonwire import dumps, rfc3339
 from ..dataplane.names import is_cloud, normalize
+from ..users import USER_SCOPE_KEY, User
 from . import records
 from .records import FINISHED, Job
 from .service import Jobs
@@ -66,6 +71,7 @@ def job_routes(jobs: Jobs) -> Blueprint:
             finished_at=rfc3339(job.finished_at),
             error=job.error,
             metadata=job.metadata,
+            owner=job.owner,
             artifacts=[
                 {
                     "name": a["name"],
@@ -109,6 +115,8 @@ def job_routes(jobs: Jobs) -> Blueprint:
             "metadata": body.get("metadata") or {},
             "webhook_url": body.get("state_webhook_url"),
             "base_url": request.host_url.rstrip("/"),
+            "owner": _caller().name,
+            "owner_is_admin": _caller().is_admin,
         }
 
     @routes.post("/jobs")
@@ -156,9 +164,15 @@ def job_routes(jobs: Jobs) -> Blueprint:
             return error_response("limit and cursor must be whole numbers", 422)
         if not 1 <= limit <= MAX_PAGE:
             return error_response(f"limit: between 1 and {MAX_PAGE}", 422)
+        caller = _caller()
         page = await jobs.store.call(
             lambda db: records.list_jobs(
-                db, state=state, priority=priority, limit=limit + 1, before=cursor
+                db,
+                state=state,
+                priority=priority,
+                limit=limit + 1,
+                before=cursor,
+                owner=None if caller.is_admin else caller.name,
             )
         )
         more = len(page) > limit
@@ -170,16 +184,22 @@ def job_routes(jobs: Jobs) -> Blueprint:
             }
         )
 
+    async def own_job(job_id: str) -> Job | None:
+        """The job ``job_id`` if the caller may see it (their own; any for an admin)."""
+        job = await jobs.store.call(records.get_job, job_id)
+        caller = _caller()
+        return job if job is not None and job.visible_to(caller.name, caller.is_admin) else None
+
     @routes.get("/jobs/<job_id>")
     async def show(job_id: str) -> Response:
-        job = await jobs.store.call(records.get_job, job_id)
+        job = await own_job(job_id)
         if job is None:
             return error_response(f"job {job_id!r} not found", 404)
         return json_response(await shape(job))
 
     @routes.delete("/jobs/<job_id>")
     async def cancel(job_id: str) -> Response:
-        job = await jobs.store.call(records.get_job, job_id)
+        job = await own_job(job_id)
         if job is None:
             return error_response(f"job {job_id!r} not found", 404)
         if job.state in FINISHED:
@@ -190,6 +210,8 @@ def job_routes(jobs: Jobs) -> Blueprint:
 
     @routes.get("/jobs/<job_id>/artifacts/<name>")
     async def artifact(job_id: str, name: str) -> Response:
+        if await own_job(job_id) is None:
+            return error_response(f"job {job_id!r} has no artifact {name!r}", 404)
         found = [
             a for a in await jobs.store.call(records.artifacts_of, job_id) if a["name"] == name
         ]
@@ -200,6 +222,13 @@ def job_routes(jobs: Jobs) -> Blueprint:
         return Response(data, content_type=found[0]["content_type"])
 
     return routes
+
+
+def _caller() -> User:
+    """The request's user (the front authenticates every ``/jobs`` request)."""
+    user = request.scope.get(USER_SCOPE_KEY)
+    assert user is not None, "the front authenticates every /jobs request"
+    return user
 
 
 def _problem(body: Any) -> str | None:

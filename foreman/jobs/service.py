@@ -23,17 +23,22 @@ import math
 import os
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 import trio
 
 from ..dataplane.errors import TargetError, TargetStatus
 from ..gateway import Gateway
+from ..outbound import AddressPolicy, PolicyBackend, policed_transport
 from ..store import Store
+from ..store.private import write_private
 from . import records
 from .assemble import StreamError, assemble
 from .records import Job
+
+if TYPE_CHECKING:
+    from ..users import User
 
 __all__ = ["Jobs"]
 
@@ -70,6 +75,7 @@ class Jobs:
         self.running: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
         self.depths = {"interactive": 0, "batch": 0}
         self.chat_job: str | None = None  # the chat or generate job holding the slot now
+        self._running_chat: Job | None = None  # that job (whose owner may see its id)
         #: jobs ended by this process, by state (``/metrics``)
         self.finished = {"succeeded": 0, "failed": 0, "cancelled": 0}
         self._changed = trio.Event()  # the queue changed: workers look again
@@ -120,6 +126,20 @@ class Jobs:
                 await finished.wait()
         await self._touched()
         return await self.store.call(records.get_job, job_id)
+
+    async def recent(self, user: User, limit: int) -> list[Job]:
+        """The ``limit`` newest jobs ``user`` may see (their own; every one for an admin)."""
+        owner = None if user.is_admin else user.name
+        return await self.store.call(
+            lambda db: records.list_jobs(
+                db, state=None, priority=None, limit=limit, before=None, owner=owner
+            )
+        )
+
+    def running_chat_of(self, user: User) -> str | None:
+        """The id of the chat job holding the slot now, if ``user`` may see it."""
+        job = self._running_chat
+        return job.id if job is not None and job.visible_to(user.name, user.is_admin) else None
 
     # --- the tasks -------------------------------------------------------------------
 
@@ -180,11 +200,11 @@ class Jobs:
                 job = await self.store.call(records.claim_next, CHATS)
                 if job is None:
                     continue
-                self.chat_job = job.id
+                self.chat_job, self._running_chat = job.id, job
                 try:
                     await self._run(job)
                 finally:
-                    self.chat_job = None
+                    self.chat_job = self._running_chat = None
 
     async def _embed_worker(self) -> None:
         """Run embed jobs, ``FOREMAN_EMBED_JOB_CONCURRENCY`` at a time, beside the gate."""
@@ -276,31 +296,33 @@ class Jobs:
         relative = os.path.join("artifacts", job.id, name)
         path = os.path.join(self.settings.data_path, relative)
 
-        def write() -> None:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as file:
-                file.write(data)
-
-        await trio.to_thread.run_sync(write)
+        await trio.to_thread.run_sync(write_private, path, data)  # 0600, whatever the umask
         await self.store.call(records.add_artifact, job.id, name, content_type, len(data), relative)
 
     # --- webhooks ----------------------------------------------------------------------
 
     async def _send_webhooks(self) -> None:
         """Deliver state webhooks: due ones now, failed ones again with back-off; forever."""
-        async with httpx2.AsyncClient(
-            transport=self._webhook_transport,
-            timeout=WEBHOOK_TIMEOUT,
-            follow_redirects=False,
-            trust_env=False,
-        ) as client:
+        policed = self._webhook_transport or policed_transport(
+            PolicyBackend(AddressPolicy.of(self.settings))
+        )  # an ordinary user's webhook goes through the outbound address policy
+        options: dict[str, Any] = {
+            "timeout": WEBHOOK_TIMEOUT,
+            "follow_redirects": False,
+            "trust_env": False,
+        }
+        async with (
+            httpx2.AsyncClient(transport=self._webhook_transport, **options) as client,
+            httpx2.AsyncClient(transport=policed, **options) as users_client,
+        ):
             while True:
                 wake = self._deliveries
                 due = await self.store.call(records.due_deliveries, self.now(), 50)
                 if due:  # one job's deliveries go one at a time, in order; jobs in parallel
                     async with trio.open_nursery() as batch:
                         for delivery in due:
-                            batch.start_soon(self._deliver, client, delivery)
+                            sender = users_client if delivery.get("policed") else client
+                            batch.start_soon(self._deliver, sender, delivery)
                     continue
                 upcoming = await self.store.call(records.next_delivery_at)
                 # a millisecond late, so that the retry is surely due when we look again

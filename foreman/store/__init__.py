@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import trio
 
+from .private import private_database
+
 __all__ = ["Store", "open_store"]
 
 LOGGER = logging.getLogger("foreman.store")
@@ -72,12 +74,13 @@ def _migrate(connection: sqlite3.Connection) -> int:
 
 
 def _connect(path: str) -> sqlite3.Connection:
+    private_database(path)  # 0600 in a 0700 directory, whatever the umask
     connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     connection.execute("PRAGMA journal_mode = WAL")
     connection.execute("PRAGMA synchronous = NORMAL")  # durable across crashes of foreman
-    connection.execute("PRAGMA foreign_keys = ON")
     connection.execute("PRAGMA busy_timeout = 5000")
-    _migrate(connection)
+    _migrate(connection)  # foreign keys off meanwhile: a rebuilt table cascades nothing
+    connection.execute("PRAGMA foreign_keys = ON")
     connection.isolation_level = "DEFERRED"  # from here on, `with connection` is a transaction
     connection.row_factory = sqlite3.Row
     return connection

@@ -76,6 +76,8 @@ class User:
 TOKEN_ADMIN = User("admin", "admin")
 #: Everyone, while foreman is open (no token, no users).
 ANONYMOUS = User("anonymous", "admin")
+#: Names no user may take, in any case: the token holder's and the open foreman's.
+RESERVED = frozenset({TOKEN_ADMIN.name, ANONYMOUS.name})
 
 
 def _hash(key: bytes) -> str:
@@ -88,13 +90,21 @@ def _hash(key: bytes) -> str:
 def create_user(db: sqlite3.Connection, name: str, role: str) -> tuple[dict[str, Any], str]:
     """Add a user; returns (the user as :func:`list_users` shows it, its new key).
 
+    Names are unique whatever their case (``BOB`` is ``bob``); ``admin`` (the holder of
+    ``FOREMAN_TOKEN``) and ``anonymous`` are reserved.
+
     Raises:
-        ValueError: a bad name or role, or the name is taken (the message says which).
+        ValueError: a bad or reserved name or role, or the name is taken (the message
+            says which).
     """
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise ValueError("name: 1 to 64 of A-Z a-z 0-9 . _ @ -, not starting with . _ @ -")
     if role not in ROLES:
         raise ValueError(f"role: one of {', '.join(ROLES)}")
+    if name.lower() in RESERVED:
+        raise ValueError(f"name: {name!r} is reserved")
+    if db.execute("SELECT 1 FROM users WHERE name = ? COLLATE NOCASE", (name,)).fetchone():
+        raise ValueError(f"name: a user {name!r} exists already")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     try:
         db.execute(

@@ -20,10 +20,12 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpcore2
 import httpx2
 import trio
 
 from ...dataplane.errors import TargetStatus, TargetTimeout, classify
+from ...outbound import policed_transport
 from ...settings import Settings
 from ...upstream import H11Transport
 
@@ -305,7 +307,10 @@ def _error_text(body: bytes) -> str:
 
 @asynccontextmanager
 async def open_target(
-    settings: Settings, *, transport: httpx2.AsyncBaseTransport | None = None
+    settings: Settings,
+    *,
+    transport: httpx2.AsyncBaseTransport | None = None,
+    network_backend: httpcore2.AsyncNetworkBackend | None = None,
 ) -> AsyncIterator[Target]:
     """Open the connection pool for ``settings.ollama_url``.
 
@@ -319,7 +324,17 @@ async def open_target(
     Args:
         settings: foreman's settings.
         transport: replaces the network (tests pass the stand-in's in-process transport).
+        network_backend: connects for httpx2's pool instead of trio's sockets (an ordinary
+            user's backend: :class:`foreman.outbound.PolicyBackend`).
     """
+    if transport is None and network_backend is not None:
+        transport = policed_transport(
+            network_backend,
+            max_connections=MAX_CONNECTIONS,
+            max_keepalive_connections=MAX_CONNECTIONS,
+            keepalive_expiry=KEEPALIVE_EXPIRY,
+            socket_options=_keepalive_options(),
+        )
     if transport is None:
         transport = H11Transport(
             settings.ollama_url,

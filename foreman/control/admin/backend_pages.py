@@ -63,7 +63,7 @@ async def backends_page(
     form: str | None = None,
 ) -> Any:
     user = session.user
-    cards = [await card_of(user, record) for record in services().manager.seen(user)]
+    cards = [await card_of(user, record) for record in services().manager.on_pages(user)]
     return await render(
         session,
         "backends.html",
@@ -88,7 +88,7 @@ async def backends_list(session: Session) -> Any:
 async def backends_live(session: Session) -> Any:
     """``{"<id>": {"status": html, "models": html, "sig": str}}`` for admin.js."""
     live = {}
-    for record in services().manager.seen(session.user):
+    for record in services().manager.on_pages(session.user):
         card = await card_of(session.user, record)
         live[str(record.id)] = {
             "status": await render_template("admin/_status.html", status=card["status"]),

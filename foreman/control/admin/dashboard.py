@@ -26,7 +26,7 @@ async def _context(session: Session) -> dict[str, Any]:
     gw, manager, backends = found.gw, found.manager, found.backends
     now = time.time()
     rows = []
-    for record in manager.seen(session.user):
+    for record in manager.on_pages(session.user):
         running = backends.running.get(record.id)
         gate = getattr(running, "gate", None)
         residency = getattr(running, "residency", None)
@@ -41,14 +41,10 @@ async def _context(session: Session) -> dict[str, Any]:
         )
     jobs = None
     if gw.jobs is not None:
-        recent = await gw.jobs.store.call(
-            lambda db: job_records.list_jobs(
-                db, state=None, priority=None, limit=RECENT_JOBS, before=None
-            )
-        )
+        recent = await gw.jobs.recent(session.user, RECENT_JOBS)  # the user's own
         jobs = {
             "depths": dict(gw.jobs.depths),
-            "running": gw.jobs.chat_job,
+            "running": gw.jobs.running_chat_of(session.user),
             "recent": [(job, _duration(job, now)) for job in recent],
         }
     return {"rows": rows, "jobs": jobs, "embeds": gw.embeds_in_flight, "now": now}
