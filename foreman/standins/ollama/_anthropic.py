@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from quart import Response, request
 
-from ._compat import abort, bind, run_native
+from ._compat import abort, bind, guarded, run_native
 from ._wire import RequestError, dumps
 
 if TYPE_CHECKING:
@@ -250,4 +250,4 @@ def register_anthropic(app: QuartTrio, standin: StandIn) -> None:
 
     @app.route("/v1/messages", methods=["POST"])
     async def v1_messages() -> Response:
-        return await messages(standin)
+        return await guarded(messages(standin), new_error)

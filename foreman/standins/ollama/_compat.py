@@ -18,7 +18,7 @@ A native stream's ``{"error": ...}`` line (a runner that died) is written at sta
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any, Final
 
@@ -67,11 +67,24 @@ def bind(raw: bytes) -> dict[str, Any]:
         value = json.JSONDecoder().raw_decode(text)[0]
     except json.JSONDecodeError as exc:
         raise RequestError(400, f"invalid character at offset {exc.pos}: {exc.msg}") from None
+    except RecursionError:
+        raise RequestError(400, "exceeded max depth") from None
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise RequestError(400, "json: cannot unmarshal into Go value of the request type")
     return value
+
+
+async def guarded(
+    answer: Awaitable[Response], error: Callable[[int, str], dict[str, Any]]
+) -> Response:
+    """``answer``, or a 400 for a request whose fields have the wrong JSON types (Go's
+    decoder refuses those when it binds; the rewrites here meet them later)."""
+    try:
+        return await answer
+    except (AttributeError, TypeError, KeyError, ValueError) as exc:
+        return abort(error, 400, f"json: cannot unmarshal: {exc}")
 
 
 class EventBody:

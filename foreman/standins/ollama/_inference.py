@@ -194,7 +194,7 @@ async def infer(
         prompt_count = len(f"{body.get('system') or ''} {prompt}".split()) + 4
     tokens = [("thinking", t) for t in THINKING] if thinking and think is not False else []
     tokens += [("content", w) for w in reply_words(text, standin.reply_tokens)]
-    standin.replies.append("".join(t for k, t in tokens if k == "content"))
+    standin.replies.append("".join(t for k, t in tokens if k == "content")[:200])
     done_reason = "stop"
     if num_predict is not None and num_predict < len(tokens):
         tokens, done_reason = tokens[:num_predict], "length"

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from quart import Response, request
 
-from ._compat import JSON_PLAIN, abort, bind, run_native, unix
+from ._compat import JSON_PLAIN, abort, bind, guarded, run_native, unix
 from ._models import parse_name
 from ._wire import RequestError, dumps
 
@@ -343,15 +343,15 @@ def register_openai(app: QuartTrio, standin: StandIn) -> None:
 
     @app.route("/v1/chat/completions", methods=["POST"])
     async def v1_chat() -> Response:
-        return await chat_completions(standin)
+        return await guarded(chat_completions(standin), new_error)
 
     @app.route("/v1/completions", methods=["POST"])
     async def v1_completions() -> Response:
-        return await completions(standin)
+        return await guarded(completions(standin), new_error)
 
     @app.route("/v1/embeddings", methods=["POST"])
     async def v1_embeddings() -> Response:
-        return await embeddings(standin)
+        return await guarded(embeddings(standin), new_error)
 
     @app.route("/v1/models", methods=["GET"])
     async def v1_models() -> Response:
@@ -363,4 +363,4 @@ def register_openai(app: QuartTrio, standin: StandIn) -> None:
 
     @app.route("/v1/responses", methods=["POST"])
     async def v1_responses() -> Response:
-        return await responses(standin)
+        return await guarded(responses(standin), new_error)

@@ -90,8 +90,8 @@ class StandIn:
         prompts: the last message's content (chat) or the prompt (generate), its first
             100 characters -> count,
             for every chat or generate request naming a known model.
-        replies: the content of every reply planned (oldest first; ``/_standin/stats``
-            shows the last 20), whichever face asked for it.
+        replies: the content of the last 20 replies planned (oldest first, each cut at
+            200 characters), whichever face asked for them.
         last_headers: lower-cased request headers of the most recent request.
     """
 
@@ -130,7 +130,7 @@ class StandIn:
         self.embeds_in_flight = self.max_embeds_in_flight = self.embeds_total = 0
         self.requests: collections.Counter[str] = collections.Counter()
         self.prompts: collections.Counter[str] = collections.Counter()
-        self.replies: list[str] = []
+        self.replies: collections.deque[str] = collections.deque(maxlen=20)
         self.last_headers: dict[str, str] = {}
         self._epoch: tuple[trio.abc.Clock, int] | None = None
         self.app = create_app(self)
@@ -204,7 +204,7 @@ class StandIn:
             "embeds_total": self.embeds_total,
             "requests": dict(self.requests),
             "prompts": dict(self.prompts),
-            "replies": self.replies[-20:],
+            "replies": list(self.replies),
             "resident": self.resident(),
             "faults": dataclasses.asdict(self.faults),
         }

@@ -1,0 +1,291 @@
+"""Ollama's OpenAI and Anthropic faces through foreman, in-process (``docs/adr/0016-faces.md``).
+
+Byte fidelity against the stand-in's direct answers (ids and timestamps aside), the
+gate across faces, foreman's own errors in each face's shape, the end of a broken
+stream, keys, and the backends that speak a face natively.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import partial
+from typing import Any
+
+import pytest
+import trio
+
+from foreman.standins.anthropic import AnthropicStandIn
+from foreman.standins.ollama import StandIn
+
+from .conftest import Foreman, chat_body, open_foreman
+from .test_api_backends import CLAUDE, add
+from .test_backends import wait_connected
+
+MESSAGES = [{"role": "user", "content": "hello there"}]
+ANTHROPIC_BODY = {"model": "llama3.2", "max_tokens": 64, "messages": MESSAGES}
+
+#: (path, body) pairs: every generation route, stream and not, and errors.
+CASES = [
+    ("/v1/chat/completions", {"model": "llama3.2", "messages": MESSAGES}),
+    ("/v1/chat/completions", {"model": "llama3.2", "messages": MESSAGES, "stream": True}),
+    (
+        "/v1/chat/completions",
+        {
+            "model": "qwen3:8b",
+            "messages": MESSAGES,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ),
+    ("/v1/chat/completions", {"model": "llama3.2", "messages": []}),
+    ("/v1/completions", {"model": "llama3.2", "prompt": "say hi"}),
+    ("/v1/completions", {"model": "llama3.2", "prompt": "say hi", "stream": True}),
+    ("/v1/embeddings", {"model": "nomic-embed-text", "input": ["a", "b"]}),
+    ("/v1/embeddings", {"model": "nomic-embed-text", "input": []}),
+    ("/v1/responses", {"model": "llama3.2", "input": "hello there"}),
+    ("/v1/responses", {"model": "qwen3:8b", "input": "hello there", "stream": True}),
+    ("/v1/messages", {**ANTHROPIC_BODY, "system": "be brief"}),
+    ("/v1/messages", {**ANTHROPIC_BODY, "stream": True}),
+    ("/v1/messages", {"model": "llama3.2", "messages": MESSAGES}),
+]
+
+_VOLATILE = re.compile(
+    rb'("(?:id|created|created_at|completed_at|request_id|item_id)":)("[^"]*"|\d+)'
+    rb"|(?:chatcmpl|cmpl|resp|msg|rs|req)[-_][0-9a-f]+"
+)
+
+
+def stable(body: bytes) -> bytes:
+    """``body`` with ids and timestamps blanked."""
+    return _VOLATILE.sub(lambda m: (m.group(1) or b"") + b"_", body)
+
+
+async def both(fm: Foreman, method: str, path: str, body: Any = None) -> tuple[Any, Any]:
+    """The same request through foreman and straight to the stand-in."""
+    kwargs = {} if body is None else {"json": body}
+    through = await fm.client.request(method, path, **kwargs)
+    direct = await fm.target.request(method, path, **kwargs)
+    return through, direct
+
+
+@pytest.mark.parametrize(("path", "body"), CASES)
+async def test_answers_are_the_stand_ins_byte_for_byte(
+    fm: Foreman, autojump_clock: Any, path: str, body: dict[str, Any]
+) -> None:
+    through, direct = await both(fm, "POST", path, body)
+    assert through.status_code == direct.status_code
+    assert through.headers["content-type"] == direct.headers["content-type"]
+    assert stable(through.content) == stable(direct.content)
+    assert through.content  # never an empty answer
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/models/llama3.2", "/v1/models/nope"])
+async def test_models_are_relayed(fm: Foreman, autojump_clock: Any, path: str) -> None:
+    through, direct = await both(fm, "GET", path)
+    assert (through.status_code, through.content) == (direct.status_code, direct.content)
+    assert through.headers["content-type"] == direct.headers["content-type"]
+
+
+async def test_unknown_model_is_foremans_own_answer_in_each_faces_shape(
+    fm: Foreman, autojump_clock: Any
+) -> None:
+    before = fm.standin.chats_total
+    chat = await fm.client.post("/v1/chat/completions", json=chat_body("nope:1b"))
+    assert chat.status_code == 404
+    assert chat.json() == {
+        "error": {
+            "message": "model 'nope:1b' not found",
+            "type": "not_found_error",
+            "param": None,
+            "code": None,
+        }
+    }
+    message = await fm.client.post("/v1/messages", json={**ANTHROPIC_BODY, "model": "nope:1b"})
+    assert message.status_code == 404
+    assert message.json() == {
+        "type": "error",
+        "error": {"type": "not_found_error", "message": "model 'nope:1b' not found"},
+    }
+    assert fm.standin.chats_total == before  # answered by foreman, after one re-poll
+
+
+async def test_every_face_waits_its_turn_at_one_gate(
+    nursery: trio.Nursery, autojump_clock: Any
+) -> None:
+    standin = StandIn(token_rate=5.0)  # ~1.4 s per reply
+    async with open_foreman(nursery, standin) as fm:
+        answers: list[int] = []
+
+        async def post(path: str, body: dict[str, Any]) -> None:
+            answers.append((await fm.client.post(path, json=body)).status_code)
+
+        async with trio.open_nursery() as inner:
+            for path, body in [
+                ("/api/chat", chat_body()),
+                ("/v1/chat/completions", {"model": "llama3.2", "messages": MESSAGES}),
+                ("/v1/chat/completions", {**chat_body(), "stream": True}),
+                ("/v1/messages", {**ANTHROPIC_BODY, "stream": True}),
+                ("/v1/responses", {"model": "llama3.2", "input": "hi", "stream": True}),
+                ("/v1/completions", {"model": "llama3.2", "prompt": "hi"}),
+                ("/api/generate", {"model": "llama3.2", "prompt": "hi"}),
+            ]:
+                inner.start_soon(post, path, body)
+        assert answers == [200] * 7
+        assert standin.max_chats_in_flight == 1 and standin.chats_total == 7
+
+
+async def test_embeddings_pass_a_long_chat(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    standin = StandIn(token_rate=1.0, reply_tokens=30)  # a 31 s chat
+    async with open_foreman(nursery, standin) as fm:
+        async with trio.open_nursery() as inner:
+            inner.start_soon(partial(fm.client.post, "/v1/chat/completions", json=chat_body()))
+            await trio.sleep(2)
+            assert standin.chats_in_flight == 1
+            started = trio.current_time()
+            body = {"model": "nomic-embed-text", "input": "hi"}
+            embedded = await fm.client.post("/v1/embeddings", json=body)
+            assert embedded.status_code == 200 and embedded.json()["object"] == "list"
+            assert trio.current_time() - started < 1  # not after the chat's 29 s left
+            assert standin.chats_in_flight == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {**chat_body(), "stream": True}),
+        ("/v1/messages", {**ANTHROPIC_BODY, "stream": True}),
+    ],
+)
+async def test_the_first_event_arrives_before_the_target_sends_the_second(
+    nursery: trio.Nursery, autojump_clock: Any, path: str, body: dict[str, Any]
+) -> None:
+    standin = StandIn(token_rate=1.0)  # one native line a second
+    async with open_foreman(nursery, standin) as fm:
+        started = trio.current_time()
+        async with fm.client.stream("POST", path, json=body) as response:
+            assert response.headers["content-type"] == "text/event-stream"
+            async for chunk in response.aiter_raw():
+                assert chunk.startswith((b"data: ", b"event: "))
+                break
+            assert trio.current_time() - started < 2  # the second line comes at 2 s
+
+
+async def test_a_stream_that_breaks_ends_as_the_face_ends_it(
+    fm: Foreman, autojump_clock: Any
+) -> None:
+    fm.standin.faults.die_after = 2
+    chat = await fm.client.post("/v1/chat/completions", json={**chat_body(), "stream": True})
+    events = chat.content.split(b"\n\n")
+    assert chat.status_code == 200 and len(events) == 4  # two chunks, the error, ""
+    error = json.loads(events[2].removeprefix(b"data: "))
+    assert error["error"]["type"] == "api_error" and "broke" in error["error"]["message"]
+    message = await fm.client.post("/v1/messages", json={**ANTHROPIC_BODY, "stream": True})
+    last = message.content.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+    assert last.startswith(b"event: error\ndata: ")
+    assert json.loads(last.split(b"data: ", 1)[1])["error"]["type"] == "api_error"
+
+
+async def test_foremans_errors_take_the_faces_shape(
+    nursery: trio.Nursery, autojump_clock: Any
+) -> None:
+    standin = StandIn()
+    async with open_foreman(nursery, standin, max_body=2000) as fm:
+        big = {**chat_body(), "messages": [{"role": "user", "content": "x" * 3000}]}
+        too_large = await fm.client.post("/v1/chat/completions", json=big)
+        assert too_large.status_code == 413
+        assert too_large.headers["content-type"] == "application/json"
+        assert too_large.json()["error"]["type"] == "api_error"
+        big_message = {**ANTHROPIC_BODY, "messages": big["messages"]}
+        too_large = await fm.client.post("/v1/messages", json=big_message)
+        assert too_large.status_code == 413
+        assert too_large.json()["error"]["type"] == "request_too_large"
+
+        standin.reachable = False
+        down = await fm.client.post("/v1/messages", json=ANTHROPIC_BODY)
+        assert down.status_code == 503 and down.headers["retry-after"]
+        assert down.json()["type"] == "error"
+        assert down.json()["error"]["type"] == "overloaded_error"
+        assert "unreachable" in down.json()["error"]["message"]
+
+        odd = await fm.client.post("/v1/nothing-here", json={})  # gated, then Ollama's 404
+        assert odd.status_code == 503  # (the target is down: foreman fails closed)
+
+
+async def test_keys_as_each_face_sends_them(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    standin = StandIn()
+    async with open_foreman(nursery, standin, token="s3cret-token") as fm:
+        bare = await fm.client.post("/v1/chat/completions", json=chat_body())
+        assert bare.status_code == 401 and bare.json()["error"]["message"] == "unauthorized"
+        bare = await fm.client.post("/v1/messages", json=ANTHROPIC_BODY)
+        assert bare.status_code == 401
+        assert bare.json()["error"]["type"] == "authentication_error"
+        bearer = {"authorization": "Bearer s3cret-token"}
+        ok = await fm.client.post("/v1/chat/completions", json=chat_body(), headers=bearer)
+        assert ok.status_code == 200
+        assert "authorization" not in standin.last_headers  # never forwarded
+        api_key = {"x-api-key": "s3cret-token"}
+        ok = await fm.client.post("/v1/messages", json=ANTHROPIC_BODY, headers=api_key)
+        assert ok.status_code == 200 and ok.json()["type"] == "message"
+        assert "x-api-key" not in standin.last_headers
+        wrong_face = await fm.client.post("/v1/chat/completions", json=chat_body(), headers=api_key)
+        assert wrong_face.status_code == 401  # x-api-key is the Anthropic face's only
+
+
+async def test_claude_speaks_messages_natively_and_refuses_openais_face(
+    nursery: trio.Nursery, standin: StandIn, autojump_clock: Any
+) -> None:
+    claude = AnthropicStandIn(api_key="sk-ant-faces-0003", reply="Bonjour.")
+    async with open_foreman(
+        nursery, standin, backend_transports={CLAUDE: claude.transport(nursery)}
+    ) as fm:
+        added = await add(
+            fm, name="claude", type="anthropic", endpoint=CLAUDE, api_key="sk-ant-faces-0003"
+        )
+        await wait_connected(fm, added["id"])
+        model = claude.models[0]
+        body = {**ANTHROPIC_BODY, "model": f"claude/{model}"}
+        direct = await fm.client.post("/v1/messages", json=body)
+        assert direct.status_code == 200, direct.text
+        assert direct.headers["x-foreman-backend"] == f"claude/{model}"
+        assert direct.json()["content"][0]["text"] == "Bonjour."
+        assert direct.json()["model"] == model  # Anthropic's own answer, untouched
+        seen = claude.requests[-1]
+        assert seen["path"] == "/v1/messages"
+        assert seen["headers"].get("x-api-key") == "sk-ant-faces-0003"
+
+        streamed = await fm.client.post("/v1/messages", json={**body, "stream": True})
+        assert streamed.headers["content-type"].startswith("text/event-stream")
+        assert b"event: message_stop" in streamed.content
+
+        openai_face = await fm.client.post(
+            "/v1/chat/completions", json={**chat_body(), "model": f"claude/{model}"}
+        )
+        assert openai_face.status_code == 400
+        message = openai_face.json()["error"]["message"]
+        assert "claude" in message and "/v1/messages" in message
+
+        listed = (await fm.client.get("/v1/models")).json()
+        ids = [entry["id"] for entry in listed["data"]]
+        assert listed["object"] == "list" and "llama3.2:latest" in ids
+        assert f"claude/{model}" in ids
+
+
+async def test_messages_fall_back_to_claude_while_ollama_is_down(
+    nursery: trio.Nursery, standin: StandIn, autojump_clock: Any
+) -> None:
+    claude = AnthropicStandIn(api_key="sk-ant-faces-0004", reply="Still here.")
+    async with open_foreman(
+        nursery, standin, backend_transports={CLAUDE: claude.transport(nursery)}
+    ) as fm:
+        added = await add(
+            fm, name="claude", type="anthropic", endpoint=CLAUDE, api_key="sk-ant-faces-0004"
+        )
+        await wait_connected(fm, added["id"])
+        standin.reachable = False
+        fell = await fm.client.post("/v1/messages", json=ANTHROPIC_BODY)
+        assert fell.status_code == 200, fell.text
+        assert fell.headers["x-foreman-backend"] == f"claude/{claude.models[0]}"
+        assert fell.json()["content"][0]["text"] == "Still here."
+        chat = await fm.client.post("/v1/chat/completions", json=chat_body())
+        assert chat.status_code == 503  # OpenAI's face never falls back to Claude
