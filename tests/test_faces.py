@@ -17,9 +17,10 @@ import trio
 
 from foreman.standins.anthropic import AnthropicStandIn
 from foreman.standins.ollama import StandIn
+from foreman.standins.openai import OpenAIStandIn
 
 from .conftest import Foreman, chat_body, open_foreman
-from .test_api_backends import CLAUDE, add
+from .test_api_backends import CLAUDE, OPENAI, add
 from .test_backends import wait_connected
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
@@ -289,3 +290,73 @@ async def test_messages_fall_back_to_claude_while_ollama_is_down(
         assert fell.json()["content"][0]["text"] == "Still here."
         chat = await fm.client.post("/v1/chat/completions", json=chat_body())
         assert chat.status_code == 503  # OpenAI's face never falls back to Claude
+
+
+async def test_an_openai_backend_speaks_openais_face_natively(
+    nursery: trio.Nursery, standin: StandIn, autojump_clock: Any
+) -> None:
+    gpt = OpenAIStandIn(api_key="sk-faces-gpt-0005", reply="Natively so.")
+    async with open_foreman(
+        nursery, standin, backend_transports={OPENAI: gpt.transport(nursery)}
+    ) as fm:
+        added = await add(
+            fm, name="gpt", type="openai", endpoint=OPENAI, api_key="sk-faces-gpt-0005"
+        )
+        await wait_connected(fm, added["id"])
+        await fm.client.put(
+            "/admin/api/preferences", json={"aliases": {"smart": f"gpt/{gpt.models[0]}"}}
+        )
+        body = {"model": "smart", "messages": MESSAGES, "stream": True}
+        streamed = await fm.client.post("/v1/chat/completions", json=body)
+        assert streamed.status_code == 200, streamed.text
+        assert streamed.headers["x-foreman-backend"] == f"gpt/{gpt.models[0]}"
+        assert streamed.content.rstrip().endswith(b"data: [DONE]")
+        seen = gpt.requests[-1]
+        assert seen["path"] == "/v1/chat/completions" and seen["body"]["model"] == gpt.models[0]
+        assert seen["headers"]["authorization"] == "Bearer sk-faces-gpt-0005"
+        refused = await fm.client.post("/v1/messages", json={**ANTHROPIC_BODY, "model": "smart"})
+        assert refused.status_code == 400 and refused.json()["type"] == "error"
+        assert "gpt" in refused.json()["error"]["message"]
+        listed = [m["id"] for m in (await fm.client.get("/v1/models")).json()["data"]]
+        assert "smart" in listed and f"gpt/{gpt.models[0]}" in listed
+
+
+async def test_faces_are_counted_by_route_and_tokens(fm: Foreman, autojump_clock: Any) -> None:
+    await fm.client.post("/v1/chat/completions", json=chat_body())
+    await fm.client.post(
+        "/v1/messages", json={**ANTHROPIC_BODY, "model": "qwen3:8b", "stream": True}
+    )
+    await fm.client.post("/v1/models/llama3.2")
+    text = (await fm.client.get("/metrics")).text
+    assert 'foreman_requests_total{method="POST",route="openai_chat",status="200"} 1.0' in text
+    assert 'route="anthropic_messages",status="200"} 1.0' in text
+    assert 'foreman_tokens_total{direction="out",model="llama3.2"} 6.0' in text
+    assert 'foreman_tokens_total{direction="out",model="qwen3:8b"} 8.0' in text
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {**chat_body(), "stream": True}),
+        ("/v1/completions", {"model": "llama3.2", "prompt": "hi", "stream": True}),
+        ("/v1/responses", {"model": "llama3.2", "input": "hi", "stream": True}),
+        ("/v1/messages", {**ANTHROPIC_BODY, "stream": True}),
+        ("/v1/chat/completions", chat_body()),
+        ("/v1/messages", ANTHROPIC_BODY),
+    ],
+)
+async def test_a_runner_that_dies_ends_each_face_as_ollama_ends_it(
+    fm: Foreman, autojump_clock: Any, path: str, body: dict[str, Any]
+) -> None:
+    fm.standin.faults.runner_error_after = 2
+    through, direct = await both(fm, "POST", path, body)
+    assert through.status_code == direct.status_code
+    assert stable(through.content) == stable(direct.content)
+    if body.get("stream"):  # no [DONE], no message_stop: the stream just stops
+        assert b"[DONE]" not in through.content and b"message_stop" not in through.content
+        assert b"response.completed" not in through.content
+    else:
+        assert (
+            through.status_code == 500
+            and b"model runner has unexpectedly stopped" in through.content
+        )
