@@ -220,7 +220,7 @@ class App:
         elif exchange.ndjson and not exchange.response_complete:
             line = error_body(SHUTTING_DOWN) + b"\n"
             await send({"type": "http.response.body", "body": line, "more_body": False})
-        elif exchange.face != NATIVE and not exchange.response_complete:
+        elif exchange.events and not exchange.response_complete:
             event = stream_error(exchange.face, exchange.key, SHUTTING_DOWN)
             await send({"type": "http.response.body", "body": event, "more_body": False})
 

@@ -39,6 +39,7 @@ class Exchange:
     response_started: bool = False  # the status line is sent
     response_complete: bool = False  # the last body message is being sent
     ndjson: bool = False  # the answer is an NDJSON stream
+    events: bool = False  # the answer is a Server-Sent Events stream (OpenAI's, Anthropic's)
     first_byte: float | None = None  # when the status line was sent
     count_tokens: bool = False  # a chat or generate: read its counts from final_line
     final_line: bytes | None = None  # the answer's last object (a whole body, or a line)

@@ -123,6 +123,7 @@ async def relay_events(chunks: AsyncIterator[bytes], send: Send, exchange: Excha
     """
     pending = b""
     outcome = "done"
+    exchange.events = True
     counter = EventTokens() if exchange.count_tokens else None
     try:
         async with aclosing(chunks) as each:  # type: ignore[type-var]
