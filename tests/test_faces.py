@@ -360,3 +360,49 @@ async def test_a_runner_that_dies_ends_each_face_as_ollama_ends_it(
             through.status_code == 500
             and b"model runner has unexpectedly stopped" in through.content
         )
+
+
+def event_names(body: bytes) -> list[str]:
+    return [e.split(b"\n")[0].removeprefix(b"event: ").decode() for e in body.split(b"\n\n") if e]
+
+
+async def test_the_stand_in_answers_as_ollamas_middlewares_do(
+    fm: Foreman, autojump_clock: Any
+) -> None:
+    target = fm.target
+    aborted = await target.post("/v1/messages", json={"model": "llama3.2", "messages": MESSAGES})
+    assert aborted.status_code == 400  # the middleware's own: gin's c.JSON, no newline
+    assert aborted.headers["content-type"] == "application/json; charset=utf-8"
+    assert not aborted.content.endswith(b"\n")
+    assert aborted.json()["error"]["type"] == "invalid_request_error"
+    assert aborted.json()["request_id"].startswith("req_")
+    missing = await target.post("/v1/chat/completions", json=chat_body("nope:1b"))
+    assert missing.status_code == 404  # the handler's, through writeError: json.Encoder's
+    assert missing.headers["content-type"] == "application/json"
+    assert missing.content.endswith(b"}\n")
+
+    chunks = await target.post("/v1/chat/completions", json={**chat_body(), "stream": True})
+    events = [e for e in chunks.content.split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]"
+    first, finish = json.loads(events[0][6:]), json.loads(events[-2][6:])
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": "hello"}
+    assert finish["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "stop"}
+
+    streamed = await target.post("/v1/messages", json={**ANTHROPIC_BODY, "stream": True})
+    names = event_names(streamed.content)
+    assert names[:2] == ["message_start", "content_block_start"]
+    assert names[2:-3] == ["content_block_delta"] * 6
+    assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    responses = await target.post(
+        "/v1/responses", json={"model": "llama3.2", "input": "hi", "stream": True}
+    )
+    names = event_names(responses.content)
+    assert names[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert names[-1] == "response.completed" and "[DONE]" not in names
+    # the handler ran for all but the one the middleware refused
+    assert fm.standin.chats_total == 4 and fm.standin.chats_in_flight == 0
