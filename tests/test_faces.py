@@ -406,3 +406,25 @@ async def test_the_stand_in_answers_as_ollamas_middlewares_do(
     assert names[-1] == "response.completed" and "[DONE]" not in names
     # the handler ran for all but the one the middleware refused
     assert fm.standin.chats_total == 4 and fm.standin.chats_in_flight == 0
+
+
+async def test_a_full_gate_is_a_503_with_retry_after_in_the_faces_shape(
+    nursery: trio.Nursery, autojump_clock: Any
+) -> None:
+    standin = StandIn(token_rate=2.0)
+    async with open_foreman(nursery, standin, max_queue=1) as fm:
+        answers: list[Any] = []
+
+        async def post(path: str, body: dict[str, Any]) -> None:
+            answers.append(await fm.client.post(path, json=body))
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(post, "/v1/chat/completions", chat_body())
+            await trio.sleep(0.1)
+            inner.start_soon(post, "/v1/messages", ANTHROPIC_BODY)
+            await trio.sleep(0.1)
+            inner.start_soon(post, "/v1/messages", ANTHROPIC_BODY)
+        busy = [a for a in answers if a.status_code == 503]
+        assert len(busy) == 1 and busy[0].headers["retry-after"] == "1"
+        assert busy[0].json()["error"]["type"] == "overloaded_error"
+        assert busy[0].json()["error"]["message"].startswith("server busy, please try again.")
