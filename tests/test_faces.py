@@ -428,3 +428,25 @@ async def test_a_full_gate_is_a_503_with_retry_after_in_the_faces_shape(
         assert len(busy) == 1 and busy[0].headers["retry-after"] == "1"
         assert busy[0].json()["error"]["type"] == "overloaded_error"
         assert busy[0].json()["error"]["message"].startswith("server busy, please try again.")
+
+
+async def test_a_stream_that_goes_quiet_ends_with_the_faces_error_event(
+    nursery: trio.Nursery, autojump_clock: Any
+) -> None:
+    standin = StandIn()
+    async with open_foreman(nursery, standin, idle_timeout=5.0) as fm:
+        standin.faults.stall_after = 3
+        started = trio.current_time()
+        answer = await fm.client.post(
+            "/v1/responses", json={"model": "llama3.2", "input": "hi", "stream": True}
+        )
+        assert trio.current_time() - started == pytest.approx(5.0 + 3 * 0.1, abs=0.5)
+        last = answer.content.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+        assert last.startswith(b"event: response.failed\ndata: ")
+        failed = json.loads(last.split(b"data: ", 1)[1])
+        assert (
+            failed["response"]["status"] == "failed"
+            and "timed out" in failed["response"]["error"]["message"]
+        )
+        await trio.testing.wait_all_tasks_blocked()
+        assert fm.gw.gate.statistics().in_flight == 0
