@@ -242,8 +242,11 @@ def test_claude_code_falls_back_to_claude_while_ollama_is_down(tmp_path: Path) -
     ):
         headers = {"authorization": f"Bearer {TOKEN}"}
         backend = {"name": "claude", "type": "anthropic", "endpoint": claude_api}
-        added = httpx.post(
-            url + "/admin/api/backends", json={**backend, "api_key": CLAUDE_KEY}, headers=headers
+        added = httpx.post(  # the first Claude backend imports the SDK: seconds on a busy box
+            url + "/admin/api/backends",
+            json={**backend, "api_key": CLAUDE_KEY},
+            headers=headers,
+            timeout=60,
         )
         assert added.status_code == 201, added.text
 
