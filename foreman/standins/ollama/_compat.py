@@ -25,10 +25,21 @@ from typing import Any, Final
 from quart import Response, request
 
 from ._http import ABORT_KEY
-from ._inference import infer
+from ._inference import embed_handler, infer, show_handler
 from ._wire import RequestError, dumps
 
-__all__ = ["EventBody", "JSON_PLAIN", "SSE", "abort", "go_marshal", "run_native", "unix"]
+__all__ = [
+    "JSON_PLAIN",
+    "SSE",
+    "EventBody",
+    "abort",
+    "bind",
+    "go_marshal",
+    "guarded",
+    "run_native",
+    "unix",
+    "written_error",
+]
 
 SSE: Final = "text/event-stream"
 JSON_PLAIN: Final = "application/json"
@@ -137,12 +148,8 @@ async def run_native(
 
     try:
         if kind == "embed":
-            from ._inference import embed_handler
-
             response = await embed_handler(standin, False, dumps(native))
         elif kind == "show":
-            from ._inference import show_handler
-
             response = await show_handler(standin, dumps(native))
         else:
             response = await infer(standin, kind, dumps(native), wrap)  # type: ignore[arg-type]
