@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -233,17 +235,23 @@ async def test_keys_as_each_face_sends_them(nursery: trio.Nursery, autojump_cloc
         assert wrong_face.status_code == 401  # x-api-key is the Anthropic face's only
 
 
+@asynccontextmanager
+async def with_claude(
+    nursery: trio.Nursery, standin: StandIn, key: str, reply: str
+) -> AsyncIterator[tuple[Foreman, AnthropicStandIn]]:
+    """foreman with a Claude stand-in (at :data:`CLAUDE`) as backend ``claude``, connected."""
+    claude = AnthropicStandIn(api_key=key, reply=reply)
+    transports = {CLAUDE: claude.transport(nursery)}
+    async with open_foreman(nursery, standin, backend_transports=transports) as fm:
+        added = await add(fm, name="claude", type="anthropic", endpoint=CLAUDE, api_key=key)
+        await wait_connected(fm, added["id"])
+        yield fm, claude
+
+
 async def test_claude_speaks_messages_natively_and_refuses_openais_face(
     nursery: trio.Nursery, standin: StandIn, autojump_clock: Any
 ) -> None:
-    claude = AnthropicStandIn(api_key="sk-ant-faces-0003", reply="Bonjour.")
-    async with open_foreman(
-        nursery, standin, backend_transports={CLAUDE: claude.transport(nursery)}
-    ) as fm:
-        added = await add(
-            fm, name="claude", type="anthropic", endpoint=CLAUDE, api_key="sk-ant-faces-0003"
-        )
-        await wait_connected(fm, added["id"])
+    async with with_claude(nursery, standin, "sk-ant-faces-0003", "Bonjour.") as (fm, claude):
         model = claude.models[0]
         body = {**ANTHROPIC_BODY, "model": f"claude/{model}"}
         direct = await fm.client.post("/v1/messages", json=body)
@@ -275,14 +283,7 @@ async def test_claude_speaks_messages_natively_and_refuses_openais_face(
 async def test_messages_fall_back_to_claude_while_ollama_is_down(
     nursery: trio.Nursery, standin: StandIn, autojump_clock: Any
 ) -> None:
-    claude = AnthropicStandIn(api_key="sk-ant-faces-0004", reply="Still here.")
-    async with open_foreman(
-        nursery, standin, backend_transports={CLAUDE: claude.transport(nursery)}
-    ) as fm:
-        added = await add(
-            fm, name="claude", type="anthropic", endpoint=CLAUDE, api_key="sk-ant-faces-0004"
-        )
-        await wait_connected(fm, added["id"])
+    async with with_claude(nursery, standin, "sk-ant-faces-0004", "Still here.") as (fm, claude):
         standin.reachable = False
         fell = await fm.client.post("/v1/messages", json=ANTHROPIC_BODY)
         assert fell.status_code == 200, fell.text

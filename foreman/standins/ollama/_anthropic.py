@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from quart import Response, request
 
-from ._compat import abort, bind, guarded, run_native
+from ._compat import abort, bind, guarded, run_native, text_of
 from ._wire import RequestError, dumps
 
 if TYPE_CHECKING:
@@ -52,16 +52,7 @@ def new_error(status: int, message: str) -> dict[str, Any]:
     }
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            str(block.get("text") or "")
-            for block in content
-            if isinstance(block, dict) and block.get("type") == "text"
-        )
-    return ""
+_text = text_of
 
 
 def _length(content: Any) -> int:

@@ -37,6 +37,7 @@ __all__ = [
     "go_marshal",
     "guarded",
     "run_native",
+    "text_of",
     "unix",
     "written_error",
 ]
@@ -53,6 +54,20 @@ Convert = Callable[[dict[str, Any]], bytes]
 def go_marshal(value: Any) -> bytes:
     """Go's ``json.Marshal`` of ``map[string]any`` values: keys sorted, ``<>&`` escaped."""
     return dumps(json.loads(json.dumps(value, sort_keys=True)))
+
+
+def text_of(content: Any, types: tuple[str, ...] = ("text",)) -> str:
+    """A message's text: the string itself, or its text parts (of ``types``) concatenated,
+    as Ollama's converters join them."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(part.get("text") or "")
+            for part in content
+            if isinstance(part, dict) and part.get("type") in types
+        )
+    return ""
 
 
 def unix(created_at: Any) -> int:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from quart import Response, request
 
-from ._compat import JSON_PLAIN, abort, bind, guarded, run_native, unix
+from ._compat import JSON_PLAIN, abort, bind, guarded, run_native, text_of, unix
 from ._models import parse_name
 from ._wire import RequestError, dumps
 
@@ -44,15 +44,7 @@ def new_error(status: int, message: str) -> dict[str, Any]:
 
 
 def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            str(part.get("text") or "")
-            for part in content
-            if isinstance(part, dict) and part.get("type") in ("text", "input_text", "output_text")
-        )
-    return ""
+    return text_of(content, ("text", "input_text", "output_text"))
 
 
 def _options(body: dict[str, Any], tokens_key: str) -> dict[str, Any]:
