@@ -12,8 +12,9 @@ chosen. After it, :func:`relay` never raises for the target's sake: an NDJSON
 stream that stalls or breaks ends with one ``{"error": ...}`` line, as Ollama
 itself ends a stream that fails; a Server-Sent Events stream (the OpenAI and
 Anthropic faces) ends with that face's own error event; any other body that
-breaks is cut short, as it would be by a target that died. A client that goes away cancels the task,
-which aborts the upstream request and releases the gate at once.
+breaks is cut short, as it would be by a target that died. A client that goes
+away cancels the task, which aborts the upstream request and releases the gate
+at once.
 """
 
 from __future__ import annotations
