@@ -20,7 +20,9 @@ For each request, in this order (``docs/adr/0008-fast-data-plane.md``):
 4. the control plane (:mod:`foreman.control.routes`, Quart) for foreman's own paths,
    the data plane (:mod:`foreman.dataplane.native`) for Ollama's.
 
-foreman's own errors use Ollama's shape, ``{"error": "..."}``. When foreman's
+foreman's own errors take the face's shape (:func:`foreman.dataplane.faces.error_answer`):
+Ollama's ``{"error": "..."}``, OpenAI's or Anthropic's on ``/v1/``. The key may also come
+as ``x-api-key`` on ``/v1/messages`` (the Anthropic SDK's way). When foreman's
 grace period ends (:meth:`Gateway.end_grace`), what is still running ends as
 well as it can: Ollama's 503 if nothing was sent yet, a final error line for
 an NDJSON stream.
@@ -41,8 +43,9 @@ from .control.routes import create_control_app, is_control, is_page
 from .dataplane.bodies import ReadBodyFirst, drain
 from .dataplane.errors import ForemanError, GateFull
 from .dataplane.exchange import Exchange
+from .dataplane.faces import ANTHROPIC, NATIVE, error_answer, face_of, route_key, stream_error
 from .dataplane.jsonwire import JSON_CONTENT_TYPE, error_body
-from .dataplane.native import ClientGone, DataPlane, respond, retry_after, route_key
+from .dataplane.native import ClientGone, DataPlane, respond, retry_after
 from .gateway import Gateway
 from .users import SESSION_SCOPE_KEY, USER_SCOPE_KEY
 from .users.sessions import cookie_value
@@ -150,9 +153,14 @@ class App:
                 exchange.user = session.user.name
                 scope[USER_SCOPE_KEY] = session.user
         elif path not in self._public:
-            user = self.users.authenticate(headers.authorization)
-            if user is None and headers.authorization:  # a key made a moment ago?
-                user = await self.users.authenticate_fresh(headers.authorization)
+            authorization = headers.authorization
+            if authorization is None and headers.api_key is not None:
+                # what the Anthropic SDK and Claude Code send (ANTHROPIC_API_KEY)
+                if face_of(route_key(path)) == ANTHROPIC:
+                    authorization = b"Bearer " + headers.api_key
+            user = self.users.authenticate(authorization)
+            if user is None and authorization:  # a key made a moment ago?
+                user = await self.users.authenticate_fresh(authorization)
             if user is None and path.startswith("/admin/api/"):  # the pages' own calls
                 session = self.sessions.lookup(cookie_value(headers.cookie))
                 if session is not None:
@@ -164,9 +172,10 @@ class App:
                     user = session.user
             if user is None:
                 exchange.outcome = "error"
-                headers = [*_JSON, (b"www-authenticate", b"Bearer")]
+                body, content_type = error_answer(face_of(route_key(path)), 401, "unauthorized")
+                headers = [(b"content-type", content_type), (b"www-authenticate", b"Bearer")]
                 headers += await _drained(receive, extra)
-                await respond(send, 401, error_body("unauthorized"), headers=headers)
+                await respond(send, 401, body, headers=headers)
                 return
             exchange.user = user.name
             scope[USER_SCOPE_KEY] = user
@@ -197,8 +206,11 @@ class App:
         if error is not None:
             exchange.outcome = "busy" if isinstance(error, GateFull) else "error"
             if not exchange.response_started:
-                headers = _JSON + retry_after(error, self.gw.settings.poll_interval) + extra
-                await respond(send, error.status_code, error_body(error.message), headers=headers)
+                face = exchange.face
+                body, content_type = error_answer(face, error.status_code, error.message)
+                headers = [(b"content-type", content_type)]
+                headers += retry_after(error, self.gw.settings.poll_interval, face != NATIVE)
+                await respond(send, error.status_code, body, headers=headers + extra)
         elif exchange.shutdown and exchange.cancel_scope.cancelled_caught:
             await self._end_at_shutdown(exchange, send, extra)
 
@@ -206,10 +218,15 @@ class App:
         """foreman's grace period cut this request: tell the client as well as it can be told."""
         exchange.outcome = "shutdown"
         if not exchange.response_started:
-            await respond(send, 503, error_body(GateFull().message), headers=_JSON + extra)
+            body, content_type = error_answer(exchange.face, 503, GateFull().message)
+            headers = [(b"content-type", content_type), *extra]
+            await respond(send, 503, body, headers=headers)
         elif exchange.ndjson and not exchange.response_complete:
             line = error_body(SHUTTING_DOWN) + b"\n"
             await send({"type": "http.response.body", "body": line, "more_body": False})
+        elif exchange.events and not exchange.response_complete:
+            event = stream_error(exchange.face, exchange.key, SHUTTING_DOWN)
+            await send({"type": "http.response.body", "body": event, "more_body": False})
 
 
 async def _drained(receive: Any, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -223,11 +240,21 @@ async def _drained(receive: Any, extra: list[tuple[bytes, bytes]]) -> list[tuple
 class _RequestHeaders:
     """The request headers the front reads, found in one pass (names come lower-cased)."""
 
-    __slots__ = ("authorization", "connection", "cookie", "csrf", "host", "origin", "request_id")
+    __slots__ = (
+        "api_key",
+        "authorization",
+        "connection",
+        "cookie",
+        "csrf",
+        "host",
+        "origin",
+        "request_id",
+    )
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self.host = self.origin = None
         self.authorization: bytes | None = None
+        self.api_key: bytes | None = None
         self.cookie: bytes | None = None
         self.csrf: bytes | None = None
         self.connection = self.request_id = b""
@@ -238,6 +265,8 @@ class _RequestHeaders:
                 self.origin = value.decode("latin-1")
             elif name == b"authorization":
                 self.authorization = value
+            elif name == b"x-api-key":
+                self.api_key = value
             elif name == b"connection":
                 self.connection = value.lower()
             elif name == b"cookie":

@@ -16,7 +16,9 @@ embeds take 5 ms. The fronts:
 Measured per front, each cell the best of ``--rounds`` rounds (fronts interleaved):
 ``GET /api/tags`` and ``"stream": false`` chat p50/p99 (one keep-alive connection, one
 request at a time); a 20-line NDJSON chat stream: time to its first line (TTFL) and to
-its end, p50; embed throughput at 32 connections for ``--duration`` seconds (``wrk``, or
+its end, p50; the same for a 20-event Server-Sent Events stream (``/v1/chat/completions``,
+the OpenAI face): time to its first event (TTFE) and to its end; embed throughput at 32
+connections for ``--duration`` seconds (``wrk``, or
 a trio loop without it), against both targets; embed latency p50 against the 5 ms
 target, alone and while a long chat streams through the same front; and, for foreman,
 its RSS idle and with 1,000 streaming chats waiting at the gate. The measuring client is
@@ -507,6 +509,8 @@ COLUMNS = [
     ("chat_p99", "chat p99", "ms", "low"),
     ("ttfl_p50", "20-line stream: first line p50", "ms", "low"),
     ("stream_p50", "20-line stream: total p50", "ms", "low"),
+    ("sse_ttfe_p50", "20-event SSE: first event p50", "ms", "low"),
+    ("sse_stream_p50", "20-event SSE: total p50", "ms", "low"),
     ("embed_c32", "embed c32", "/s", "high"),
     ("embed_c32_5ms", "embed c32, 5 ms target", "/s", "high"),
     ("embed_5ms_p50", "embed p50, 5 ms target", "ms", "low"),
@@ -534,6 +538,7 @@ def measure(pair: tuple[Front, Front], args: argparse.Namespace, workdir: Path) 
         raise BadAnswer(f"{front.name}: streams of {short[0]} lines, not {STREAM_LINES}")
     result["ttfl_p50"] = ms * statistics.median(a.ttfl for a in streams)
     result["stream_p50"] = ms * statistics.median(a.total for a in streams)
+    result.update(sse_stream(front.url, n))
     result["embed_c32"] = embed_throughput(front.url, args.duration, 32, workdir)
     result["embed_c32_5ms"] = embed_throughput(front5.url, args.duration, 32, workdir)
     alone = [a.total for a in latencies(front5.url, max(50, n // 2), "POST", "/api/embed", EMBED)]
@@ -541,6 +546,23 @@ def measure(pair: tuple[Front, Front], args: argparse.Namespace, workdir: Path) 
     beside = embeds_beside_stream(front5.url, max(50, n // 2))
     result["embed_beside_stream_p50"] = ms * statistics.median(beside)
     return result
+
+
+SSE_EVENTS = 20  # 19 chunks and data: [DONE]
+
+
+def sse_stream(url: str, count: int) -> dict[str, float]:
+    """A 20-event OpenAI chat stream (``POST /v1/chat/completions``): time to the first
+    event (its first complete line) and to the end, p50 in ms."""
+    body = json.dumps({**CHAT, "stream": True}).encode()
+    streams = latencies(url, count, "POST", "/v1/chat/completions", body)
+    short = [a.lines for a in streams if a.lines != 2 * SSE_EVENTS]  # data line + blank line
+    if short:
+        raise BadAnswer(f"{url}: SSE streams of {short[0] // 2} events, not {SSE_EVENTS}")
+    return {
+        "sse_ttfe_p50": 1000.0 * statistics.median(a.ttfl for a in streams),
+        "sse_stream_p50": 1000.0 * statistics.median(a.total for a in streams),
+    }
 
 
 def gate_waiting(health: str) -> tuple[int, int]:

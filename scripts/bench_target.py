@@ -12,6 +12,8 @@ cheaply as a trio server can:
   of ``options.num_predict`` content lines (default 19) and the final ``done`` line, so
   20 lines by default, each line its own chunk; ``options.bench_line_delay`` (seconds)
   paces the lines;
+* ``POST /v1/chat/completions``: a 20-event Server-Sent Events stream (19 chunks and
+  ``data: [DONE]``), each event its own chunk (Ollama's OpenAI face);
 * ``POST /api/embed``: one vector of ``--dims`` floats per request, after
   ``--embed-delay`` seconds. Embeds run in parallel (no model slot).
 
@@ -33,6 +35,7 @@ import trio
 
 JSON = [(b"content-type", b"application/json; charset=utf-8")]
 NDJSON = [(b"content-type", b"application/x-ndjson")]
+SSE = [(b"content-type", b"text/event-stream")]
 MODEL = {
     "format": "gguf",
     "parent_model": "",
@@ -102,6 +105,8 @@ class Target:
             await _whole(stream, conn, 200, self.embed)
         elif (method, path) == ("POST", b"/api/chat"):
             await self.chat(stream, conn, json.loads(body or b"{}"))
+        elif (method, path) == ("POST", b"/v1/chat/completions"):
+            await self.sse_chat(stream, conn, json.loads(body or b"{}"))
         else:
             await _whole(
                 stream, conn, 404, b"404 page not found", [(b"content-type", b"text/plain")]
@@ -131,6 +136,21 @@ class Target:
                 await trio.sleep(delay)
             await stream.send_all(conn.send(h11.Data(data=line)))
         await stream.send_all(conn.send(h11.Data(data=final)) + conn.send(h11.EndOfMessage()))
+
+    async def sse_chat(self, stream: trio.SocketStream, conn: h11.Connection, body: dict) -> None:
+        """Ollama's OpenAI face, streamed: 19 ``chat.completion.chunk`` events and
+        ``data: [DONE]``, each event its own chunk."""
+        model = body.get("model", "llama3.2")
+        await stream.send_all(conn.send(h11.Response(status_code=200, headers=SSE, reason=b"OK")))
+        chunk = (
+            f'data: {{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,'
+            f'"model":"{model}","system_fingerprint":"fp_ollama","choices":[{{"index":0,'
+            f'"delta":{{"content":"word "}},"finish_reason":null}}]}}\n\n'
+        ).encode()
+        for _ in range(19):
+            await stream.send_all(conn.send(h11.Data(data=chunk)))
+        done = conn.send(h11.Data(data=b"data: [DONE]\n\n")) + conn.send(h11.EndOfMessage())
+        await stream.send_all(done)
 
 
 async def _read(

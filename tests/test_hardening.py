@@ -31,7 +31,8 @@ CHAT = json.dumps(chat_body()).encode()
         b"/api/%2e%2e/v1/chat/completions",
         b"/api/%2E/chat",
         b"/api/..%2fv1/models",
-        b"/v1/chat/completions",
+        b"/v1//chat/completions",
+        b"/v1/./messages",
         b"/_standin/stats",
     ],
 )

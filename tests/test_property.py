@@ -1,5 +1,6 @@
-"""Property test of the request path: whatever a client sends, the target never runs two
-chats at once and foreman never answers 500.
+"""Property test of the request path: whatever a client sends, on any face (Ollama's
+``/api/``, OpenAI's and Anthropic's ``/v1/``), the target never runs two chats at once
+and foreman never answers 500.
 
 Generated request lines (path spellings: dot segments, percent-encoding, doubled and
 trailing slashes, case; methods) and bodies (Go accepts things Python does not:
@@ -31,6 +32,14 @@ ROUTES = (
         "/api/version",
         "/",
         "/v1/chat/completions",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/responses",
+        "/v1/messages",
+        "/v1/messages",
+        "/v1/embeddings",
+        "/v1/models",
+        "/v1/models/llama3.2",
         "/healthz",
     ]
 )
@@ -78,6 +87,9 @@ def bodies(draw: st.DrawFn) -> bytes:
                 _chat(stream=False),
                 _chat(stream=False),
                 {"model": "llama3.2", "prompt": "hi"},
+                _chat(max_tokens=5),  # Anthropic's face wants max_tokens
+                _chat(max_tokens=5, stream=True),
+                {"model": "llama3.2", "input": "hi", "stream": True},  # responses
                 {"model": "nomic-embed-text", "input": "hi"},
                 {"model": "llama3.2"},
                 {"messages": [{"role": "user", "content": "hi"}]},

@@ -149,14 +149,31 @@ class AnthropicBackend:
     ) -> None:
         self.name = name
         limits = httpx2.Timeout(timeout, connect=connect_timeout)
+        self.http = httpx2.AsyncClient(transport=transport, timeout=limits)
+        self._base = (endpoint or DEFAULT_URL).rstrip("/")
+        self._key = api_key
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key or "",
             base_url=endpoint or DEFAULT_URL,
             max_retries=0,
             timeout=limits,
             default_headers=None if api_key else {"Authorization": anthropic.omit},
-            http_client=httpx2.AsyncClient(transport=transport, timeout=limits),
+            http_client=self.http,
         )
+
+    async def send_native(
+        self, path: str, body: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> httpx2.Response:
+        """POST ``body`` to the API as it is (no translation) and return the streamed answer.
+
+        ``path`` is the API's own (``/v1/messages``); the backend's key goes in ``x-api-key``.
+        The caller closes the response. Raises :class:`httpx2.HTTPError` when no answer came.
+        """
+        headers = list(headers)
+        if self._key:
+            headers.append((b"x-api-key", self._key.encode()))
+        request = self.http.build_request("POST", self._base + path, content=body, headers=headers)
+        return await self.http.send(request, stream=True)
 
     async def aclose(self) -> None:
         """Close the client and its connections."""

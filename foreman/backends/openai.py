@@ -136,6 +136,9 @@ class OpenAIBackend:
     ) -> None:
         self.name = name
         limits = httpx2.Timeout(timeout, connect=connect_timeout)
+        self.http = httpx2.AsyncClient(transport=transport, timeout=limits)
+        self._base = (endpoint or DEFAULT_URL).rstrip("/")
+        self._key = api_key
         # Without a key: a placeholder stops the SDK from reading OPENAI_API_KEY (or
         # refusing to start), and each call omits the header (the SDK checks per call).
         self._headers = {} if api_key else {"Authorization": openai.omit}
@@ -144,8 +147,23 @@ class OpenAIBackend:
             base_url=endpoint or DEFAULT_URL,
             max_retries=0,
             timeout=limits,
-            http_client=httpx2.AsyncClient(transport=transport, timeout=limits),
+            http_client=self.http,
         )
+
+    async def send_native(
+        self, path: str, body: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> httpx2.Response:
+        """POST ``body`` to the API as it is (no translation) and return the streamed answer.
+
+        ``path`` is relative to the base URL, which ends in ``/v1`` (``/chat/completions``);
+        the backend's key goes in ``Authorization: Bearer``.
+        The caller closes the response. Raises :class:`httpx2.HTTPError` when no answer came.
+        """
+        headers = list(headers)
+        if self._key:
+            headers.append((b"authorization", b"Bearer " + self._key.encode()))
+        request = self.http.build_request("POST", self._base + path, content=body, headers=headers)
+        return await self.http.send(request, stream=True)
 
     async def aclose(self) -> None:
         """Close the client and its connections."""

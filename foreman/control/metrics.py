@@ -13,7 +13,8 @@ can drift. Names and units (seconds, tokens):
   ``foreman_models`` (in the inventory), ``foreman_models_resident``, ``foreman_warmups_total``;
 * ``foreman_jobs_queued{lane}``, ``foreman_jobs_finished_total{state}`` (the job queue);
 * ``foreman_tokens_total{model,direction}`` (``in``: ``prompt_eval_count``, ``out``:
-  ``eval_count``, read from the final NDJSON line or the whole answer, never changing a byte).
+  ``eval_count``, read from the final NDJSON line or the whole answer, never changing a byte;
+  on the OpenAI and Anthropic faces from ``usage``, in the answer or its events).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from ..dataplane.faces import usage_counts
 
 if TYPE_CHECKING:
     from ..dataplane.exchange import Exchange
@@ -44,6 +47,12 @@ _ROUTES = {
     "/api/tags": "tags",
     "/api/ps": "ps",
     "/api/show": "show",
+    "/v1/chat/completions": "openai_chat",
+    "/v1/completions": "openai_completions",
+    "/v1/embeddings": "openai_embeddings",
+    "/v1/responses": "openai_responses",
+    "/v1/models": "openai_models",
+    "/v1/messages": "anthropic_messages",
     "/healthz": "healthz",
     "/readyz": "readyz",
     "/metrics": "metrics",
@@ -52,7 +61,10 @@ _ROUTES = {
 
 def route_label(key: str | None) -> str:
     """The ``route`` label for a route key (see :func:`foreman.dataplane.native.route_key`)."""
-    return _ROUTES.get(key or "", "other")
+    label = _ROUTES.get(key or "")
+    if label is None:
+        label = "openai_model" if (key or "").startswith("/v1/models/") else "other"
+    return label
 
 
 class Metrics:
@@ -121,6 +133,8 @@ class Metrics:
             self.gate_wait.observe(exchange.gate_wait)
         if exchange.final_line is not None and exchange.model:
             self.count_tokens(exchange.model, exchange.final_line)
+        elif exchange.tokens is not None and exchange.model:
+            self._add_tokens(exchange.model, exchange.tokens)
 
     def count_tokens(self, model: str, final: bytes) -> None:
         """Add the counts of an answer's final object (``done: true``), if it has them."""
@@ -128,11 +142,21 @@ class Metrics:
             answer = json.loads(final)
         except ValueError:
             return
-        if not isinstance(answer, dict) or answer.get("done") is not True:
+        if not isinstance(answer, dict):
+            return
+        if answer.get("done") is not True:  # an OpenAI or Anthropic answer: its usage
+            counts = usage_counts(answer)
+            if counts is not None:
+                self._add_tokens(model, counts)
             return
         for field, direction in (("prompt_eval_count", "in"), ("eval_count", "out")):
             count = answer.get(field)
             if isinstance(count, int) and count > 0:
+                self.tokens.labels(model, direction).inc(count)
+
+    def _add_tokens(self, model: str, counts: tuple[int, int]) -> None:
+        for count, direction in zip(counts, ("in", "out"), strict=True):
+            if count > 0:
                 self.tokens.labels(model, direction).inc(count)
 
 

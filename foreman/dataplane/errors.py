@@ -17,6 +17,7 @@ Hierarchy::
     ├── ModelNotFound           404   not in the target's inventory, even after a re-poll
     ├── BodyTooLarge            413   a request body over FOREMAN_MAX_BODY
     ├── CannotEmbed             400   an embed routed to a backend without embeddings
+    ├── WrongFace               400   a route of a face the routed backend does not speak
     └── GateFull                503   too many chats (or bytes) already waiting at the gate,
                                       or foreman's grace period ended while one waited
 
@@ -42,6 +43,7 @@ __all__ = [
     "TargetTimeout",
     "TargetUnauthorized",
     "TargetUnreachable",
+    "WrongFace",
     "classify",
 ]
 
@@ -149,6 +151,23 @@ class CannotEmbed(ForemanError):
 
     def __init__(self, backend: str, kind: str) -> None:
         super().__init__(f"backend {backend!r} ({kind}) has no embeddings API")
+
+
+class WrongFace(ForemanError):
+    """A route routed to a backend that does not speak its face (``/v1/messages`` to an
+    OpenAI-compatible backend, ``/v1/chat/completions`` to Claude, ...)."""
+
+    status_code = 400
+
+    SPEAKS = {
+        "anthropic": "Anthropic's /v1/messages, and Ollama's /api/chat and /api/generate",
+        "openai": "OpenAI's /v1/chat/completions, /v1/completions, /v1/responses and"
+        " /v1/embeddings, and Ollama's /api/chat and /api/generate",
+    }
+
+    def __init__(self, backend: str, kind: str, route: str) -> None:
+        speaks = self.SPEAKS.get(kind, "Ollama's routes")
+        super().__init__(f"backend {backend!r} ({kind}) does not serve {route}: it speaks {speaks}")
 
 
 class GateFull(ForemanError):

@@ -40,9 +40,13 @@ class Exchange:
     response_started: bool = False  # the status line is sent
     response_complete: bool = False  # the last body message is being sent
     ndjson: bool = False  # the answer is an NDJSON stream
+    events: bool = False  # the answer is a Server-Sent Events stream (OpenAI's, Anthropic's)
     first_byte: float | None = None  # when the status line was sent
     count_tokens: bool = False  # a chat or generate: read its counts from final_line
     final_line: bytes | None = None  # the answer's last object (a whole body, or a line)
+    face: str = "ollama"  # whose shapes: "ollama", "openai", "anthropic" (dataplane.faces)
+    key: str = ""  # the route key (dataplane.faces.route_key)
+    tokens: tuple[int, int] | None = None  # (in, out) read from an event stream's usage
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     shutdown: bool = False  # cancelled because foreman's grace period ended
 

@@ -23,13 +23,20 @@ from ..backends import Backend, Backends
 from .jsonwire import dumps
 from .routing import resolve
 
-__all__ = ["reachable_models"]
+__all__ = ["reachable_entries", "reachable_models"]
 
 _EPOCH = "1970-01-01T00:00:00Z"
 
 
 def reachable_models(backends: Backends, user_name: str) -> bytes | None:
     """The ``/api/tags`` body for ``user_name``, or None when v1's answer stands."""
+    entries = reachable_entries(backends, user_name)
+    return None if entries is None else dumps({"models": entries})
+
+
+def reachable_entries(backends: Backends, user_name: str) -> list[dict[str, Any]] | None:
+    """The ``/api/tags`` entries for ``user_name`` (also ``GET /v1/models``'s), or None
+    when only the builtin backend's own answer is to be relayed."""
     visible = backends.visible(user_name)
     aliases = backends.preferences_of(user_name).aliases or {}
     default = resolve(backends, user_name, "", chat=False).backend
@@ -41,7 +48,7 @@ def reachable_models(backends: Backends, user_name: str) -> bytes | None:
     for name, backend in sorted(visible.items()):
         if backend is not default:
             entries.extend(_entries(backend, name + "/"))
-    return dumps({"models": entries})
+    return entries
 
 
 def _entries(backend: Backend, prefix: str) -> list[dict[str, Any]]:

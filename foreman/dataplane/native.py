@@ -1,19 +1,29 @@
-"""The data plane: Ollama's own routes, served on raw ASGI, byte for byte.
+"""The data plane: Ollama's three faces, served on raw ASGI, byte for byte.
 
-Routes (``docs/adr/0001-native-ollama-surface.md``), by the percent-decoded path:
+Routes (``docs/adr/0001-native-ollama-surface.md``, ``docs/adr/0019-faces.md``), by
+the percent-decoded path (:func:`~foreman.dataplane.faces.route_key`):
 
-* ``/api/chat``, ``/api/generate``: **every** request passes the gate, whatever
-  its method, spelling or body: foreman cannot be sure what the target will
-  run, so it fails closed. The model, when foreman can read one, is checked
-  against the inventory first (one re-poll on a miss).
-* ``POST /api/embed``, ``POST /api/embeddings``: relayed at once, no gate.
+* gated (:func:`~foreman.dataplane.faces.is_gated`): ``/api/chat``, ``/api/generate``,
+  ``/v1/chat/completions``, ``/v1/completions``, ``/v1/responses``, ``/v1/messages``
+  and every other ``/v1/`` path but the two below: **every** request passes the gate,
+  whatever its method, spelling or body: foreman cannot be sure what the target will
+  run, so it fails closed. The model, when foreman can read one, is checked against
+  the inventory first (one re-poll on a miss).
+* ``POST /api/embed``, ``/api/embeddings``, ``/v1/embeddings``: relayed at once, no gate.
 * ``GET /api/tags``: relayed; while the target is unreachable or slow, the
-  last inventory is served instead.
-* ``/`` and every other ``/api/*`` path: relayed as is, the body streamed.
+  last inventory is served instead. ``GET /v1/models``: relayed, or foreman's own
+  list when the user can reach more than the builtin backend.
+* ``/``, every other ``/api/*`` path and ``/v1/models/{model}``: relayed as is.
 * A path with dot segments (``/api/./chat``) or doubled slashes gets gin's
   ``404 page not found``, as from Ollama, and is never relayed: what foreman
-  routes is exactly what the target receives. So does anything outside
-  ``/api/`` (``/v1/`` included: OpenAI's surface would bypass the gate).
+  routes is exactly what the target receives. So does anything outside ``/``,
+  ``/api/`` and ``/v1/``.
+
+An Ollama backend serves all three faces (relayed). A Claude backend serves
+``/v1/messages`` natively (:mod:`.passthrough`) and Ollama's chat and generate
+through its translator; an OpenAI-compatible backend serves the OpenAI routes
+natively and Ollama's through its translator; any other pairing is a 400
+(:class:`~foreman.dataplane.errors.WrongFace`).
 
 A request that runs for more than :data:`WATCH_AFTER` seconds is watched for its
 client going away and is cancelled when it does (:class:`Disconnects`): a chat
@@ -25,35 +35,34 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+from contextlib import aclosing
 from typing import Any
 from urllib.parse import quote
-
-import trio
 
 from ..backends import OllamaBackend
 from ..gateway import Gateway
 from ..users import USER_SCOPE_KEY
+from . import openai as openai_face
 from .bodies import drain
-from .errors import BodyTooLarge, CannotEmbed, TargetError, TargetUnreachable
+from .disconnects import WATCH_AFTER, Disconnects
+from .errors import CannotEmbed, GateFull, TargetError, TargetUnreachable, WrongFace
 from .exchange import Exchange
-from .jsonwire import JSON_CONTENT_TYPE, dumps, request_fields
-from .listing import reachable_models
+from .faces import ANTHROPIC, EMBEDS, NATIVE, OPENAI, face_of, is_gated, route_key
+from .intake import ClientGone, read_body, stream_body, with_model
+from .jsonwire import JSON_CONTENT_TYPE, request_fields
+from .listing import reachable_entries, reachable_models
 from .names import is_cloud, normalize
+from .passthrough import relay_api
 from .relay import NDJSON, relay
 from .rights import check_model_management
 from .routing import Route, fallback, resolve
 
-__all__ = ["DataPlane", "route_key"]
+__all__ = ["WATCH_AFTER", "ClientGone", "DataPlane", "Disconnects", "route_key"]
 
 LOGGER = logging.getLogger("foreman.dataplane.native")
 
 _JSON = [(b"content-type", JSON_CONTENT_TYPE.encode())]
-
-GATED = frozenset({"/api/chat", "/api/generate"})
-EMBEDS = frozenset({"/api/embed", "/api/embeddings"})
 
 #: Request headers passed on to the target. Never Host or Origin: Ollama bound to
 #: loopback answers 403 to a foreign Host or Origin (foreman checks them itself).
@@ -62,27 +71,6 @@ FORWARDED = frozenset({b"content-type", b"accept", b"user-agent"})
 
 #: Characters a path keeps unescaped when it is encoded again for the target.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
-
-
-class ClientGone(Exception):
-    """The client disconnected while its request body was being read."""
-
-
-def route_key(path: str) -> str | None:
-    """The route a percent-decoded path selects, or None for gin's 404.
-
-    The key is lower-cased and loses a trailing slash, so that no spelling of a
-    gated route escapes the gate (Ollama itself answers 404 or a redirect to
-    such spellings). Dot segments and empty segments are refused outright.
-
-    >>> route_key("/api/chat/"), route_key("/API/Chat"), route_key("/api/./chat")
-    ('/api/chat', '/api/chat', None)
-    """
-    segments = path.split("/")
-    if segments[0] != "" or "." in segments or ".." in segments or "" in segments[1:-1]:
-        return None
-    key = path.rstrip("/").lower() or "/"
-    return key if key == "/" or key.startswith("/api/") else None
 
 
 class DataPlane:
@@ -111,12 +99,15 @@ class DataPlane:
         """
         check_model_management(self.settings, scope, key)
         method = scope["method"]
-        if key in GATED:
+        exchange.face, exchange.key = face_of(key), key
+        if is_gated(key, method):
             handler = self._chat
         elif key in EMBEDS and method == "POST":
             handler = self._embed
         elif key == "/api/tags" and method == "GET":
             handler = self._tags
+        elif key == "/v1/models" and method == "GET":
+            handler = self._models
         else:
             handler = self._passthrough
         await handler(exchange, scope, receive, send, extra_headers, key)
@@ -126,22 +117,25 @@ class DataPlane:
     async def _chat(
         self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any, key: str
     ) -> None:
-        body = await self._read_body(scope, receive)
+        body = await read_body(scope, receive, self.settings.max_body)
         fields = request_fields(body)
         model = fields.get("model")
         exchange.count_tokens = True
         name = model if isinstance(model, str) else ""
         exchange.model = name or None
-        route = self._route(scope, name, chat=True)
+        # Ollama's and Anthropic's faces may fall back to Claude; OpenAI's may not
+        route = self._route(scope, name, chat=exchange.face != OPENAI)
         backend = self.gw.builtin
         if route is not None:
             extra = self._routed(exchange, route, extra)
+            if route.model != name:
+                body = with_model(body, route.model)
             if route.backend.type != "ollama":
-                await self._translate(route, key, fields, exchange, receive, send, extra)
+                await self._elsewhere(
+                    route, key, body, fields, exchange, scope, receive, send, extra
+                )
                 return
             backend = route.backend
-            if route.model != name:
-                body = _with_model(body, route.model)
         try:
             await self._ollama_chat(
                 backend,
@@ -156,13 +150,50 @@ class DataPlane:
             )
         except TargetUnreachable:
             alternative = None
-            if route is not None and not exchange.response_started and self.gw.backends:
+            if (
+                route is not None
+                and exchange.face != OPENAI
+                and not exchange.response_started
+                and self.gw.backends
+            ):
                 alternative = fallback(self.gw.backends, _user(scope), route)
             if alternative is None:
                 raise
             LOGGER.info("%s is unreachable: falling back to %s", backend.name, alternative.label)
             extra = self._routed(exchange, alternative, extra)
-            await self._translate(alternative, key, fields, exchange, receive, send, extra)
+            body = with_model(body, alternative.model)
+            await self._elsewhere(
+                alternative, key, body, fields, exchange, scope, receive, send, extra
+            )
+
+    async def _elsewhere(
+        self,
+        route: Route,
+        key: str,
+        body: bytes,
+        fields: dict[str, Any],
+        exchange: Exchange,
+        scope: Any,
+        receive: Any,
+        send: Any,
+        extra: Any,
+    ) -> None:
+        """A generation routed to a Claude or OpenAI-compatible backend: its own face
+        natively, Ollama's through the translator, anything else a 400."""
+        kind = route.backend.type
+        if exchange.face == NATIVE and key in ("/api/chat", "/api/generate"):
+            await self._translate(route, key, fields, exchange, receive, send, extra)
+            return
+        if exchange.face == ANTHROPIC and kind == "anthropic" and key == "/v1/messages":
+            path = "/v1/messages"
+        elif exchange.face == OPENAI and kind == "openai" and key in openai_face.BACKEND_PATHS:
+            path = openai_face.BACKEND_PATHS[key]
+        else:
+            raise WrongFace(route.backend.name, kind, key)
+        if scope["query_string"]:
+            path += "?" + scope["query_string"].decode("latin-1")
+        async with self.disconnects.watching(receive, exchange):
+            await relay_api(route.backend, path, body, scope, send, exchange, extra)
 
     async def _ollama_chat(
         self,
@@ -183,8 +214,10 @@ class DataPlane:
                 await backend.inventory.require(model)
         # A stream's status line must come within the idle timeout (model load included);
         # a "stream": false answer comes whole at the end, within the response timeout.
+        # (Ollama streams unless told not to; its OpenAI and Anthropic faces only when asked)
         timeout = self.settings.response_timeout
-        if fields.get("stream") is not False:
+        stream = fields.get("stream")
+        if stream is True or (stream is None and exchange.face == NATIVE):
             timeout = self.settings.idle_timeout
         async with self.disconnects.watching(receive, exchange):
             async with backend.gate.hold(len(body)) as waited:
@@ -229,7 +262,7 @@ class DataPlane:
     async def _embed(
         self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any, key: str
     ) -> None:
-        body = await self._read_body(scope, receive)
+        body = await read_body(scope, receive, self.settings.max_body)
         model = request_fields(body).get("model")
         name = model if isinstance(model, str) else ""
         exchange.model = name or None
@@ -237,11 +270,16 @@ class DataPlane:
         route = self._route(scope, name, chat=False)
         if route is not None:
             extra = self._routed(exchange, route, extra)
+            if route.model != name:
+                body = with_model(body, route.model)
+            if route.backend.type == "openai" and key == "/v1/embeddings":
+                async with self.disconnects.watching(receive, exchange):
+                    backend_api: Any = route.backend
+                    await relay_api(backend_api, "/embeddings", body, scope, send, exchange, extra)
+                return
             if route.backend.type != "ollama":
                 raise CannotEmbed(route.backend.name, route.backend.type)
             backend = route.backend
-            if route.model != name:
-                body = _with_model(body, route.model)
         request = self._request(backend, scope, body)
         del body
         backend.embeds_in_flight += 1
@@ -265,7 +303,8 @@ class DataPlane:
                 return
         inventory = gw.inventory
         if not inventory.degraded.value or inventory.body is None:
-            request = self._request(gw.builtin, scope, await self._read_body(scope, receive))
+            body = await read_body(scope, receive, self.settings.max_body)
+            request = self._request(gw.builtin, scope, body)
             try:
                 status, headers, body = await gw.target.fetch(
                     request, total_timeout=self.settings.control_timeout
@@ -283,6 +322,19 @@ class DataPlane:
         assert inventory.body is not None
         await respond(send, 200, inventory.body, headers=_JSON + extra)
 
+    async def _models(
+        self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any, key: str
+    ) -> None:
+        """``GET /v1/models``: relayed, or what the user can reach in OpenAI's list shape."""
+        if self.gw.backends is not None:
+            entries = reachable_entries(self.gw.backends, _user(scope))
+            if entries is not None:
+                await drain(receive)
+                headers = [(b"content-type", b"application/json"), *extra]
+                await respond(send, 200, openai_face.models_body(entries), headers=headers)
+                return
+        await self._passthrough(exchange, scope, receive, send, extra, key)
+
     async def _passthrough(
         self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any, key: str
     ) -> None:
@@ -292,7 +344,7 @@ class DataPlane:
             raise ClientGone()
         content: bytes | AsyncIterator[bytes] = first.get("body", b"")
         if first.get("more_body", False):  # a large upload: streamed, never held whole
-            content = _stream_body(first["body"], receive)
+            content = stream_body(first["body"], receive)
         request = self._request(builtin, scope, content, keep_length=True)
         timeout = self.settings.idle_timeout
         if isinstance(content, bytes):
@@ -359,142 +411,10 @@ class DataPlane:
         headers = [(k, v) for k, v in extra if k != b"x-foreman-backend"]
         return [*headers, (b"x-foreman-backend", route.label.encode())]
 
-    async def _read_body(self, scope: Any, receive: Any) -> bytes:
-        """The whole request body, up to ``max_body`` bytes.
-
-        Raises:
-            BodyTooLarge: the body (or its announced ``Content-Length``) is too large.
-            ClientGone: the client went away first.
-        """
-        limit = self.settings.max_body
-        for name, value in scope["headers"]:
-            if name.lower() == b"content-length" and value.isdigit() and int(value) > limit:
-                raise BodyTooLarge(limit)
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone()
-            chunk = message.get("body", b"")
-            if not message.get("more_body", False) and not chunks:
-                if len(chunk) > limit:
-                    raise BodyTooLarge(limit)
-                return chunk
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(limit)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
 
 def _user(scope: Any) -> str:
     user = scope.get(USER_SCOPE_KEY)
     return user.name if user is not None else "anonymous"
-
-
-def _with_model(body: bytes, model: str) -> bytes:
-    """The request body with its ``model`` field (any case, as Go matches it) replaced.
-
-    Read as :func:`~foreman.dataplane.jsonwire.request_fields` reads it (Go's way: invalid UTF-8
-    replaced, anything after the first value ignored), so a body routing could read
-    can always be rewritten; what follows the first value is dropped.
-    """
-    value = request_fields(body, lower=False)
-    if not value:
-        return body  # nothing routing could have read either
-    keys = [k for k in value if k.lower() == "model"] or ["model"]
-    for k in keys:
-        value[k] = model
-    return dumps(value)
-
-
-async def _stream_body(first: bytes, receive: Any) -> AsyncIterator[bytes]:
-    """A request body as it arrives, for the target; raises ClientGone on a disconnect."""
-    yield first
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        if message.get("body"):
-            yield message["body"]
-        if not message.get("more_body", False):
-            return
-
-
-#: Seconds a request runs before foreman watches for its client going away. Most
-#: answers (an embed, a ``/api/show``) come sooner, and starting a watcher costs more
-#: than the rest of such a request; a client that leaves is noticed this much later.
-WATCH_AFTER = 0.05
-
-
-class _Watch:
-    __slots__ = ("done", "due", "exchange", "receive", "scope")
-
-    def __init__(self, exchange: Exchange, receive: Any, due: float) -> None:
-        self.exchange, self.receive, self.due = exchange, receive, due
-        self.done = False
-        self.scope: trio.CancelScope | None = None
-
-
-class Disconnects:
-    """Cancels a request whose client goes away; a watcher only for the long ones.
-
-    :meth:`watching` notes a request; one task (:meth:`run`, in the root nursery)
-    starts a watcher for every request still running :data:`WATCH_AFTER` seconds
-    later, checking every half of that. The watcher takes every later ``receive()``
-    (the request body must be read already): on ``http.disconnect`` before the
-    answer is complete it cancels the request (``exchange.cancel_scope``, outcome
-    ``cancelled``): a chat waiting at the gate leaves the line, a running one is
-    aborted upstream and frees the gate. Watchers run in the root nursery so that an
-    error of the request never comes out wrapped in an exception group.
-    """
-
-    def __init__(self, nursery: trio.Nursery) -> None:
-        self._nursery = nursery
-        self._pending: deque[_Watch] = deque()
-        self._wake = trio.Event()
-
-    @asynccontextmanager
-    async def watching(self, receive: Any, exchange: Exchange) -> AsyncIterator[None]:
-        """Within this block, ``exchange`` is cancelled if its client goes away."""
-        watch = _Watch(exchange, receive, trio.current_time() + WATCH_AFTER)
-        self._pending.append(watch)
-        self._wake.set()
-        try:
-            yield
-        finally:
-            watch.done = True
-            if watch.scope is not None:
-                watch.scope.cancel()
-
-    async def run(self) -> None:
-        """Start the watchers that are due; runs until cancelled."""
-        pending = self._pending
-        while True:
-            if not pending:
-                self._wake = trio.Event()
-                await self._wake.wait()
-            now = trio.current_time()
-            while pending and (pending[0].done or pending[0].due <= now):
-                watch = pending.popleft()
-                if not watch.done:
-                    watch.scope = trio.CancelScope()
-                    self._nursery.start_soon(self._watch, watch)
-            if pending:
-                await trio.sleep_until(max(pending[0].due, now + WATCH_AFTER / 2))
-
-    @staticmethod
-    async def _watch(watch: _Watch) -> None:
-        assert watch.scope is not None
-        with watch.scope:
-            while (await watch.receive())["type"] != "http.disconnect":
-                pass
-            exchange = watch.exchange
-            if not exchange.response_complete:  # not the disconnect after a full answer
-                exchange.outcome = "cancelled"
-                exchange.cancel_scope.cancel()
 
 
 async def respond(
@@ -512,8 +432,14 @@ async def respond(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def retry_after(exc: Exception, poll_interval: float) -> list[tuple[bytes, bytes]]:
-    """``Retry-After`` for a 503 while the target is unreachable (seconds, at most 30)."""
+def retry_after(
+    exc: Exception, poll_interval: float, busy_too: bool = False
+) -> list[tuple[bytes, bytes]]:
+    """``Retry-After`` for a 503 while the target is unreachable (seconds, at most 30);
+    with ``busy_too`` (the OpenAI and Anthropic faces, whose SDKs honour it) also
+    for a full gate (1 s)."""
     if isinstance(exc, TargetUnreachable):
         return [(b"retry-after", str(math.ceil(min(poll_interval, 30))).encode())]
+    if busy_too and isinstance(exc, GateFull):
+        return [(b"retry-after", b"1")]
     return []

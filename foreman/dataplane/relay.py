@@ -10,14 +10,17 @@ An error before the status line is sent comes out of :func:`relay` as a
 :class:`~foreman.dataplane.errors.TargetError`, while a real HTTP status can still be
 chosen. After it, :func:`relay` never raises for the target's sake: an NDJSON
 stream that stalls or breaks ends with one ``{"error": ...}`` line, as Ollama
-itself ends a stream that fails; any other body that breaks is cut short, as
-it would be by a target that died. A client that goes away cancels the task,
-which aborts the upstream request and releases the gate at once.
+itself ends a stream that fails; a Server-Sent Events stream (the OpenAI and
+Anthropic faces) ends with that face's own error event; any other body that
+breaks is cut short, as it would be by a target that died. A client that goes
+away cancels the task, which aborts the upstream request and releases the gate
+at once.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
@@ -27,13 +30,15 @@ import trio
 from ..backends.ollama.target import RELAYED_HEADERS, Target
 from .errors import TargetError
 from .exchange import Exchange
+from .faces import EventTokens, stream_error
 from .jsonwire import error_body
 
-__all__ = ["NDJSON", "relay", "rename"]
+__all__ = ["NDJSON", "SSE", "relay", "relay_events", "rename"]
 
 LOGGER = logging.getLogger("foreman.dataplane.relay")
 
 NDJSON = "application/x-ndjson"
+SSE = "text/event-stream"
 
 #: Bytes up to which an answer with a ``Content-Length`` is read whole before it is sent.
 WHOLE_BODY_LIMIT = 1 << 20
@@ -88,6 +93,9 @@ async def relay(
             exchange.ndjson = True
             await send(start)
             exchange.outcome = await _relay_lines(target, response, send, exchange)
+        elif content_type.startswith(SSE):
+            await send(start)
+            exchange.outcome = await relay_events(target.chunks(response), send, exchange)
         else:
             await send(start)
             await _relay_body(target, response, send)
@@ -106,6 +114,42 @@ async def _relay_body(target: Target, response: httpx2.Response, send: Send) -> 
         LOGGER.warning("body from the target ended early: %s", exc)
         return  # no final message: the client sees the body end before its length
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def relay_events(chunks: AsyncIterator[bytes], send: Send, exchange: Exchange) -> str:
+    """Pass a Server-Sent Events stream through; returns ``done`` or ``error``.
+
+    Each read's complete events (up to the last blank line) go out at once, bytes
+    untouched, so an event reaches the client as soon as the target finished it; a
+    partial event waits for its end (at most :data:`WHOLE_BODY_LIMIT` bytes). If the
+    target fails, the partial event is dropped and the face's own error event
+    (:func:`foreman.dataplane.faces.stream_error`) ends the stream. Token counts go
+    to ``exchange.tokens`` (:class:`~foreman.dataplane.faces.EventTokens`).
+    """
+    pending = b""
+    outcome = "done"
+    exchange.events = True
+    counter = EventTokens() if exchange.count_tokens else None
+    try:
+        async with aclosing(chunks) as each:  # type: ignore[type-var]
+            async for chunk in each:
+                pending += chunk
+                end = pending.rfind(b"\n\n")
+                if end < 0 and len(pending) < WHOLE_BODY_LIMIT:
+                    continue
+                end = len(pending) if end < 0 else end + 2
+                events, pending = pending[:end], pending[end:]
+                if counter is not None:
+                    counter.feed(events)
+                await send({"type": "http.response.body", "body": events, "more_body": True})
+        last = pending
+    except TargetError as exc:
+        LOGGER.warning("event stream from the target ended early: %s", exc)
+        last, outcome = stream_error(exchange.face, exchange.key, str(exc)), "error"
+    if counter is not None:
+        exchange.tokens = counter.counts
+    await send({"type": "http.response.body", "body": last, "more_body": False})
+    return outcome
 
 
 async def _relay_lines(

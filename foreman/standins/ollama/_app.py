@@ -1,4 +1,5 @@
-"""The stand-in's ASGI app: Ollama's routes, middleware and gin's error pages.
+"""The stand-in's ASGI app: Ollama's routes (native, OpenAI's and Anthropic's faces),
+middleware and gin's error pages.
 
 Middleware (in front of every route, as gin middleware is in Ollama):
 
@@ -20,9 +21,11 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from . import _access
+from ._anthropic import register_anthropic
 from ._generation import ConnectionAborted
 from ._http import ABORT_KEY, LEASE_KEY, Lease, error, json_response, text
 from ._inference import register_inference
+from ._openai import register_openai
 from ._wire import JSON, dumps
 
 if TYPE_CHECKING:
@@ -178,6 +181,8 @@ def create_app(standin: StandIn) -> StandInApp:
         return json_response({"models": models})
 
     register_inference(app, standin)
+    register_openai(app, standin)
+    register_anthropic(app, standin)
 
     @app.route("/_standin/stats", methods=["GET"])
     async def stats() -> Response:

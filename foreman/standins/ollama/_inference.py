@@ -9,7 +9,7 @@ scheduling until its response ends, and the model's one slot while generating.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ._scheduler import Runner
     from ._standin import StandIn
 
-__all__ = ["register_inference"]
+__all__ = ["embed_handler", "infer", "register_inference", "show_handler"]
 
 _COMMON: Final = {"model": "string", "options": "map[string]interface {}"}
 _CHAT: Final = {**_COMMON, "messages": "[]api.Message", "stream": "bool", "tools": "api.Tools"}
@@ -128,11 +128,21 @@ async def _hold_slot(runner: Runner) -> None:
     lease().add(runner.slot.release)
 
 
-async def _infer(standin: StandIn, kind: Literal["chat", "generate"]) -> Response:
+async def infer(
+    standin: StandIn,
+    kind: Literal["chat", "generate"],
+    raw: bytes | None = None,
+    wrap: Callable[[AsyncGenerator[dict[str, Any], None]], Response] | None = None,
+) -> Response:
+    """Ollama's ChatHandler/GenerateHandler. ``raw`` replaces the request body (what a
+    compatibility middleware rewrote it to); ``wrap`` turns a stream's lines into the
+    response (default: NDJSON)."""
     started = trio.current_time()
     lease().add(standin.track("chats"))
     go_type = "ChatRequest" if kind == "chat" else "GenerateRequest"
-    body = decode_body(await request.get_data(), go_type, _CHAT if kind == "chat" else _GENERATE)
+    if raw is None:
+        raw = await request.get_data()
+    body = decode_body(raw, go_type, _CHAT if kind == "chat" else _GENERATE)
     keep_alive = parse_keep_alive(body.get("keep_alive"))
     think = _think(body)
     messages = _messages(body) if kind == "chat" else []
@@ -184,6 +194,7 @@ async def _infer(standin: StandIn, kind: Literal["chat", "generate"]) -> Respons
         prompt_count = len(f"{body.get('system') or ''} {prompt}".split()) + 4
     tokens = [("thinking", t) for t in THINKING] if thinking and think is not False else []
     tokens += [("content", w) for w in reply_words(text, standin.reply_tokens)]
+    standin.replies.append("".join(t for k, t in tokens if k == "content")[:200])
     done_reason = "stop"
     if num_predict is not None and num_predict < len(tokens):
         tokens, done_reason = tokens[:num_predict], "length"
@@ -212,6 +223,8 @@ async def _infer(standin: StandIn, kind: Literal["chat", "generate"]) -> Respons
         on_close=lease().close if streaming else lambda: None,
     )
     if streaming:
+        if wrap is not None:
+            return wrap(produced)
         return Response(_NDJSONBody(produced), 200, content_type=NDJSON)
     final: dict[str, Any] = {}
     try:
@@ -238,11 +251,14 @@ def _inputs(body: dict[str, Any]) -> list[str]:
     return []
 
 
-async def _embed(standin: StandIn, legacy: bool) -> Response:
+async def embed_handler(standin: StandIn, legacy: bool, raw: bytes | None = None) -> Response:
+    """Ollama's EmbedHandler (``legacy``: EmbeddingsHandler); ``raw`` replaces the body."""
     started = trio.current_time()
     lease().add(standin.track("embeds"))
     go_type = "EmbeddingRequest" if legacy else "EmbedRequest"
-    body = decode_body(await request.get_data(), go_type, _EMBEDDINGS if legacy else _EMBED)
+    if raw is None:
+        raw = await request.get_data()
+    body = decode_body(raw, go_type, _EMBEDDINGS if legacy else _EMBED)
     keep_alive = parse_keep_alive(body.get("keep_alive"))
     inputs = [body.get("prompt") or ""] if legacy else _inputs(body)
     inputs = [text for text in inputs if text or not legacy]
@@ -277,8 +293,11 @@ async def _embed(standin: StandIn, legacy: bool) -> Response:
     )
 
 
-async def _show(standin: StandIn) -> Response:
-    body = decode_body(await request.get_data(), "ShowRequest", _SHOW)
+async def show_handler(standin: StandIn, raw: bytes | None = None) -> Response:
+    """Ollama's ShowHandler; ``raw`` replaces the body."""
+    if raw is None:
+        raw = await request.get_data()
+    body = decode_body(raw, "ShowRequest", _SHOW)
     model = body.get("model") or body.get("name") or ""
     if not model:
         raise RequestError(400, "model is required")
@@ -298,20 +317,20 @@ def register_inference(app: QuartTrio, standin: StandIn) -> None:
 
     @app.route("/api/chat", methods=["POST"])
     async def chat() -> Response:
-        return await _infer(standin, "chat")
+        return await infer(standin, "chat")
 
     @app.route("/api/generate", methods=["POST"])
     async def generate() -> Response:
-        return await _infer(standin, "generate")
+        return await infer(standin, "generate")
 
     @app.route("/api/embed", methods=["POST"])
     async def embed_() -> Response:
-        return await _embed(standin, legacy=False)
+        return await embed_handler(standin, legacy=False)
 
     @app.route("/api/embeddings", methods=["POST"])
     async def embeddings() -> Response:
-        return await _embed(standin, legacy=True)
+        return await embed_handler(standin, legacy=True)
 
     @app.route("/api/show", methods=["POST"])
     async def show() -> Response:
-        return await _show(standin)
+        return await show_handler(standin)

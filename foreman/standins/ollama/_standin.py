@@ -80,14 +80,18 @@ class StandIn:
 
     Statistics (updated by the handlers; ``/_standin/`` requests are not counted):
         chats_in_flight, max_chats_in_flight, chats_total: ``/api/chat`` and
-            ``/api/generate`` requests, each counted from handler entry until its
+            ``/api/generate`` requests, and the generations of the compatibility faces
+            (``/v1/chat/completions``, ``/v1/completions``, ``/v1/responses``,
+            ``/v1/messages``), each counted from handler entry until its
             response body finished or the client went away.
         embeds_in_flight, max_embeds_in_flight, embeds_total: the same for
-            ``/api/embed`` and ``/api/embeddings``.
+            ``/api/embed``, ``/api/embeddings`` and ``/v1/embeddings``.
         requests: ``"GET /api/tags"`` -> count, every request that reached the app.
         prompts: the last message's content (chat) or the prompt (generate), its first
             100 characters -> count,
             for every chat or generate request naming a known model.
+        replies: the content of the last 20 replies planned (oldest first, each cut at
+            200 characters), whichever face asked for them.
         last_headers: lower-cased request headers of the most recent request.
     """
 
@@ -126,6 +130,7 @@ class StandIn:
         self.embeds_in_flight = self.max_embeds_in_flight = self.embeds_total = 0
         self.requests: collections.Counter[str] = collections.Counter()
         self.prompts: collections.Counter[str] = collections.Counter()
+        self.replies: collections.deque[str] = collections.deque(maxlen=20)
         self.last_headers: dict[str, str] = {}
         self._epoch: tuple[trio.abc.Clock, int] | None = None
         self.app = create_app(self)
@@ -199,6 +204,7 @@ class StandIn:
             "embeds_total": self.embeds_total,
             "requests": dict(self.requests),
             "prompts": dict(self.prompts),
+            "replies": list(self.replies),
             "resident": self.resident(),
             "faults": dataclasses.asdict(self.faults),
         }
@@ -210,6 +216,7 @@ class StandIn:
         self.max_embeds_in_flight = self.embeds_in_flight
         self.requests.clear()
         self.prompts.clear()
+        self.replies.clear()
         self.last_headers = {}
 
     def track(self, kind: Literal["chats", "embeds"]) -> Callable[[], None]:
