@@ -92,7 +92,9 @@ async def open_gateway(
         await nursery.start(gateway.users.run)
         gateway.backends = Backends(settings, store, sealer, builtin, transports=backend_transports)
         await nursery.start(gateway.backends.run)
-        gateway.jobs = Jobs(gateway, store, webhook_transport=webhook_transport)
+        gateway.jobs = Jobs(
+            settings, target, gate, inventory, store, webhook_transport=webhook_transport
+        )
         await nursery.start(gateway.jobs.run)
         yield gateway
         nursery.cancel_scope.cancel()
