@@ -99,14 +99,18 @@ def _with_reason(event: type[Any]) -> Callable[..., Any]:
     return build
 
 
-class _H11WithReasons(types.ModuleType):
-    """h11 as hypercorn's HTTP/1.1 protocol sees it: status lines get their reason."""
+def _h11_with_reasons() -> types.ModuleType:
+    """h11 as hypercorn's HTTP/1.1 protocol sees it: status lines get their reason.
 
-    Response = staticmethod(_with_reason(h11.Response))
-    InformationalResponse = staticmethod(_with_reason(h11.InformationalResponse))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(h11, name)
+    A copy of h11's namespace (hypercorn reads ``h11.Data``, ``h11.NEED_DATA``, ... per
+    event, so plain attributes, not a ``__getattr__``), with the two events replaced.
+    """
+    view = types.ModuleType("h11", h11.__doc__)
+    view.__dict__.update({k: v for k, v in vars(h11).items() if not k.startswith("__")})
+    view.Response = _with_reason(h11.Response)  # type: ignore[attr-defined]
+    view.InformationalResponse = _with_reason(h11.InformationalResponse)  # type: ignore[attr-defined]
+    view.with_reasons = True  # type: ignore[attr-defined]
+    return view
 
 
 def install_reasons() -> None:
@@ -119,5 +123,5 @@ def install_reasons() -> None:
     Only hypercorn's module sees this view of h11 (``http.HTTPStatus`` phrases, the same
     as Go's ``http.StatusText``); h11 itself, and httpx2 on it, are untouched.
     """
-    if not isinstance(hypercorn_h11.h11, _H11WithReasons):
-        hypercorn_h11.h11 = _H11WithReasons("h11")  # type: ignore[assignment]
+    if not getattr(hypercorn_h11.h11, "with_reasons", False):
+        hypercorn_h11.h11 = _h11_with_reasons()  # type: ignore[assignment]

@@ -113,9 +113,10 @@ async def _relay_lines(
     """Pass an NDJSON stream through; returns ``done`` or ``error``.
 
     Whatever complete lines have come by the time the last write is done go out in one
-    write (:class:`_Piled`), so a burst costs one send while each line still leaves as
-    soon as it is complete. On a target failure a partial line is dropped (the error
-    must stand on a line of its own) and one ``{"error": ...}`` line ends the stream.
+    write (:class:`_Piled`), so a burst costs two sends (its first line, then the rest)
+    while each line still leaves as soon as it is complete. On a target failure a partial
+    line is dropped (the error must stand on a line of its own) and one ``{"error": ...}``
+    line ends the stream.
     The last complete line is kept in ``exchange.final_line`` (for the token counts).
     """
     pending = lines = b""
@@ -146,9 +147,11 @@ class _Piled:
 
     httpx2 yields a body one HTTP chunk at a time, and Ollama sends each NDJSON line as
     a chunk of its own; when several came in one read of the socket, the filler gets
-    them all without waiting, so the taker writes them to the client in one go. The
-    filler stops reading while :data:`PILE_LIMIT` bytes wait (a slow client slows the
-    reading from the target, as a single task would).
+    them without waiting. A piece the taker is waiting for is handed over at once (so the
+    first line is not held up by parsing the rest); what comes while the taker writes
+    piles up and goes to the client in its next write. The filler also waits while
+    :data:`PILE_LIMIT` bytes are piled (a slow client slows the reading from the target,
+    as a single task would).
     """
 
     def __init__(self) -> None:
@@ -158,6 +161,7 @@ class _Piled:
         self.error: TargetError | None = None  # the body broke: what the filler caught
         self._ready = trio.Event()
         self._room = trio.Event()
+        self._idle = False  # the taker waits for a piece
 
     async def fill(self, chunks: AsyncIterator[bytes]) -> None:
         """Read ``chunks`` to their end; a :class:`TargetError` is kept, not raised."""
@@ -167,7 +171,7 @@ class _Piled:
                     self.parts.append(chunk)
                     self.size += len(chunk)
                     self._ready.set()
-                    if self.size >= PILE_LIMIT:
+                    if self._idle or self.size >= PILE_LIMIT:  # until the taker has it
                         self._room = trio.Event()
                         await self._room.wait()
         except TargetError as exc:
@@ -182,7 +186,11 @@ class _Piled:
             if self.done:
                 return None
             self._ready = trio.Event()
-            await self._ready.wait()
+            self._idle = True
+            try:
+                await self._ready.wait()
+            finally:
+                self._idle = False
         piece = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
         self.parts, self.size = [], 0
         self._room.set()
