@@ -45,6 +45,8 @@ __all__ = ["KEEP_ALIVE", "MAX_HEAD", "hypercorn_config", "install_reasons", "ser
 KEEP_ALIVE = 75.0
 #: Bytes of a request head (request line and headers) beyond which the answer is 431.
 MAX_HEAD = 64 * 1024
+#: Go's ``http.StatusText`` for every status foreman or Ollama sends.
+_REASONS = {status.value: status.phrase.encode("ascii") for status in http.HTTPStatus}
 
 
 def hypercorn_config(settings: Settings) -> Config:
@@ -89,11 +91,8 @@ def _with_reason(event: type[Any]) -> Callable[..., Any]:
     """``event`` (h11's ``Response`` or ``InformationalResponse``) with the standard reason."""
 
     def build(*, status_code: int, headers: Any, reason: bytes = b"", **rest: Any) -> Any:
-        if not reason:
-            try:
-                reason = http.HTTPStatus(status_code).phrase.encode("ascii")
-            except ValueError:  # a status without a standard phrase keeps an empty reason
-                pass
+        # a status without a standard phrase keeps an empty reason
+        reason = reason or _REASONS.get(status_code, b"")
         return event(status_code=status_code, headers=headers, reason=reason, **rest)
 
     return build

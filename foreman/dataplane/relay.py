@@ -116,8 +116,8 @@ async def _relay_lines(
     write (:class:`_Piled`), so a burst costs two sends (its first line, then the rest)
     while each line still leaves as soon as it is complete. On a target failure a partial
     line is dropped (the error must stand on a line of its own) and one ``{"error": ...}``
-    line ends the stream.
-    The last complete line is kept in ``exchange.final_line`` (for the token counts).
+    line ends the stream. The last complete line is kept in ``exchange.final_line`` (for
+    the token counts).
     """
     pending = lines = b""
     piled = _Piled()
