@@ -1,7 +1,7 @@
 """hypercorn, configured to answer as Ollama's own server (Go's ``net/http``) does.
 
-:func:`serve` runs an ASGI app with hypercorn on trio (ADR 16,
-``docs/adr/0016-back-on-hypercorn-and-httpx2.md``); :func:`hypercorn_config` is the one
+:func:`serve` runs an ASGI app with hypercorn on trio (ADR 17,
+``docs/adr/0017-back-on-hypercorn-and-httpx2.md``); :func:`hypercorn_config` is the one
 place its settings are chosen:
 
 * status lines carry the standard reason phrase (``HTTP/1.1 200 OK``) and every answer a
