@@ -154,6 +154,8 @@ class App:
                 scope[USER_SCOPE_KEY] = session.user
         elif path not in self._public:
             user = self.users.authenticate(headers.authorization)
+            if user is None and headers.authorization:  # a key made a moment ago?
+                user = await self.users.authenticate_fresh(headers.authorization)
             if user is None and path.startswith("/admin/api/"):  # the pages' own calls
                 session = self.sessions.lookup(cookie_value(headers.cookie))
                 if session is not None:

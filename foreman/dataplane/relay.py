@@ -30,7 +30,7 @@ from .errors import TargetError
 from .exchange import Exchange
 from .jsonwire import error_body
 
-__all__ = ["NDJSON", "relay"]
+__all__ = ["NDJSON", "relay", "rename"]
 
 LOGGER = logging.getLogger("foreman.dataplane.relay")
 
@@ -79,6 +79,10 @@ async def relay(
             # A small answer of known size (most of Ollama's JSON): read whole, so that
             # a body that breaks still gets a real status, then sent in one go.
             body = await target.read(response)
+            if exchange.echo is not None and body.startswith(exchange.echo[0]):
+                body = rename(body, exchange.echo)
+                headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+                start["headers"] = [*headers, (b"content-length", str(len(body)).encode())]
             if exchange.count_tokens:
                 exchange.final_line = body
             await send(start)
@@ -129,9 +133,13 @@ async def _relay_lines(
                 pending += chunk
                 continue
             lines, pending = pending + chunk[: end + 1], chunk[end + 1 :]
+            if exchange.echo is not None:
+                lines = rename(lines, exchange.echo)
             await send({"type": "http.response.body", "body": lines, "more_body": True})
     if piled.error is None:
         last, outcome = pending, "done"  # a last line without its newline goes on as it is
+        if exchange.echo is not None:
+            last = rename(last, exchange.echo)
         if exchange.count_tokens and lines:
             exchange.final_line = lines[lines.rfind(b"\n", 0, len(lines) - 1) + 1 :]
     else:
@@ -195,3 +203,14 @@ class _Piled:
         self.parts, self.size = [], 0
         self._room.set()
         return piece
+
+
+def rename(lines: bytes, echo: tuple[bytes, bytes]) -> bytes:
+    """Whole JSON lines (or one JSON body) with each line's leading ``echo[0]`` (Ollama's
+    ``{"model":"<name it was sent>",``) made ``echo[1]``: a routed request's answer
+    names the model as the client asked for it, as Ollama echoes a request's ``model``.
+    Only a line's start is looked at: a newline byte never occurs inside a JSON line."""
+    old, new = echo
+    if not lines.startswith(old) and b"\n" + old not in lines:
+        return lines
+    return (b"\n" + lines).replace(b"\n" + old, b"\n" + new)[1:]
