@@ -62,6 +62,7 @@ _SAFE = frozenset({"GET", "HEAD"})
 _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
 _JSON = [(b"content-type", JSON_CONTENT_TYPE.encode())]
 _TEXT = [(b"content-type", b"text/plain")]
+_CLOSE = (b"connection", b"close")
 
 
 class App:
@@ -99,8 +100,10 @@ class App:
                 exchange.status = message["status"]
                 exchange.response_started = True
                 exchange.first_byte = trio.current_time()
-                headers = message.get("headers", [])
-                message = {**message, "headers": [*headers, (b"x-request-id", request_id)]}
+                headers = [*message.get("headers", []), (b"x-request-id", request_id)]
+                if gw.draining and _CLOSE not in headers:  # as Go's once Shutdown has begun
+                    headers.append(_CLOSE)
+                message = {**message, "headers": headers}
             elif not message.get("more_body", False):
                 exchange.response_complete = True
             await send(message)

@@ -24,13 +24,13 @@ import re
 import secrets
 import sqlite3
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from ..dataplane.jsonwire import rfc3339
 from ..store import Store
+from .identity import ANONYMOUS, TOKEN_ADMIN, User
 from .sessions import Sessions
 
 __all__ = [
@@ -60,22 +60,6 @@ ROLES = ("admin", "user")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
 
-@dataclass(frozen=True)
-class User:
-    """Who a request is: a user of the store, or ``admin`` for ``FOREMAN_TOKEN``."""
-
-    name: str
-    role: str
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
-
-
-#: The holder of ``FOREMAN_TOKEN``.
-TOKEN_ADMIN = User("admin", "admin")
-#: Everyone, while foreman is open (no token, no users).
-ANONYMOUS = User("anonymous", "admin")
 #: Names no user may take, in any case: the token holder's and the open foreman's.
 RESERVED = frozenset({TOKEN_ADMIN.name, ANONYMOUS.name})
 
@@ -171,7 +155,7 @@ class Users:
         self._reads = 0  # reads of the store begun
         self._seen = 0  # the number (1, 2, ...) of the latest read begun that has ended
         self._miss_lock = trio.Lock()
-        self.sessions = Sessions(self)
+        self.sessions = Sessions(self.authenticate_hash)
 
     @property
     def open(self) -> bool:

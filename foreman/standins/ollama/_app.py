@@ -22,6 +22,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from . import _access
 from ._anthropic import register_anthropic
+from ._faults import Faults
 from ._generation import ConnectionAborted
 from ._http import ABORT_KEY, LEASE_KEY, Lease, error, json_response, text
 from ._inference import register_inference
@@ -190,7 +191,6 @@ def create_app(standin: StandIn) -> StandInApp:
 
     @app.route("/_standin/faults", methods=["POST"])
     async def faults() -> Response:
-        from ._standin import Faults
 
         try:
             standin.faults = Faults.from_json(json.loads(await request.get_data() or b"{}"))

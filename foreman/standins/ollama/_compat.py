@@ -29,6 +29,8 @@ from ._inference import embed_handler, infer, show_handler
 from ._wire import RequestError, dumps
 
 __all__ = [
+    "new_error",
+    "openai_text",
     "JSON_PLAIN",
     "SSE",
     "EventBody",
@@ -187,3 +189,14 @@ def written_error(
 ) -> Response:
     """A handler's error as the face's writer rewrites it (``writeError``)."""
     return Response(dumps(error(status, message)) + b"\n", status, content_type=JSON_PLAIN)
+
+
+def new_error(status: int, message: str) -> dict[str, Any]:
+    """``openai.NewError``."""
+    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+def openai_text(content: Any) -> str:
+    """The text of an OpenAI message ``content`` (a string or typed parts)."""
+    return text_of(content, ("text", "input_text", "output_text"))

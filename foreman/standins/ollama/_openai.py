@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from quart import Response, request
 
-from ._compat import JSON_PLAIN, abort, bind, guarded, run_native, text_of, unix
+from ._compat import JSON_PLAIN, abort, bind, guarded, new_error, openai_text, run_native, unix
 from ._models import parse_name
+from ._responses import responses
 from ._wire import RequestError, dumps
 
 if TYPE_CHECKING:
@@ -35,16 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["new_error", "register_openai"]
 
 _FP = "fp_ollama"
-
-
-def new_error(status: int, message: str) -> dict[str, Any]:
-    """``openai.NewError``."""
-    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
-    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
-
-
-def _text(content: Any) -> str:
-    return text_of(content, ("text", "input_text", "output_text"))
 
 
 def _options(body: dict[str, Any], tokens_key: str) -> dict[str, Any]:
@@ -194,7 +185,7 @@ async def chat_completions(standin: StandIn) -> Response:
     native: dict[str, Any] = {
         "model": body.get("model") or "",
         "messages": [
-            {"role": m.get("role", ""), "content": _text(m.get("content"))}
+            {"role": m.get("role", ""), "content": openai_text(m.get("content"))}
             for m in messages
             if isinstance(m, dict)
         ],
@@ -331,7 +322,6 @@ async def retrieve_model(standin: StandIn, model: str) -> Response:
 
 def register_openai(app: QuartTrio, standin: StandIn) -> None:
     """Add Ollama's OpenAI routes to ``app``."""
-    from ._responses import responses
 
     @app.route("/v1/chat/completions", methods=["POST"])
     async def v1_chat() -> Response:

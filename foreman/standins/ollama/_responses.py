@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from quart import Response, request
 
-from ._compat import abort, bind, go_marshal, run_native, unix
-from ._openai import _text, new_error
+from ._compat import abort, bind, go_marshal, new_error, openai_text, run_native, unix
 from ._wire import RequestError
 
 if TYPE_CHECKING:
@@ -39,7 +38,7 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         for item in given:
             if isinstance(item, dict) and item.get("type", "message") == "message":
                 role = "system" if item.get("role") == "developer" else item.get("role", "user")
-                messages.append({"role": role, "content": _text(item.get("content"))})
+                messages.append({"role": role, "content": openai_text(item.get("content"))})
     return messages
 
 

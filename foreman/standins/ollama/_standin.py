@@ -6,54 +6,18 @@ import collections
 import dataclasses
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx2
 import trio
 
+from ._faults import Faults
 from ._models import DEFAULT_MODELS, ModelSpec, parse_name
 from ._scheduler import Scheduler
 from ._transport import ASGIStreamTransport
 from ._wire import rfc3339
 
 __all__ = ["Faults", "StandIn"]
-
-
-@dataclass
-class Faults:
-    """Failures applied to every ``/api/chat`` and ``/api/generate`` reply while set.
-
-    Counts are NDJSON lines already written (thinking lines included); ``None`` is off.
-    They also apply to ``stream:false`` replies, counted the same way.
-
-    Attributes:
-        stall_after: after N lines stop sending and sleep until the client goes away.
-        die_after: after N lines abort the connection (the body generator raises, so
-            the chunked stream breaks without its final chunk; a ``stream:false``
-            reply breaks before its status line in-process, while hypercorn turns
-            that into an empty 500).
-        runner_error_after: after N lines write Ollama's in-band
-            ``{"error":"model runner has unexpectedly stopped, ..."}`` line and end
-            (no ``done:true``); ``stream:false`` gets it as a 500.
-    """
-
-    stall_after: int | None = None
-    die_after: int | None = None
-    runner_error_after: int | None = None
-
-    @classmethod
-    def from_json(cls, body: Any) -> Faults:
-        """Faults from a JSON object of these fields; raises ValueError on anything else."""
-        if not isinstance(body, dict):
-            raise ValueError("faults must be a JSON object")
-        names = {f.name for f in dataclasses.fields(cls)}
-        for key, value in body.items():
-            if key not in names:
-                raise ValueError(f"unknown fault {key!r}")
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-                raise ValueError(f"{key} must be an integer or null")
-        return cls(**body)
 
 
 class StandIn:
