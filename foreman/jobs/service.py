@@ -309,6 +309,13 @@ class Jobs:
                     await wake.wait()
 
     async def _deliver(self, client: httpx2.AsyncClient, delivery: dict[str, Any]) -> None:
+        """Attempt one delivery and record the attempt on its row.
+
+        Whatever the row holds (a URL stored before it was checked, say), a failure is
+        recorded on that delivery and the sender goes on: an answer that is not 2xx or
+        no answer is tried again with back-off; a URL the client cannot use at all is
+        given up at once.
+        """
         headers = {"content-type": "application/json", "user-agent": "foreman"}
         if self.settings.webhook_secret:
             digest = hmac.new(
@@ -316,20 +323,27 @@ class Jobs:
             ).hexdigest()
             headers["x-foreman-signature"] = f"sha256={digest}"
         status: int | None = None
+        error: str | None = None
+        usable = True
+        attempts = delivery["attempts"] + 1
+        url, job_id = delivery["url"], delivery["job_id"]
         try:
-            response = await client.post(delivery["url"], content=delivery["body"], headers=headers)
+            response = await client.post(url, content=delivery["body"], headers=headers)
             status = response.status_code
         except httpx2.HTTPError as exc:
-            LOGGER.info("webhook %s for job %s: %s", delivery["url"], delivery["job_id"], exc)
+            error = str(exc) or type(exc).__name__
+            LOGGER.info("webhook %.200r for job %s: %s", url, job_id, error)
+        except Exception as exc:  # noqa: BLE001  (InvalidURL, UnicodeError: nothing to retry)
+            error, usable = f"cannot be sent: {exc}"[:500], False
+            LOGGER.warning("webhook for job %s %s; given up", job_id, error)
         delivered = status is not None and 200 <= status < 300
-        attempts = delivery["attempts"] + 1
         backoff = min(2.0 ** (attempts - 1), WEBHOOK_MAX_BACKOFF)
-        next_at = self.now() + backoff if attempts < WEBHOOK_MAX_ATTEMPTS else math.inf
-        if not delivered and attempts >= WEBHOOK_MAX_ATTEMPTS:
-            LOGGER.warning(
-                "webhook for job %s given up after %d attempts", delivery["job_id"], attempts
-            )
-        await self.store.call(records.mark_delivery, delivery["seq"], status, delivered, next_at)
+        next_at = self.now() + backoff if usable and attempts < WEBHOOK_MAX_ATTEMPTS else math.inf
+        if not delivered and usable and attempts >= WEBHOOK_MAX_ATTEMPTS:
+            LOGGER.warning("webhook for job %s given up after %d attempts", job_id, attempts)
+        await self.store.call(
+            records.mark_delivery, delivery["seq"], status, delivered, next_at, error
+        )
 
     # --- retention ---------------------------------------------------------------------
 
