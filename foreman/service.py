@@ -25,6 +25,7 @@ from .backends.ollama.inventory import Inventory
 from .backends.ollama.residency import Residency
 from .backends.ollama.target import open_target
 from .backends.registry import Sealer, ensure_builtin
+from .backends.sealing import check_sealed
 from .dataplane.gate import Gate
 from .gateway import Gateway
 from .jobs import Jobs
@@ -65,6 +66,9 @@ async def open_gateway(
         open_store(os.path.join(settings.data_path, "foreman.db")) as store,
         trio.open_nursery() as nursery,
     ):
+        sealer = Sealer(settings.secret_key, settings.data_path)
+        await store.call(check_sealed, sealer, allow_unreadable=settings.allow_unreadable_keys)
+        await nursery.start(store.watch)
         gate = Gate(settings.max_queue, settings.max_waiting_bytes)
         residency = Residency(
             target,
@@ -84,10 +88,10 @@ async def open_gateway(
             LOGGER.warning("starting degraded: %s", inventory.last_error)
         else:
             LOGGER.info("target %s has %d models", target.url, len(inventory.models))
-        sealer = Sealer(settings.secret_key, settings.data_path)
         record = await store.call(ensure_builtin, sealer, settings.ollama_url)
         builtin = OllamaBackend(record, target, gate, inventory, residency, settings.poll_interval)
         gateway = Gateway(settings, target, nursery, gate, inventory, residency, builtin)
+        gateway.store = store
         gateway.users = Users(store, settings.token)
         await nursery.start(gateway.users.run)
         gateway.backends = Backends(settings, store, sealer, builtin, transports=backend_transports)

@@ -411,6 +411,16 @@ OPTIONS: tuple[Option, ...] = (
         secret=True,
     ),
     Option(
+        "allow_unreadable_keys",
+        "FOREMAN_ALLOW_UNREADABLE_KEYS",
+        "--allow-unreadable-keys",
+        "0",
+        _flag,
+        "1: start even when stored API keys do not open with the secret (secret.key lost"
+        " or replaced): those backends run without their keys, and the log says so;"
+        " 0: refuse to start.",
+    ),
+    Option(
         "tls_cert",
         "FOREMAN_TLS_CERT",
         "--tls-cert",
@@ -466,6 +476,7 @@ class Settings:
     webhook_secret: str | None = None
     heartbeat_interval: float = 30.0
     secret_key: str | None = None
+    allow_unreadable_keys: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
 

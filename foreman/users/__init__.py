@@ -27,7 +27,7 @@ from typing import Any
 import trio
 
 from ..dataplane.jsonwire import rfc3339
-from ..store import Store
+from ..store import Store, StoreUnavailable
 from .sessions import Sessions
 
 __all__ = [
@@ -194,5 +194,5 @@ class Users:
             await trio.sleep(REFRESH)
             try:
                 await self.reload()
-            except sqlite3.Error as exc:  # keep the keys we have; try again later
+            except (sqlite3.Error, StoreUnavailable) as exc:  # keep the keys we have; later
                 LOGGER.warning("users: cannot reload: %s", exc)

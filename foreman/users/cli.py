@@ -17,7 +17,7 @@ import trio
 from rich.table import Table
 
 from ..settings import default_data_dir
-from ..store import open_store
+from ..store import StoreError, StoreUnavailable, open_store
 from ..terminal import fail, print_table
 from . import create_user, list_users, revoke_user
 
@@ -37,7 +37,7 @@ def _call(data_dir: str | None, fn: Callable[..., T], *args: Any) -> T:
 
     try:
         return trio.run(run)
-    except ValueError as exc:
+    except (ValueError, StoreError, StoreUnavailable) as exc:
         fail(str(exc))
 
 

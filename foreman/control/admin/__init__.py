@@ -45,7 +45,7 @@ from ...jobs import records as job_records
 from ...users import SESSION_SCOPE_KEY, User, create_user, list_users, revoke_user
 from ...users.sessions import COOKIE, Session, cookie_value, same_secret
 
-__all__ = ["admin_pages", "human_age", "human_size", "page_error"]
+__all__ = ["admin_pages", "human_age", "human_size", "page_error", "page_message"]
 
 LOGIN_COOKIE = "foreman_login"  # the sign-in form's CSRF token, before there is a session
 TYPES = {"ollama": "Ollama", "anthropic": "Claude (Anthropic)", "openai": "OpenAI-compatible"}
@@ -556,12 +556,15 @@ def admin_pages(gw: Gateway, manager: Manager) -> Blueprint:
 async def page_error(exc: HTTPException) -> Response:
     """An unknown page or a wrong method under ``/admin/``, as a page (not gin's text)."""
     messages = {404: "There is no such page.", 405: "That page does not take this method."}
-    html = await render_template(
-        "admin/error.html",
-        message=messages.get(exc.code or 500, exc.description or "Error."),
-        asset_version=ASSET_VERSION,
+    return await page_message(
+        messages.get(exc.code or 500, exc.description or "Error."), exc.code or 500
     )
-    response = Response(html, status=exc.code or 500, content_type="text/html; charset=utf-8")
+
+
+async def page_message(message: str, status: int) -> Response:
+    """An error page under ``/admin/`` saying ``message``."""
+    html = await render_template("admin/error.html", message=message, asset_version=ASSET_VERSION)
+    response = Response(html, status=status, content_type="text/html; charset=utf-8")
     response.headers.update(SECURITY_HEADERS)
     return response
 
