@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from foreman.backends.sealing import Sealer
 from foreman.store import _connect
 
 from .conftest import chat_body
-from .processes import foreman, free_port, standin, until
+from .processes import answering, foreman, free_port, process, standin, until
 
 #: webhook URLs that each once stopped foreman at their first delivery, and at every start
 POISONED_URLS = ("http://x:abc/", "http://x/" + "a" * 65_537, "http://x/\r\nX: y", "http://x/\x00")
@@ -135,12 +136,27 @@ def test_a_full_disk_degrades_foreman_and_every_job_finishes_once_space_returns(
             )
             assert embed.status_code == 200, embed.text
         assert _jobs_in(url, "succeeded") == stalled  # no job runs without a place for its answer
-
-        filler.unlink()
-        until(lambda: httpx.get(f"{url}/readyz").status_code == 200, what="/readyz 200 again")
-        until(lambda: _jobs_in(url, "succeeded") == 40, seconds=60, what="every job")
-        assert _jobs_in(url, "failed") == 0
         assert proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+        # a start on the full disk serves too, degraded
+        port = free_port()
+        env = {
+            "FOREMAN_OLLAMA_URL": target,
+            "FOREMAN_LISTEN": f"127.0.0.1:{port}",
+            "FOREMAN_DATA_DIR": str(small_disk),
+            "FOREMAN_LOG_LEVEL": "warning",
+        }
+        url = f"http://127.0.0.1:{port}"
+        with process("serve", env=env) as again:
+            until(lambda: answering(f"{url}/healthz"), what="foreman on a full disk")
+            assert httpx.get(f"{url}/api/tags").status_code == 200
+            filler.unlink()
+            until(lambda: httpx.get(f"{url}/readyz").status_code == 200, what="/readyz 200")
+            until(lambda: _jobs_in(url, "succeeded") == 40, seconds=60, what="every job")
+            assert _jobs_in(url, "failed") == 0
+            assert again.poll() is None
 
 
 def _immutable(paths: list[Path], on: bool) -> None:
