@@ -96,8 +96,10 @@ class App:
                 exchange.status = message["status"]
                 exchange.response_started = True
                 exchange.first_byte = trio.current_time()
-                headers = message.get("headers", [])
-                message = {**message, "headers": [*headers, (b"x-request-id", request_id)]}
+                headers = [*message.get("headers", []), (b"x-request-id", request_id)]
+                if gw.draining:  # as Go's net/http once Shutdown has begun
+                    headers.append((b"connection", b"close"))
+                message = {**message, "headers": headers}
             elif not message.get("more_body", False):
                 exchange.response_complete = True
             await send(message)

@@ -49,6 +49,7 @@ class Gateway:
     metrics: Metrics = field(default_factory=Metrics)
     in_flight: AsyncValue[int] = field(default_factory=lambda: AsyncValue(0))
     live: set[Exchange] = field(default_factory=set)
+    draining: bool = False  # shutting down: answers say Connection: close, as Go's do
 
     @property
     def embeds_in_flight(self) -> int:

@@ -1,7 +1,7 @@
 """Logging: one handler on stderr, as text lines or as JSON objects (``FOREMAN_LOG_FORMAT``).
 
 foreman's loggers are all under ``foreman`` (``foreman.access`` has one record per
-request; ``foreman.server`` is the HTTP server's own). Records carry their fields as
+request; ``foreman.server`` carries hypercorn's errors). Records carry their fields as
 attributes too (``extra=``), so the JSON form has them as keys: an access record has
 ``client``, ``request_id``, ``method``, ``path``, ``model``, ``status``,
 ``gate_wait`` (seconds or null), ``duration`` (seconds) and ``outcome``.

@@ -3,7 +3,7 @@
 See ``docs/adr/0005-one-nursery-owns-everything.md``. :func:`open_gateway`
 opens the store and starts the tags poller, the ps residency watcher, the
 embedder warm-up supervisor and the job queue's tasks; :func:`run` adds the
-HTTP server (:mod:`foreman.server`) in the same nursery and, once the server has drained,
+hypercorn server (:mod:`foreman.serving`) in the same nursery and, once the server has drained,
 cancels the rest.
 """
 
@@ -29,8 +29,8 @@ from .backends.sealing import check_sealed
 from .dataplane.gate import Gate
 from .gateway import Gateway
 from .jobs import Jobs
-from .server import serve, tls_context
-from .settings import GRACE_MARGIN, Settings
+from .serving import hypercorn_config, serve
+from .settings import Settings
 from .store import open_store
 from .users import Users
 
@@ -96,7 +96,9 @@ async def open_gateway(
         await nursery.start(gateway.users.run)
         gateway.backends = Backends(settings, store, sealer, builtin, transports=backend_transports)
         await nursery.start(gateway.backends.run)
-        gateway.jobs = Jobs(gateway, store, webhook_transport=webhook_transport)
+        gateway.jobs = Jobs(
+            settings, target, gate, inventory, store, webhook_transport=webhook_transport
+        )
         await nursery.start(gateway.jobs.run)
         yield gateway
         nursery.cancel_scope.cancel()
@@ -111,7 +113,7 @@ async def run(
 ) -> None:
     """Serve foreman until ``shutdown_trigger`` returns, then drain and stop.
 
-    After the trigger, the server stops accepting connections and in-flight
+    After the trigger, hypercorn stops accepting connections and in-flight
     requests get ``settings.grace`` seconds to finish; then foreman ends what is
     left itself (:meth:`Gateway.end_grace`: a 503 for a chat still waiting, an
     error line for a stream). As soon as no request is left the server stops
@@ -122,28 +124,20 @@ async def run(
     ``started()`` passes the bound URLs (with the real port when ``listen`` ends in ``:0``).
     """
     check_listen(settings.listen)  # fail at once, not after the first poll of the target
-    tls = tls_context(settings.tls_cert, settings.tls_key) if settings.tls_cert else None
+    config = hypercorn_config(settings)
     async with open_gateway(settings, transport=transport) as gateway:
         app = create_app(gateway)
         server_done, draining = trio.Event(), trio.Event()
 
         async def trigger() -> None:
             await shutdown_trigger()
+            gateway.draining = True  # answers from now on say Connection: close
             draining.set()
 
         async def serve_app(*, task_status: trio.TaskStatus[list[str]]) -> None:
             with trio.CancelScope() as scope:
                 gateway.nursery.start_soon(_stop_when_drained, gateway, draining, scope)
-                await serve(
-                    app,
-                    settings.listen,
-                    shutdown_trigger=trigger,
-                    # foreman ends what is left when its own grace is over (a 503, an
-                    # error line); the server's only has to outlast that by the last bytes
-                    graceful_timeout=settings.grace + GRACE_MARGIN,
-                    tls=tls,
-                    task_status=task_status,
-                )
+                await serve(app, config, shutdown_trigger=trigger, task_status=task_status)
             server_done.set()
 
         urls: list[str] = await gateway.nursery.start(serve_app)
@@ -176,8 +170,8 @@ def check_listen(listen: str) -> None:
 
 
 async def _stop_when_drained(gw: Gateway, draining: trio.Event, server: trio.CancelScope) -> None:
-    # once no request is in flight there is nothing to wait for (a connection
-    # between requests, or in the middle of sending one, is not worth waiting for)
+    # hypercorn waits out its grace period for idle keep-alive connections too;
+    # once no request is in flight there is nothing to wait for.
     await draining.wait()
     with trio.move_on_after(gw.settings.grace):
         await gw.in_flight.wait_value(0)

@@ -89,6 +89,7 @@ async def test_the_end_of_grace_ends_streams_with_an_error_line_and_waiters_with
             assert lines[-1] == {"error": "foreman is shutting down"}
             assert len(lines) > 2 and "done" not in lines[-1]
             assert waiter[0].status_code == 503
+            assert waiter[0].headers["connection"] == "close"  # as Go's, once draining
             assert waiter[0].json()["error"] == (
                 "server busy, please try again.  maximum pending requests exceeded"
             )

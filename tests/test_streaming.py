@@ -306,7 +306,9 @@ async def test_a_body_python_finds_odd_still_passes_the_gate(
     assert fm.standin.max_chats_in_flight == 1
 
 
-async def test_a_burst_of_lines_goes_out_in_one_write_and_a_partial_line_waits() -> None:
+async def test_each_read_goes_out_in_one_write_and_a_partial_line_waits(
+    autojump_clock: trio.abc.Clock,
+) -> None:
     from foreman.backends.ollama.target import Target
     from foreman.dataplane.exchange import Exchange
     from foreman.dataplane.relay import relay
@@ -318,6 +320,7 @@ async def test_a_burst_of_lines_goes_out_in_one_write_and_a_partial_line_waits()
         async def __aiter__(self):  # type: ignore[no-untyped-def]
             for chunk in reads:
                 yield chunk
+                await trio.sleep(1)  # the next read comes once the last one is written
 
     def answer(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, headers={"content-type": "application/x-ndjson"}, stream=Body())

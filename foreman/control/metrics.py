@@ -20,17 +20,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from ..backends.ollama.inventory import Inventory
+    from ..backends.ollama.residency import Residency
     from ..dataplane.exchange import Exchange
-    from ..gateway import Gateway
+    from ..dataplane.gate import Gate
 
-__all__ = ["Metrics", "route_label"]
+__all__ = ["Metrics", "Watched", "route_label"]
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 _WAIT = (0.001, 0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900)
@@ -53,6 +55,25 @@ _ROUTES = {
 def route_label(key: str | None) -> str:
     """The ``route`` label for a route key (see :func:`foreman.dataplane.native.route_key`)."""
     return _ROUTES.get(key or "", "other")
+
+
+class JobCounts(Protocol):
+    """What the metrics read of the job queue (:class:`foreman.jobs.Jobs`)."""
+
+    depths: dict[str, int]  # queued jobs by lane
+    finished: dict[str, int]  # jobs ended by this process, by state
+
+
+class Watched(Protocol):
+    """What the metrics read of the gateway at every scrape (:class:`foreman.gateway.Gateway`)."""
+
+    gate: Gate
+    inventory: Inventory
+    residency: Residency
+    jobs: Any  # a JobCounts, or None before the queue starts
+
+    @property
+    def embeds_in_flight(self) -> int: ...
 
 
 class Metrics:
@@ -96,7 +117,7 @@ class Metrics:
         self._counters: dict[tuple[str, str, int | None], Any] = {}
         self._timers: dict[str, tuple[Any, Any]] = {}
 
-    def watch(self, gw: Gateway) -> None:
+    def watch(self, gw: Watched) -> None:
         """Report ``gw``'s state at every scrape."""
         self.registry.register(_GatewayCollector(gw))
 
@@ -137,7 +158,7 @@ class Metrics:
 
 
 class _GatewayCollector(Collector):
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: Watched) -> None:
         self._gw = gw
 
     def describe(self) -> list[Metric]:
@@ -173,17 +194,18 @@ class _GatewayCollector(Collector):
         warmups = CounterMetricFamily("foreman_warmups", "Warm-ups of the embedder sent.")
         warmups.add_metric([], residency.warmups)
         yield warmups
-        if gw.jobs is not None:
+        jobs: JobCounts | None = gw.jobs
+        if jobs is not None:
             depth = GaugeMetricFamily(
                 "foreman_jobs_queued", "Jobs waiting in the queue, by lane.", labels=["lane"]
             )
-            for lane, count in gw.jobs.depths.items():
+            for lane, count in jobs.depths.items():
                 depth.add_metric([lane], count)
             yield depth
             finished = CounterMetricFamily(
                 "foreman_jobs_finished", "Jobs that ended, by state.", labels=["state"]
             )
-            for state, count in gw.jobs.finished.items():
+            for state, count in jobs.finished.items():
                 finished.add_metric([state], count)
             yield finished
 

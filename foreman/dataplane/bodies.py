@@ -1,11 +1,10 @@
 """Request bodies that must be read before the answer: keep-alive stays healthy.
 
 Go's ``net/http`` (so Ollama) reads up to 256 KiB of a body its handler left unread
-and keeps the connection; hypercorn (0.18, which serves the stand-ins) instead closes
-it, and a client that reuses that connection in the same instant can wait for an
-answer that never comes. foreman's own server (:mod:`foreman.server`) drains as Go
-does; the app reads what it would otherwise leave unread all the same, so that it
-behaves alike under any ASGI server (the tests run it in-process):
+and keeps the connection; hypercorn (which serves foreman and the stand-ins) instead
+closes it, and a client that reuses that connection in the same instant can wait for
+an answer that never comes. So the app reads what it would otherwise leave unread
+(``docs/adr/0012-read-the-body-before-answering.md``), under any ASGI server:
 
 * :func:`drain` before the front's own early answers (403, 401, 404);
 * :class:`ReadBodyFirst` around the Quart control plane (and the stand-in), so a

@@ -18,6 +18,7 @@ which aborts the upstream request and releases the gate at once.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
@@ -37,6 +38,8 @@ NDJSON = "application/x-ndjson"
 
 #: Bytes up to which an answer with a ``Content-Length`` is read whole before it is sent.
 WHOLE_BODY_LIMIT = 1 << 20
+#: Bytes of a stream read ahead of the client (see :class:`_Piled`).
+PILE_LIMIT = 1 << 16
 
 Send = Any  # the ASGI send callable
 
@@ -109,28 +112,78 @@ async def _relay_lines(
 ) -> str:
     """Pass an NDJSON stream through; returns ``done`` or ``error``.
 
-    Whatever complete lines a read brings go out in one write, so a burst costs
-    one send while each line still leaves as soon as it is complete. On a target
-    failure a partial line is dropped (the error must stand on a line of its
-    own) and one ``{"error": ...}`` line ends the stream. The last complete line
-    is kept in ``exchange.final_line`` (for the token counts).
+    Whatever complete lines have come by the time the last write is done go out in one
+    write (:class:`_Piled`), so a burst costs one send while each line still leaves as
+    soon as it is complete. On a target failure a partial line is dropped (the error
+    must stand on a line of its own) and one ``{"error": ...}`` line ends the stream.
+    The last complete line is kept in ``exchange.final_line`` (for the token counts).
     """
     pending = lines = b""
-    outcome = "done"
-    try:
-        async with aclosing(target.chunks(response)) as chunks:
-            async for chunk in chunks:
-                end = chunk.rfind(b"\n")
-                if end < 0:
-                    pending += chunk
-                    continue
-                lines, pending = pending + chunk[: end + 1], chunk[end + 1 :]
-                await send({"type": "http.response.body", "body": lines, "more_body": True})
-        last = pending  # a last line without its newline is passed on as it is
+    piled = _Piled()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(piled.fill, target.chunks(response))
+        while (chunk := await piled.take()) is not None:
+            end = chunk.rfind(b"\n")
+            if end < 0:
+                pending += chunk
+                continue
+            lines, pending = pending + chunk[: end + 1], chunk[end + 1 :]
+            await send({"type": "http.response.body", "body": lines, "more_body": True})
+    if piled.error is None:
+        last, outcome = pending, "done"  # a last line without its newline goes on as it is
         if exchange.count_tokens and lines:
             exchange.final_line = lines[lines.rfind(b"\n", 0, len(lines) - 1) + 1 :]
-    except TargetError as exc:
-        LOGGER.warning("stream from the target ended early: %s", exc)
-        last, outcome = error_body(str(exc)) + b"\n", "error"
+    else:
+        LOGGER.warning("stream from the target ended early: %s", piled.error)
+        last, outcome = error_body(str(piled.error)) + b"\n", "error"
     await send({"type": "http.response.body", "body": last, "more_body": False})
     return outcome
+
+
+class _Piled:
+    """A body read in one task (:meth:`fill`) and taken in another (:meth:`take`): what
+    piled up while the taker was writing is taken as one piece.
+
+    httpx2 yields a body one HTTP chunk at a time, and Ollama sends each NDJSON line as
+    a chunk of its own; when several came in one read of the socket, the filler gets
+    them all without waiting, so the taker writes them to the client in one go. The
+    filler stops reading while :data:`PILE_LIMIT` bytes wait (a slow client slows the
+    reading from the target, as a single task would).
+    """
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.done = False
+        self.error: TargetError | None = None  # the body broke: what the filler caught
+        self._ready = trio.Event()
+        self._room = trio.Event()
+
+    async def fill(self, chunks: AsyncIterator[bytes]) -> None:
+        """Read ``chunks`` to their end; a :class:`TargetError` is kept, not raised."""
+        try:
+            async with aclosing(chunks):  # type: ignore[type-var]
+                async for chunk in chunks:
+                    self.parts.append(chunk)
+                    self.size += len(chunk)
+                    self._ready.set()
+                    if self.size >= PILE_LIMIT:
+                        self._room = trio.Event()
+                        await self._room.wait()
+        except TargetError as exc:
+            self.error = exc
+        finally:
+            self.done = True
+            self._ready.set()
+
+    async def take(self) -> bytes | None:
+        """What piled up since the last take, once there is something; None at the end."""
+        while not self.parts:
+            if self.done:
+                return None
+            self._ready = trio.Event()
+            await self._ready.wait()
+        piece = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+        self.parts, self.size = [], 0
+        self._room.set()
+        return piece

@@ -100,7 +100,7 @@ def job_routes(jobs: Jobs) -> Blueprint:
             return "invalid model name", 400
         if not is_cloud(model):
             try:
-                await jobs.gw.inventory.require(model)
+                await jobs.inventory.require(model)
             except ModelNotFound as exc:
                 if body["endpoint"] == "embed":
                     return f'model "{model}" not found, try pulling it first', 404

@@ -28,8 +28,11 @@ from typing import Any
 import httpx2
 import trio
 
+from ..backends.ollama.inventory import Inventory
+from ..backends.ollama.target import Target
 from ..dataplane.errors import TargetError, TargetStatus
-from ..gateway import Gateway
+from ..dataplane.gate import Gate
+from ..settings import Settings
 from ..store import Store, StoreUnavailable
 from ..tasks import supervised
 from . import records
@@ -52,21 +55,25 @@ class Jobs:
     """The durable job queue of one gateway.
 
     Args:
-        gw: the gateway (target, gate, inventory, settings).
+        settings: foreman's settings.
+        target, gate, inventory: those of the builtin Ollama backend (the gateway's).
         store: the open store.
         webhook_transport: replaces the network for webhooks (tests).
     """
 
     def __init__(
         self,
-        gw: Gateway,
+        settings: Settings,
+        target: Target,
+        gate: Gate,
+        inventory: Inventory,
         store: Store,
         *,
         webhook_transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
-        self.gw = gw
+        self.target, self.gate, self.inventory = target, gate, inventory
         self.store = store
-        self.settings = gw.settings
+        self.settings = settings
         self.artifact_dir = os.path.join(self.settings.data_path, "artifacts")
         self.running: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
         self.depths = {"interactive": 0, "batch": 0}
@@ -170,7 +177,7 @@ class Jobs:
         Waits on events only (a submission, a cancellation, the target coming back),
         never on a timer: an idle queue costs nothing.
         """
-        degraded = self.gw.inventory.degraded
+        degraded = self.inventory.degraded
         while True:
             changed = self._changed
             job = await self.store.call(records.peek_next, endpoints)
@@ -187,7 +194,7 @@ class Jobs:
         """Run chat and generate jobs one at a time, through the gate's lanes."""
         while True:
             job = await self._wait_for(CHATS)
-            async with self.gw.gate.hold(lane=job.priority):  # type: ignore[arg-type]
+            async with self.gate.hold(lane=job.priority):  # type: ignore[arg-type]
                 # the best job now, which may not be the one waited for
                 job = await self.store.call(records.claim_next, CHATS)
                 if job is None:
@@ -277,10 +284,10 @@ class Jobs:
 
     async def _execute(self, job: Job) -> tuple[str, dict[str, Any]]:
         """Send the job's request to the target; returns (next state, column changes)."""
-        gw, settings = self.gw, self.settings
+        target, settings = self.target, self.settings
         body = json.loads(job.request)
         streams = job.endpoint != "embed" and body.get("stream") is not False
-        request = gw.target.request(
+        request = target.request(
             "POST",
             f"/api/{job.endpoint}".encode(),
             headers=[(b"content-type", b"application/json")],
@@ -288,16 +295,16 @@ class Jobs:
         )
         timeout = settings.idle_timeout if streams else settings.response_timeout
         try:
-            response = await gw.target.send(request, header_timeout=timeout)
+            response = await target.send(request, header_timeout=timeout)
             try:
-                content = b"".join([chunk async for chunk in gw.target.chunks(response)])
+                content = b"".join([chunk async for chunk in target.chunks(response)])
             finally:
                 with trio.CancelScope(shield=True):
                     await response.aclose()
         except TargetStatus as exc:
             return "failed", {"error": str(exc)}
         except TargetError as exc:
-            gw.inventory.kick()
+            self.inventory.kick()
             LOGGER.warning(
                 "job %s: the target went away (%s); it goes back to the queue", job.id, exc
             )

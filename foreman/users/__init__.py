@@ -21,13 +21,13 @@ import re
 import secrets
 import sqlite3
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from ..dataplane.jsonwire import rfc3339
 from ..store import Store, StoreUnavailable
+from .identity import ANONYMOUS, TOKEN_ADMIN, User
 from .sessions import Sessions
 
 __all__ = [
@@ -51,24 +51,6 @@ SESSION_SCOPE_KEY = "foreman.session"
 REFRESH = 5.0
 ROLES = ("admin", "user")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
-
-
-@dataclass(frozen=True)
-class User:
-    """Who a request is: a user of the store, or ``admin`` for ``FOREMAN_TOKEN``."""
-
-    name: str
-    role: str
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
-
-
-#: The holder of ``FOREMAN_TOKEN``.
-TOKEN_ADMIN = User("admin", "admin")
-#: Everyone, while foreman is open (no token, no users).
-ANONYMOUS = User("anonymous", "admin")
 
 
 def _hash(key: bytes) -> str:
@@ -150,7 +132,7 @@ class Users:
         self._token_hash = _hash(self._token) if self._token else None
         self._by_hash: dict[str, User] = {}
         self._any = False  # a user was ever made (revoking the last one does not reopen)
-        self.sessions = Sessions(self)
+        self.sessions = Sessions(self.authenticate_hash)
 
     @property
     def open(self) -> bool:

@@ -17,11 +17,10 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from . import User, Users
+from .identity import User
 
 __all__ = ["COOKIE", "IDLE", "LIFETIME", "Session", "Sessions", "cookie_value", "same_secret"]
 
@@ -85,10 +84,15 @@ def cookie_value(header: bytes | str | None, name: str = COOKIE) -> str | None:
 
 
 class Sessions:
-    """The signed-in browsers of one foreman, by token (kept hashed)."""
+    """The signed-in browsers of one foreman, by token (kept hashed).
 
-    def __init__(self, users: Users) -> None:
-        self.users = users
+    Args:
+        authenticate_hash: the active user of a key's SHA-256 (hex), or None
+            (:meth:`foreman.users.Users.authenticate_hash`).
+    """
+
+    def __init__(self, authenticate_hash: Callable[[str], User | None]) -> None:
+        self.authenticate_hash = authenticate_hash
         self._by_token: dict[str, Session] = {}
 
     def sign_in(self, key: str) -> tuple[str, Session] | None:
@@ -96,7 +100,7 @@ class Sessions:
         when ``key`` is no active key. While foreman is open (no key needed), any key,
         the empty one too, signs in as ``anonymous``."""
         key_hash = hashlib.sha256(key.encode()).hexdigest()
-        user = self.users.authenticate_hash(key_hash)
+        user = self.authenticate_hash(key_hash)
         if user is None:
             return None
         return self._open(Session(user, key_hash))
@@ -119,7 +123,7 @@ class Sessions:
         if session is None:
             return None
         now = time.time()
-        user = self.users.authenticate_hash(session.key_hash)
+        user = self.authenticate_hash(session.key_hash)
         if user is None or now - session.seen > IDLE or now - session.created > LIFETIME:
             del self._by_token[token_hash]
             return None

@@ -1,12 +1,12 @@
 """The Ollama target: one connection pool and the few calls foreman makes itself.
 
-foreman talks to the target through a transport directly, not through an
-``AsyncClient``: the client's layers (cookies, redirects, auth flows, event
+foreman talks to the target through httpx2's own transport
+(:class:`httpx2.AsyncHTTPTransport`, httpcore2's pool; :func:`target_transport`), not
+through an ``AsyncClient``: the client's layers (cookies, redirects, auth flows, event
 hooks, URL merging) do nothing for a relay and cost time on every request
-(``docs/adr/0008-fast-data-plane.md``). The transport is foreman's own
-:class:`~foreman.upstream.H11Transport` (``docs/adr/0015-own-http-server.md``),
-which speaks httpx2's types; tests pass the stand-in's in-process one. Every
-transport failure leaves this module as a :class:`~foreman.dataplane.errors.TargetError`.
+(``docs/adr/0008-fast-data-plane.md``, ``docs/adr/0016-back-on-hypercorn-and-httpx2.md``).
+Tests pass the stand-in's in-process transport instead. Every transport failure leaves
+this module as a :class:`~foreman.dataplane.errors.TargetError`.
 """
 
 from __future__ import annotations
@@ -18,25 +18,26 @@ import math
 import socket
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 import trio
 
 from ...dataplane.errors import TargetStatus, TargetTimeout, classify
 from ...settings import Settings
-from ...upstream import H11Transport
 
-__all__ = ["RELAYED_HEADERS", "Target", "open_target"]
+if TYPE_CHECKING:
+    import httpcore2
+
+__all__ = ["LIMITS", "RELAYED_HEADERS", "Target", "open_target", "target_transport"]
 
 LOGGER = logging.getLogger("foreman.backends.ollama.target")
 
-#: The pool: one chat at a time, but embeds and other calls run in parallel. A
-#: request beyond it waits for a free connection (no pool timeout, as Ollama
-#: itself queues without bound).
-MAX_CONNECTIONS = 64
-#: Seconds an idle connection to the target is kept for the next request.
-KEEPALIVE_EXPIRY = 30.0
+#: The pool: one chat at a time, but embeds and other calls run in parallel (Ollama's
+#: own default is 4 in parallel per model, 512 queued). A request beyond it waits for a
+#: free connection (no pool timeout, as Ollama itself queues without bound). An idle
+#: connection is kept 30 s for the next request.
+LIMITS = httpx2.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=30.0)
 
 Headers = Sequence[tuple[bytes, bytes]]
 
@@ -303,11 +304,41 @@ def _error_text(body: bytes) -> str:
         return body[:200].decode("utf-8", "replace")
 
 
+def target_transport(
+    *, network_backend: httpcore2.AsyncNetworkBackend | None = None, **options: Any
+) -> httpx2.AsyncHTTPTransport:
+    """httpx2's transport to an Ollama server: the pool sized by :data:`LIMITS`, TCP
+    keepalive, proxy variables ignored, HTTP/1.1 only.
+
+    A request is never sent twice: httpcore2 retries nothing once a request is written
+    (``retries`` counts only connection attempts and stays 0), and it takes no idle
+    connection the server has closed, so a POST the target may have run is not repeated.
+    Cancelling the caller while a request or its body is open closes that connection,
+    which is how Ollama learns to abort the generation.
+
+    Args:
+        network_backend: the sockets to use (httpcore2's ``AsyncNetworkBackend``), e.g.
+            one that refuses some addresses; default trio's.
+        options: more :class:`httpx2.AsyncHTTPTransport` arguments (``verify``, ``cert``,
+            ``local_address``, ...).
+    """
+    options = {
+        "limits": LIMITS,
+        "trust_env": False,
+        "socket_options": _keepalive_options(),
+        **options,
+    }
+    transport = httpx2.AsyncHTTPTransport(**options)
+    if network_backend is not None:  # httpx2's transport takes none; its pool does
+        transport._pool._network_backend = network_backend  # type: ignore[attr-defined]
+    return transport
+
+
 @asynccontextmanager
 async def open_target(
     settings: Settings, *, transport: httpx2.AsyncBaseTransport | None = None
 ) -> AsyncIterator[Target]:
-    """Open the connection pool for ``settings.ollama_url``.
+    """Open the connection pool for ``settings.ollama_url`` (:func:`target_transport`).
 
     Timeouts: ``connect_timeout`` to connect; ``idle_timeout`` between body
     chunks (:meth:`Target.chunks`), so a stream may run for hours as long as
@@ -320,12 +351,5 @@ async def open_target(
         settings: foreman's settings.
         transport: replaces the network (tests pass the stand-in's in-process transport).
     """
-    if transport is None:
-        transport = H11Transport(
-            settings.ollama_url,
-            max_connections=MAX_CONNECTIONS,
-            keepalive_expiry=KEEPALIVE_EXPIRY,
-            socket_options=_keepalive_options(),
-        )
-    async with transport:
-        yield Target(transport, settings)
+    async with transport or target_transport() as opened:
+        yield Target(opened, settings)

@@ -1,0 +1,123 @@
+"""hypercorn, configured to answer as Ollama's own server (Go's ``net/http``) does.
+
+:func:`serve` runs an ASGI app with hypercorn on trio (ADR 16,
+``docs/adr/0016-back-on-hypercorn-and-httpx2.md``); :func:`hypercorn_config` is the one
+place its settings are chosen:
+
+* status lines carry the standard reason phrase (``HTTP/1.1 200 OK``) and every answer a
+  ``Date`` header, no ``Server`` header, as Ollama's do (see :func:`install_reasons`);
+* keep-alive without a request limit; an idle connection waits :data:`KEEP_ALIVE` seconds
+  (nginx's default) for its next request;
+* a request head over :data:`MAX_HEAD` bytes gets 431, a malformed one 400, and the
+  connection closes;
+* HTTPS with ``FOREMAN_TLS_CERT``/``FOREMAN_TLS_KEY``, HTTP/1.1 only by ALPN (Ollama speaks
+  no HTTP/2);
+* graceful shutdown: once the trigger returns, the listeners close, idle connections close,
+  answers in progress finish, and after ``FOREMAN_GRACE`` + :data:`GRACE_MARGIN` seconds
+  whatever is left is cancelled (foreman's own grace ends them first: :mod:`foreman.service`).
+
+What hypercorn does its own way: ``100 Continue`` goes out as soon as the request head is
+read, not when the app first reads the body (RFC 9110 allows both); a body the app left
+unread closes the connection (foreman reads it first: :mod:`foreman.dataplane.bodies`); an
+error before the app's first message is an empty 500.
+"""
+
+from __future__ import annotations
+
+import http
+import logging
+import sys
+import types
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import h11
+import hypercorn.protocol.h11 as hypercorn_h11
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+
+from .settings import GRACE_MARGIN, Settings
+
+__all__ = ["KEEP_ALIVE", "MAX_HEAD", "hypercorn_config", "install_reasons", "serve"]
+
+#: Seconds a keep-alive connection may wait for its next request.
+KEEP_ALIVE = 75.0
+#: Bytes of a request head (request line and headers) beyond which the answer is 431.
+MAX_HEAD = 64 * 1024
+
+
+def hypercorn_config(settings: Settings) -> Config:
+    """hypercorn's configuration for ``settings``: bind ``listen``, TLS, the grace period."""
+    config = Config()
+    config.bind = [settings.listen]
+    # foreman ends what is left when its own grace is over (a 503, an error line);
+    # hypercorn's grace only has to outlast that by the time the last bytes take.
+    config.graceful_timeout = settings.grace + GRACE_MARGIN
+    config.keep_alive_timeout = KEEP_ALIVE
+    config.keep_alive_max_requests = sys.maxsize  # Go's net/http has no such limit
+    config.h11_max_incomplete_size = MAX_HEAD
+    config.include_server_header = False  # Ollama sends none
+    config.accesslog = None  # foreman writes its own (foreman.access)
+    config.errorlog = logging.getLogger("foreman.server")  # through foreman's handlers
+    config.alpn_protocols = ["http/1.1"]
+    if settings.tls_cert:
+        config.certfile, config.keyfile = settings.tls_cert, settings.tls_key
+    return config
+
+
+async def serve(
+    app: Any,
+    config: Config,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the ASGI ``app`` with hypercorn until ``shutdown_trigger`` returns, then drain.
+
+    Supports ``urls = await nursery.start(partial(serve, app, config, shutdown_trigger=...))``:
+    ``started()`` gets the bound URLs (``["http://127.0.0.1:41234"]``).
+
+    Raises:
+        OSError: the address cannot be bound, or the TLS files cannot be read.
+    """
+    install_reasons()
+    await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)
+
+
+def _with_reason(event: type[Any]) -> Callable[..., Any]:
+    """``event`` (h11's ``Response`` or ``InformationalResponse``) with the standard reason."""
+
+    def build(*, status_code: int, headers: Any, reason: bytes = b"", **rest: Any) -> Any:
+        if not reason:
+            try:
+                reason = http.HTTPStatus(status_code).phrase.encode("ascii")
+            except ValueError:  # a status without a standard phrase keeps an empty reason
+                pass
+        return event(status_code=status_code, headers=headers, reason=reason, **rest)
+
+    return build
+
+
+class _H11WithReasons(types.ModuleType):
+    """h11 as hypercorn's HTTP/1.1 protocol sees it: status lines get their reason."""
+
+    Response = staticmethod(_with_reason(h11.Response))
+    InformationalResponse = staticmethod(_with_reason(h11.InformationalResponse))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(h11, name)
+
+
+def install_reasons() -> None:
+    """Make hypercorn's HTTP/1.1 status lines carry reason phrases (idempotent).
+
+    Go's ``net/http`` writes ``HTTP/1.1 200 OK`` (and ``HTTP/1.1 100 Continue``); hypercorn
+    builds h11's ``Response`` without a reason, so h11 writes ``HTTP/1.1 200 `` (valid,
+    but not what a byte-for-byte Ollama client, a proxy log or ``curl -i`` shows), and
+    hypercorn has no setting for it.
+    Only hypercorn's module sees this view of h11 (``http.HTTPStatus`` phrases, the same
+    as Go's ``http.StatusText``); h11 itself, and httpx2 on it, are untouched.
+    """
+    if not isinstance(hypercorn_h11.h11, _H11WithReasons):
+        hypercorn_h11.h11 = _H11WithReasons("h11")  # type: ignore[assignment]
