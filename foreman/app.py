@@ -38,11 +38,27 @@ import trio
 from .access import PREFLIGHT_HEADERS, Access, listens_on_loopback
 from .control.metrics import route_label
 from .control.routes import create_control_app, is_control, is_page
-from .dataplane.bodies import ReadBodyFirst, drain
+from .dataplane.bodies import (
+    DRAIN_TIMEOUT,
+    BodyGuard,
+    BodyTimeout,
+    ReadBodyFirst,
+    ReadingBudget,
+    ReadingFull,
+    drain,
+)
 from .dataplane.errors import ForemanError, GateFull
 from .dataplane.exchange import Exchange
 from .dataplane.jsonwire import JSON_CONTENT_TYPE, error_body
-from .dataplane.native import ClientGone, DataPlane, respond, retry_after, route_key
+from .dataplane.native import (
+    EMBEDS,
+    GATED,
+    ClientGone,
+    DataPlane,
+    respond,
+    retry_after,
+    route_key,
+)
 from .gateway import Gateway
 from .users import SESSION_SCOPE_KEY, USER_SCOPE_KEY
 from .users.sessions import cookie_value
@@ -53,12 +69,16 @@ LOGGER = logging.getLogger("foreman.app")
 
 UNAUTHENTICATED = frozenset({"/healthz", "/readyz"})
 SHUTTING_DOWN = "foreman is shutting down"
+#: Seconds a request cut by foreman's stop is told to wait before trying again.
+SHUTDOWN_RETRY_AFTER = 5
+BAD_TARGET = "invalid request target: '#' (a fragment) is not allowed"
 BAD_CSRF = "missing or wrong CSRF token (X-CSRF-Token)"
 _SAFE = frozenset({"GET", "HEAD"})
 
 _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
 _JSON = [(b"content-type", JSON_CONTENT_TYPE.encode())]
 _TEXT = [(b"content-type", b"text/plain")]
+_CLOSE = [(b"connection", b"close")]
 
 
 class App:
@@ -76,6 +96,7 @@ class App:
         self.sessions = gw.users.sessions
         self._public = UNAUTHENTICATED | ({"/metrics"} if settings.metrics_public else set())
         self.metrics = gw.metrics
+        self.reading = ReadingBudget(settings.max_reading_bytes)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":  # lifespan
@@ -104,14 +125,25 @@ class App:
                 exchange.response_complete = True
             await send(message)
 
+        guard = BodyGuard(
+            receive,
+            gw.settings.body_timeout,
+            whole=_held_whole(scope),
+            budget=self.reading,
+        )
         gw.in_flight.value += 1
         gw.live.add(exchange)
         try:
             headers = _RequestHeaders(scope["headers"])
             request_id = headers.request_id or secrets.token_hex(8).encode()
             exchange.request_id = request_id.decode()
-            await self._serve(exchange, scope, receive, tracked_send, headers)
+            await self._serve(exchange, scope, guard.receive, tracked_send, headers)
+        except BaseException:
+            if exchange.outcome == "done" and not exchange.response_complete:
+                exchange.outcome = "cancelled"  # a forced stop cut it
+            raise
         finally:
+            guard.release()
             gw.live.discard(exchange)
             gw.in_flight.value -= 1
             now = trio.current_time()
@@ -128,6 +160,11 @@ class App:
         ):
             extra.append((b"connection", b"close"))  # the server then closes after the answer
 
+        if b"#" in scope.get("raw_path", b"") or b"#" in scope.get("query_string", b""):
+            exchange.outcome = "error"  # a fragment never belongs in a request (RFC 9112 3.2)
+            headers = _JSON + await _drained(receive, extra)
+            await respond(send, 400, error_body(BAD_TARGET), headers=headers)
+            return
         if not self.access.host_allowed(host):
             await respond(send, 403, b"", headers=await _drained(receive, extra))
             return
@@ -172,7 +209,13 @@ class App:
             scope[USER_SCOPE_KEY] = user
         if is_control(path):
             exchange.route = route_label(path)
-            await self.control(scope, receive, send)
+            try:
+                await self.control(scope, receive, send)
+            except ForemanError as exc:  # the body guard's 408 or 503, before Quart ran
+                exchange.outcome = "error"
+                if not exchange.response_started:
+                    headers = _JSON + _CLOSE + extra
+                    await respond(send, exc.status_code, error_body(exc.message), headers=headers)
             return
         key = route_key(path)
         exchange.route = route_label(key)
@@ -196,6 +239,10 @@ class App:
             exchange.outcome = "busy" if isinstance(error, GateFull) else "error"
             if not exchange.response_started:
                 headers = _JSON + retry_after(error, self.gw.settings.poll_interval) + extra
+                if isinstance(error, BodyTimeout | ReadingFull):
+                    headers += _CLOSE  # the rest of the body is never read
+                if isinstance(error, ReadingFull):
+                    headers.append((b"retry-after", b"1"))
                 await respond(send, error.status_code, error_body(error.message), headers=headers)
         elif exchange.shutdown and exchange.cancel_scope.cancelled_caught:
             await self._end_at_shutdown(exchange, send, extra)
@@ -204,18 +251,36 @@ class App:
         """foreman's grace period cut this request: tell the client as well as it can be told."""
         exchange.outcome = "shutdown"
         if not exchange.response_started:
-            await respond(send, 503, error_body(GateFull().message), headers=_JSON + extra)
+            headers = [*_JSON, (b"retry-after", str(SHUTDOWN_RETRY_AFTER).encode()), *extra]
+            await respond(send, 503, error_body(SHUTTING_DOWN), headers=headers)
         elif exchange.ndjson and not exchange.response_complete:
             line = error_body(SHUTTING_DOWN) + b"\n"
             await send({"type": "http.response.body", "body": line, "more_body": False})
 
 
 async def _drained(receive: Any, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """``extra`` once the unread request body is read (:func:`foreman.dataplane.bodies.drain`), with
-    ``Connection: close`` added if it could not be read to its end."""
-    if await drain(receive) or (b"connection", b"close") in extra:
+    """``extra`` once the unread request body is read (:func:`foreman.dataplane.bodies.drain`,
+    for at most :data:`DRAIN_TIMEOUT` seconds), with ``Connection: close`` added if it
+    could not be read to its end."""
+    drained = False
+    with trio.move_on_after(DRAIN_TIMEOUT):
+        try:
+            drained = await drain(receive)
+        except ForemanError:  # the body guard: late, or over the budget
+            pass
+    if drained or (b"connection", b"close") in extra:
         return extra
-    return [*extra, (b"connection", b"close")]
+    return [*extra, *_CLOSE]
+
+
+def _held_whole(scope: Any) -> bool:
+    """Whether foreman reads this request's body whole before answering (chats, embeds,
+    the control plane) rather than streaming it through to the target."""
+    path = scope["path"]
+    if is_control(path):
+        return True
+    key = route_key(path)
+    return key in GATED or (key in EMBEDS and scope["method"] == "POST")
 
 
 class _RequestHeaders:

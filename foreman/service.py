@@ -26,6 +26,7 @@ from .backends.ollama.residency import Residency
 from .backends.ollama.target import open_target
 from .backends.registry import Sealer, ensure_builtin
 from .backends.sealing import check_sealed
+from .connections import raise_fd_limit
 from .dataplane.gate import Gate
 from .gateway import Gateway
 from .jobs import Jobs
@@ -123,6 +124,8 @@ async def run(
     Supports ``urls = await nursery.start(partial(run, settings, shutdown_trigger=...))``:
     ``started()`` passes the bound URLs (with the real port when ``listen`` ends in ``:0``).
     """
+    soft, _ = raise_fd_limit()  # systemd's default soft limit is 1,024 descriptors
+    LOGGER.debug("file descriptor limit: %d", soft)
     check_listen(settings.listen)  # fail at once, not after the first poll of the target
     config = hypercorn_config(settings)
     async with open_gateway(settings, transport=transport) as gateway:
