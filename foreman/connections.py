@@ -103,7 +103,7 @@ class _OneLinePerInterval(logging.Filter):
             self.dropped += 1
             return False
         record.msg = (
-            "cannot accept connections: %s; new clients wait (%d more failures in the last"
+            "cannot accept connections: %s; new clients wait (%d failures not logged in the last"
             " %gs): raise the file descriptor limit (LimitNOFILE) or look for stuck clients"
         )
         reason = f"{record.args[0]} ({record.args[1]})" if record.args else "?"  # type: ignore[index]

@@ -41,7 +41,7 @@ from .errors import BodyTooLarge, CannotEmbed, TargetError, TargetUnreachable
 from .exchange import Exchange
 from .jsonwire import JSON_CONTENT_TYPE, dumps, request_fields
 from .listing import reachable_models
-from .names import is_cloud, normalize
+from .names import check_printable, is_cloud, normalize
 from .relay import NDJSON, relay
 from .routing import Route, fallback, resolve
 
@@ -341,6 +341,7 @@ class DataPlane:
 
     def _route(self, scope: Any, model: str, *, chat: bool) -> Route | None:
         """The route of a POST's model, or None: the builtin backend, as in v1."""
+        check_printable(model)  # never to the gate, the target or a header
         backends = self.gw.backends
         if backends is None or scope["method"] != "POST":
             return None

@@ -16,7 +16,6 @@ Errors use Ollama's shape, ``{"error": "..."}``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any
@@ -26,7 +25,7 @@ import httpx2
 import trio
 from quart import Blueprint, Response, request
 
-from ..control.responses import error_response, json_response
+from ..control.responses import error_response, json_response, parse_json
 from ..dataplane.errors import ModelNotFound
 from ..dataplane.jsonwire import dumps, rfc3339
 from ..dataplane.names import is_cloud, normalize
@@ -118,7 +117,7 @@ def job_routes(jobs: Jobs) -> Blueprint:
     @routes.post("/jobs")
     async def submit() -> Response:
         try:
-            body = json.loads(await request.get_data())
+            body = parse_json(await request.get_data())
         except ValueError:
             return error_response("the body must be a JSON object (or an array of them)", 400)
         batch = isinstance(body, list)
