@@ -71,6 +71,7 @@ UNAUTHENTICATED = frozenset({"/healthz", "/readyz"})
 SHUTTING_DOWN = "foreman is shutting down"
 #: Seconds a request cut by foreman's stop is told to wait before trying again.
 SHUTDOWN_RETRY_AFTER = 5
+FRAMED_TWICE = "a request may not carry both Content-Length and Transfer-Encoding"
 BAD_TARGET = "invalid request target: '#' (a fragment) is not allowed"
 BAD_CSRF = "missing or wrong CSRF token (X-CSRF-Token)"
 _SAFE = frozenset({"GET", "HEAD"})
@@ -164,6 +165,10 @@ class App:
             exchange.outcome = "error"  # a fragment never belongs in a request (RFC 9112 3.2)
             headers = _JSON + await _drained(receive, extra)
             await respond(send, 400, error_body(BAD_TARGET), headers=headers)
+            return
+        if headers.framed_twice:  # a smuggling attempt, or a broken proxy (RFC 9112 6.1)
+            exchange.outcome = "error"
+            await respond(send, 400, error_body(FRAMED_TWICE), headers=_JSON + _CLOSE)
             return
         if not self.access.host_allowed(host):
             await respond(send, 403, b"", headers=await _drained(receive, extra))
@@ -286,7 +291,16 @@ def _held_whole(scope: Any) -> bool:
 class _RequestHeaders:
     """The request headers the front reads, found in one pass (names come lower-cased)."""
 
-    __slots__ = ("authorization", "connection", "cookie", "csrf", "host", "origin", "request_id")
+    __slots__ = (
+        "authorization",
+        "connection",
+        "cookie",
+        "csrf",
+        "framed_twice",
+        "host",
+        "origin",
+        "request_id",
+    )
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self.host = self.origin = None
@@ -294,6 +308,7 @@ class _RequestHeaders:
         self.cookie: bytes | None = None
         self.csrf: bytes | None = None
         self.connection = self.request_id = b""
+        length = chunked = False
         for name, value in raw:
             if name == b"host":
                 self.host = value.decode("latin-1")
@@ -309,6 +324,12 @@ class _RequestHeaders:
                 self.csrf = value
             elif name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
                 self.request_id = value  # a caller's id is kept, if it is a sane one
+            elif name == b"content-length":
+                length = True
+            elif name == b"transfer-encoding":
+                chunked = True
+        #: both Content-Length and Transfer-Encoding: which one frames the body is ambiguous
+        self.framed_twice = length and chunked
 
 
 def create_app(gw: Gateway) -> App:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -238,3 +240,90 @@ def test_1100_body_less_connections_on_1024_descriptors_do_not_stop_new_clients(
         accept_lines = [line for line in log.read_text().splitlines() if "cannot accept" in line]
         assert 1 <= len(accept_lines) <= 2, accept_lines  # one line per 10 s, no tracebacks
         assert "Traceback" not in log.read_text()
+
+
+# --- framing and names -----------------------------------------------------------------------
+
+
+def _exchange(url: str, raw: bytes, seconds: float = 5.0) -> tuple[bytes, bool]:
+    """Send ``raw``; returns (what came back, whether the server closed the connection)."""
+    with _connect(url) as sock:
+        sock.sendall(raw)
+        sock.settimeout(seconds)
+        data, closed = b"", False
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+            closed = True
+        except TimeoutError:
+            pass
+    return data, closed
+
+
+def _post(path: str, body: bytes) -> bytes:
+    """A whole request that asks the server to close once it has answered."""
+    return _post_head(path, len(body), "Connection: close") + body
+
+
+def test_protocol_hygiene(tmp_path: Path) -> None:
+    with standin() as target, foreman_logged(target, tmp_path) as (url, proc, log):
+        data, _ = _exchange(
+            url, b"GET /api/tags?a#b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 1
+        )
+        assert _status(data) == 400 and b"fragment" in data
+
+        for bad in ("\n", "\r", "\x00", "\x01", "\x1b", "\x7f"):
+            for path in ("/api/chat", "/api/generate", "/api/embed"):
+                body = json.dumps({"model": f"llama3.2{bad}", "prompt": "x", "input": "x"})
+                data, _ = _exchange(url, _post(path, body.encode()), 1)
+                assert _status(data) == 400, data
+                assert data.endswith(b'{"error":"invalid model name"}')
+                assert b"x-foreman-backend" not in data.lower()
+        stats = _stats(target)
+        assert stats["chats_total"] == 0 and stats["embeds_total"] == 0  # never to the gate
+
+        both = (
+            b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        )
+        data, closed = _exchange(url, both)
+        assert _status(data) == 400 and closed, data
+        assert _stats(target)["chats_total"] == 0
+
+        broken = (
+            b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"zz\r\nabc\r\n0\r\n\r\n"
+        )
+        data, closed = _exchange(url, broken)
+        assert _status(data) == 400 and closed, data
+
+        for body in (
+            b"[" * 100_000 + b"]" * 100_000,  # too deep for any parser foreman would run
+            b'{"endpoint":"chat","request":{"model":"llama3.2"},"metadata":{"a":"\\ud800"}}',
+            b'{"endpoint":"chat","request":{"model":"llama3.2"},"metadata":{"a":"\xff"}}',
+        ):
+            for path in ("/jobs", "/admin/api/users", "/admin/api/backends"):
+                data, _ = _exchange(url, _post(path, body), 1)
+                assert _status(data) in (400, 422), data
+                assert b'{"error":' in data
+        assert "Traceback" not in log.read_text()
+        assert proc.poll() is None
+
+
+def test_a_forced_stop_logs_cut_requests_as_cancelled(tmp_path: Path) -> None:
+    with (
+        standin("--reply-tokens", "1000", "--token-rate", "20") as target,
+        foreman_logged(target, tmp_path, FOREMAN_GRACE="30") as (url, proc, log),
+    ):
+        streaming = threading.Thread(
+            target=lambda: _exchange(url, _post("/api/chat", json.dumps(chat_body()).encode()))
+        )
+        streaming.start()
+        until(lambda: _stats(target)["chats_in_flight"] == 1, what="the chat streaming")
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)  # again: no draining
+        assert proc.wait(10) == 1
+        streaming.join(10)
+        lines = [line for line in log.read_text().splitlines() if "POST /api/chat" in line]
+        assert len(lines) == 1 and "outcome=cancelled" in lines[0], lines
