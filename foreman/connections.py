@@ -12,11 +12,16 @@ module closes those gaps, each in one place:
 * :func:`raise_fd_limit`: the soft ``RLIMIT_NOFILE`` goes up to the hard limit at start
   (systemd's default soft limit is 1,024; ``deploy/foreman.service`` sets ``LimitNOFILE``);
 * :func:`quiet_accept_errors`: while ``accept`` fails (``EMFILE``: out of descriptors) trio
-  backs off 100 ms a try; the log gets one line per :data:`ACCEPT_LOG_INTERVAL` seconds.
+  backs off 100 ms a try; the log gets one line per :data:`ACCEPT_LOG_INTERVAL` seconds;
+* :func:`return_big_buffers`: request bodies of many MiB go back to the system once freed
+  (glibc would otherwise raise its mmap threshold after the first and keep later ones in
+  the heap, where RSS stays high after the bodies are long gone).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import math
 import resource
@@ -32,6 +37,7 @@ __all__ = [
     "install_write_timeout",
     "quiet_accept_errors",
     "raise_fd_limit",
+    "return_big_buffers",
 ]
 
 LOGGER = logging.getLogger("foreman.server")
@@ -119,3 +125,21 @@ def quiet_accept_errors(interval: float = ACCEPT_LOG_INTERVAL) -> None:
     logger = logging.getLogger("trio.serve_listeners")
     if not any(isinstance(f, _OneLinePerInterval) for f in logger.filters):
         logger.addFilter(_OneLinePerInterval(interval))
+
+
+#: glibc's ``mallopt`` parameter and the size from which allocations are their own mappings.
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 1 << 20
+
+
+def return_big_buffers() -> bool:
+    """Fix glibc's mmap threshold at 1 MiB, so that every buffer from 1 MiB up is its own
+    mapping, returned to the system when freed; True if it could (glibc only)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+        return False

@@ -26,7 +26,7 @@ from .backends.ollama.residency import Residency
 from .backends.ollama.target import open_target
 from .backends.registry import Sealer, ensure_builtin
 from .backends.sealing import check_sealed
-from .connections import raise_fd_limit
+from .connections import raise_fd_limit, return_big_buffers
 from .dataplane.gate import Gate
 from .gateway import Gateway
 from .jobs import Jobs
@@ -125,6 +125,7 @@ async def run(
     ``started()`` passes the bound URLs (with the real port when ``listen`` ends in ``:0``).
     """
     soft, _ = raise_fd_limit()  # systemd's default soft limit is 1,024 descriptors
+    return_big_buffers()
     LOGGER.debug("file descriptor limit: %d", soft)
     check_listen(settings.listen)  # fail at once, not after the first poll of the target
     config = hypercorn_config(settings)

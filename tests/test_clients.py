@@ -327,3 +327,70 @@ def test_a_forced_stop_logs_cut_requests_as_cancelled(tmp_path: Path) -> None:
         streaming.join(10)
         lines = [line for line in log.read_text().splitlines() if "POST /api/chat" in line]
         assert len(lines) == 1 and "outcome=cancelled" in lines[0], lines
+
+
+# --- memory while reading --------------------------------------------------------------------
+
+
+def test_a_chunked_body_is_refused_as_soon_as_it_crosses_max_body(tmp_path: Path) -> None:
+    with (
+        standin() as target,
+        foreman_logged(target, tmp_path, FOREMAN_MAX_BODY="1MiB") as (url, proc, _),
+        _connect(url) as sock,
+    ):
+        sock.sendall(_post_head("/api/chat", None, "Transfer-Encoding: chunked"))
+        piece = b"x" * 65536
+        sent = 0
+        sock.settimeout(0.05)
+        answer = b""
+        while not answer and sent < 64 << 20:  # a body that never ends, 64 KiB at a time
+            try:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+                sent += len(piece)
+                answer = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        sock.settimeout(5)
+        answer += _answer(sock, 5) if answer else b""
+        assert _status(answer) == 413, answer[:200]
+        assert sent < 8 << 20, f"{sent} bytes sent before the 413"  # not the whole body
+        assert _stats(target)["chats_total"] == 0
+        assert proc.poll() is None
+
+
+def test_bodies_being_read_share_one_budget(tmp_path: Path) -> None:
+    part = 15 << 20
+    with (
+        standin() as target,
+        foreman_logged(target, tmp_path, FOREMAN_MAX_READING_BYTES="32MiB") as (url, proc, _),
+    ):
+        sockets = [_connect(url) for _ in range(3)]
+        try:
+            for sock in sockets:  # 15 MiB each of 20 MiB announced, then a pause
+                sock.sendall(_post_head("/api/chat", 20 << 20))
+                sock.settimeout(10)
+                try:
+                    sock.sendall(b"x" * part)
+                except OSError:
+                    pass  # refused already: foreman stopped reading
+            answers = []
+            for sock in sockets:
+                sock.settimeout(0.5)
+                try:
+                    answers.append(sock.recv(65536))
+                except TimeoutError:
+                    answers.append(b"")
+        finally:
+            for sock in sockets:
+                sock.close()
+        refused = [a for a in answers if _status(a) == 503]
+        assert len(refused) >= 1, answers
+        assert b"retry-after: 1" in refused[0].lower()
+        assert b"FOREMAN_MAX_READING_BYTES" in refused[0]
+        assert answers[0] == b""  # the first one is still being read
+        assert proc.poll() is None
+        # once they are gone, the budget is whole again
+        chat = httpx.post(f"{url}/api/chat", json=chat_body(stream=False), timeout=30)
+        assert chat.status_code == 200
