@@ -36,6 +36,7 @@ from typing import Any
 import trio
 
 from .access import PREFLIGHT_HEADERS, Access, listens_on_loopback
+from .connections import trim_memory
 from .control.metrics import route_label
 from .control.routes import create_control_app, is_control, is_page
 from .dataplane.bodies import (
@@ -80,6 +81,8 @@ _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
 _JSON = [(b"content-type", JSON_CONTENT_TYPE.encode())]
 _TEXT = [(b"content-type", b"text/plain")]
 _CLOSE = [(b"connection", b"close")]
+#: Bytes of request body after which the heap is trimmed once the request is over.
+TRIM_AFTER = 16 << 20
 
 
 class App:
@@ -145,6 +148,8 @@ class App:
             raise
         finally:
             guard.release()
+            if guard.total >= TRIM_AFTER:  # its pieces leave free pages inside the heap
+                gw.nursery.start_soon(trio.to_thread.run_sync, trim_memory)
             gw.live.discard(exchange)
             gw.in_flight.value -= 1
             now = trio.current_time()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import math
 import resource
@@ -38,6 +39,7 @@ __all__ = [
     "quiet_accept_errors",
     "raise_fd_limit",
     "return_big_buffers",
+    "trim_memory",
 ]
 
 LOGGER = logging.getLogger("foreman.server")
@@ -143,3 +145,21 @@ def return_big_buffers() -> bool:
         return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
         return False
+
+
+_libc: Any = None
+
+
+def trim_memory() -> None:
+    """Free what only reference cycles still hold (an error's traceback keeps the frame
+    that held a body), then give the heap's free pages back to the system (glibc's
+    ``malloc_trim``; elsewhere only the collection). Bodies arrive in 64 KiB pieces, below
+    the mmap threshold: once a large one is freed its pages sit free inside the heap."""
+    global _libc
+    gc.collect()
+    if _libc is None:
+        name = ctypes.util.find_library("c")
+        _libc = ctypes.CDLL(name) if name else False
+    trim = getattr(_libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)

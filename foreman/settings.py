@@ -306,7 +306,7 @@ OPTIONS: tuple[Option, ...] = (
         "max_reading_bytes",
         "FOREMAN_MAX_READING_BYTES",
         "--max-reading-bytes",
-        "1GiB",
+        "256MiB",
         _size,
         "Total size of the request bodies being read at once; a body that would go beyond"
         " it gets 503 with Retry-After (memory stays bounded however many clients send).",
@@ -493,7 +493,7 @@ class Settings:
     max_waiting_bytes: int = 1 << 30
     client_timeout: float = 60.0
     body_timeout: float = 60.0
-    max_reading_bytes: int = 1 << 30
+    max_reading_bytes: int = 256 << 20
     origins: tuple[str, ...] = ()
     connect_timeout: float = 5.0
     grace: float = 30.0

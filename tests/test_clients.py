@@ -394,3 +394,33 @@ def test_bodies_being_read_share_one_budget(tmp_path: Path) -> None:
         # once they are gone, the budget is whole again
         chat = httpx.post(f"{url}/api/chat", json=chat_body(stream=False), timeout=30)
         assert chat.status_code == 200
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_rss_returns_near_idle_after_large_bodies(tmp_path: Path) -> None:
+    if not Path("/proc/self/status").exists():
+        pytest.skip("reads RSS from /proc")
+    with standin() as target, foreman_logged(target, tmp_path) as (url, proc, _):
+        assert httpx.get(f"{url}/api/tags").status_code == 200
+        idle = _rss_mb(proc.pid)
+        body = json.dumps(chat_body("nope", text="x" * (60 << 20))).encode()  # read, then 404
+        statuses: list[int] = []
+
+        def chat() -> None:
+            statuses.append(httpx.post(f"{url}/api/chat", content=body, timeout=120).status_code)
+
+        threads = [threading.Thread(target=chat) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert statuses == [404] * 4
+        time.sleep(1)  # the heap is trimmed once each request is over
+        after = _rss_mb(proc.pid)
+        assert after < idle + 40, f"RSS {idle:.1f} MB idle, {after:.1f} MB after 4 x 60 MiB"

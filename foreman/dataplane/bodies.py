@@ -94,6 +94,7 @@ class BodyGuard:
         self.budget = budget
         self.deadline = trio.current_time() + timeout if whole else math.inf
         self.held = 0
+        self.total = 0  # bytes of body received, for the caller's accounting
         self.done = False
 
     async def receive(self) -> Any:
@@ -109,6 +110,7 @@ class BodyGuard:
         )
 
     def _count(self, message: Any) -> Any:
+        self.total += len(message.get("body", b""))
         if message["type"] != "http.request" or not message.get("more_body", False):
             self.release()  # whole, or the client is gone: its bytes are the app's now
             return message
