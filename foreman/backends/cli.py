@@ -9,20 +9,14 @@ import trio
 
 from ..settings import default_data_dir
 from ..store import StoreError, StoreUnavailable, open_store
-from ..terminal import fail
+from ..terminal import data_dir_option, fail
 from .sealing import Sealer, SecretKeyError, finish_rotation, rotate
 
 __all__ = ["secrets"]
 
 
 @click.group()
-@click.option(
-    "--data-dir",
-    envvar="FOREMAN_DATA_DIR",
-    show_envvar=True,
-    metavar="DIR",
-    help="foreman's data directory (default: the platform's user data directory).",
-)
+@data_dir_option
 @click.pass_context
 def secrets(ctx: click.Context, data_dir: str | None) -> None:
     """The secret sealing backends' API keys (DATA_DIR/secret.key or FOREMAN_SECRET_KEY)."""

@@ -135,11 +135,14 @@ class Jobs:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Recover jobs a dead process left running, then run the queue's tasks; never returns.
 
-        Supports ``await nursery.start(jobs.run)``: ``started()`` comes once recovery is done.
+        Supports ``await nursery.start(jobs.run)``: ``started()`` comes at once (a faulty
+        store delays the queue, never foreman's start); the workers start once recovery is
+        done. Each loop runs under :func:`~foreman.tasks.supervised`: one that raises starts
+        again instead of ending the root nursery.
         """
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            task_status.started()  # a faulty store delays the queue, never foreman's start
+            task_status.started()
             await supervised("the job queue's recovery", self._recover, self.store)
             for name, task in (
                 ("the chat job worker", self._chat_worker),
