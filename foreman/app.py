@@ -80,7 +80,7 @@ _SAFE = frozenset({"GET", "HEAD"})
 _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
 _JSON = [(b"content-type", JSON_CONTENT_TYPE.encode())]
 _TEXT = [(b"content-type", b"text/plain")]
-_CLOSE = [(b"connection", b"close")]
+_CLOSE = (b"connection", b"close")
 #: Bytes of request body after which the heap is trimmed once the request is over.
 TRIM_AFTER = 16 << 20
 
@@ -122,8 +122,8 @@ class App:
                 exchange.response_started = True
                 exchange.first_byte = trio.current_time()
                 headers = [*message.get("headers", []), (b"x-request-id", request_id)]
-                if gw.draining:  # as Go's net/http once Shutdown has begun
-                    headers.append((b"connection", b"close"))
+                if gw.draining and _CLOSE not in headers:  # as Go's once Shutdown has begun
+                    headers.append(_CLOSE)
                 message = {**message, "headers": headers}
             elif not message.get("more_body", False):
                 exchange.response_complete = True
@@ -173,7 +173,7 @@ class App:
             return
         if headers.framed_twice:  # a smuggling attempt, or a broken proxy (RFC 9112 6.1)
             exchange.outcome = "error"
-            await respond(send, 400, error_body(FRAMED_TWICE), headers=_JSON + _CLOSE)
+            await respond(send, 400, error_body(FRAMED_TWICE), headers=[*_JSON, _CLOSE])
             return
         if not self.access.host_allowed(host):
             await respond(send, 403, b"", headers=await _drained(receive, extra))
@@ -200,6 +200,8 @@ class App:
                 scope[USER_SCOPE_KEY] = session.user
         elif path not in self._public:
             user = self.users.authenticate(headers.authorization)
+            if user is None and headers.authorization:  # a key made a moment ago?
+                user = await self.users.authenticate_fresh(headers.authorization)
             if user is None and path.startswith("/admin/api/"):  # the pages' own calls
                 session = self.sessions.lookup(cookie_value(headers.cookie))
                 if session is not None:
@@ -224,7 +226,7 @@ class App:
             except ForemanError as exc:  # the body guard's 408 or 503, before Quart ran
                 exchange.outcome = "error"
                 if not exchange.response_started:
-                    headers = _JSON + _CLOSE + extra
+                    headers = [*_JSON, _CLOSE, *extra]
                     await respond(send, exc.status_code, error_body(exc.message), headers=headers)
             return
         key = route_key(path)
@@ -250,7 +252,7 @@ class App:
             if not exchange.response_started:
                 headers = _JSON + retry_after(error, self.gw.settings.poll_interval) + extra
                 if isinstance(error, BodyTimeout | ReadingFull):
-                    headers += _CLOSE  # the rest of the body is never read
+                    headers.append(_CLOSE)  # the rest of the body is never read
                 if isinstance(error, ReadingFull):
                     headers.append((b"retry-after", b"1"))
                 await respond(send, error.status_code, error_body(error.message), headers=headers)
@@ -280,7 +282,7 @@ async def _drained(receive: Any, extra: list[tuple[bytes, bytes]]) -> list[tuple
             pass
     if drained or (b"connection", b"close") in extra:
         return extra
-    return [*extra, *_CLOSE]
+    return [*extra, _CLOSE]
 
 
 def _held_whole(scope: Any) -> bool:

@@ -8,6 +8,7 @@ naming the variable.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import sqlite3
 import sys
@@ -121,6 +122,52 @@ def _exit_with(settings: Settings, async_fn: Callable[..., Any], *args: Any) -> 
     sys.exit(status)
 
 
+#: The stand-in models ``foreman demo`` shows by default: names and sizes as ``ollama list``
+#: shows them on a real machine.
+DEMO_MODELS = "llama3.2=2.0GB,qwen3:8b=5.2GB,qwen2.5-coder:32b=19.9GB,nomic-embed-text=274MB"
+
+_MODEL = re.compile(r"\s*([^=,\s]+)\s*(?:=\s*([0-9.]+)\s*([KMGT]i?B|B)?\s*)?", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_models(text: str) -> tuple[Any, ...]:
+    """The stand-in's models from ``NAME[=SIZE],...`` (``qwen2.5-coder:32b=19.9GB``,
+    ``nomic-embed-text=274MB``; sizes in bytes or with a decimal or binary unit).
+
+    A name of the stand-in's own models keeps its details (capabilities, family); another
+    name is a chat model, or an embedding model when its name has ``embed`` in it.
+
+    Raises:
+        click.BadParameter: an entry that is no ``NAME[=SIZE]``, or a name Ollama refuses.
+    """
+    from .standins.ollama import DEFAULT_MODELS, ModelSpec
+
+    known = {spec.name.removesuffix(":latest"): spec for spec in DEFAULT_MODELS}
+    specs = []
+    for entry in text.split(","):
+        found = _MODEL.fullmatch(entry)
+        if not entry.strip() or found is None:
+            raise click.BadParameter(f"{entry.strip()!r}: write NAME or NAME=SIZE (19.9GB)")
+        name, number, unit = found.groups()
+        name = name if ":" in name else f"{name}:latest"
+        spec = known.get(name.removesuffix(":latest"))
+        if spec is None:
+            make = ModelSpec.embedding if "embed" in name else ModelSpec.completion
+            spec = make(name)
+        if number is not None:
+            try:
+                spec = spec.replace(size=int(float(number) * _UNITS[(unit or "").lower()]))
+            except ValueError:
+                raise click.BadParameter(f"{entry.strip()!r}: {number!r} is no size") from None
+        try:
+            spec.parsed  # noqa: B018  (raises for a name Ollama refuses)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+        specs.append(spec)
+    return tuple(specs)
+
+
 def _leaf(group: BaseExceptionGroup[Any]) -> BaseException:
     first = group.exceptions[0]
     return _leaf(first) if isinstance(first, BaseExceptionGroup) else first
@@ -140,25 +187,45 @@ def _leaf(group: BaseExceptionGroup[Any]) -> BaseException:
     type=float,
     help="Tokens per second the stand-in streams.",
 )
+@click.option(
+    "--models",
+    default=DEMO_MODELS,
+    show_default=True,
+    help="The stand-in's models, NAME=SIZE separated by commas.",
+)
 @partial(_settings_options, only=DEMO_SETTINGS)
-def demo(standin_listen: str, token_rate: float, **values: str | None) -> None:
+def demo(standin_listen: str, token_rate: float, models: str, **values: str | None) -> None:
     """Serve foreman in front of the built-in stand-in target, to try it without Ollama.
 
     The hints to try it are printed once foreman listens.
     """
+    from .service import CannotListen, check_listen
+
     settings = _load(values)
     if settings.embed_model is None:
         settings = settings.replace(embed_model="nomic-embed-text")
-    _exit_with(settings, _demo, settings, standin_listen, token_rate)
+    specs = parse_models(models)
+    try:
+        check_listen(standin_listen)
+    except CannotListen as exc:
+        click.echo(
+            f"foreman: the stand-in target cannot listen on {standin_listen}: {exc}"
+            " (choose another address with --standin-listen, or port 0 for any free one)",
+            err=True,
+        )
+        sys.exit(1)
+    _exit_with(settings, _demo, settings, standin_listen, token_rate, specs)
 
 
-async def _demo(settings: Settings, standin_listen: str, token_rate: float) -> int:
+async def _demo(
+    settings: Settings, standin_listen: str, token_rate: float, models: tuple[Any, ...]
+) -> int:
     from .service import check_listen, serve_until_signalled
     from .standins.ollama import StandIn
     from .standins.ollama import serve as serve_standin
 
     check_listen(settings.listen)  # before the stand-in starts and says so
-    standin = StandIn(token_rate=token_rate, load_delay=0.5)
+    standin = StandIn(models=models, token_rate=token_rate, load_delay=0.5)
     async with trio.open_nursery() as nursery:
         urls: list[str] = await nursery.start(partial(serve_standin, standin, standin_listen))
         settings = settings.replace(ollama_url=urls[0])
@@ -226,6 +293,13 @@ async def _demo(settings: Settings, standin_listen: str, token_rate: float) -> i
     help="The one API key the Anthropic or OpenAI stand-in accepts.",
 )
 @click.option(
+    "--models",
+    default=None,
+    help="The Ollama stand-in's models, NAME=SIZE separated by commas"
+    " (qwen2.5-coder:32b=19.9GB,nomic-embed-text=274MB); default: llama3.2, qwen3:8b and"
+    " nomic-embed-text.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -240,9 +314,11 @@ def standin(
     token: str | None,
     api: str,
     api_key: str,
+    models: str | None,
     log_level: str,
 ) -> None:
     """Run a stand-in target (for tests and demos) until SIGINT/SIGTERM."""
+    specs = parse_models(models) if models else None
     configure_logging(log_level.upper())
     target: Any
     if api == "anthropic":
@@ -260,6 +336,7 @@ def standin(
         from .standins.ollama import serve as serve_standin  # type: ignore[assignment]
 
         target = StandIn(
+            **({"models": specs} if specs else {}),
             token_rate=token_rate,
             max_loaded_models=max_loaded_models,
             load_delay=load_delay,

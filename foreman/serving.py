@@ -1,7 +1,7 @@
 """hypercorn, configured to answer as Ollama's own server (Go's ``net/http``) does.
 
-:func:`serve` runs an ASGI app with hypercorn on trio (ADR 16,
-``docs/adr/0016-back-on-hypercorn-and-httpx2.md``); :func:`hypercorn_config` is the one
+:func:`serve` runs an ASGI app with hypercorn on trio (ADR 17,
+``docs/adr/0017-back-on-hypercorn-and-httpx2.md``); :func:`hypercorn_config` is the one
 place its settings are chosen:
 
 * status lines carry the standard reason phrase (``HTTP/1.1 200 OK``) and every answer a
@@ -46,6 +46,8 @@ __all__ = ["KEEP_ALIVE", "MAX_HEAD", "hypercorn_config", "install_reasons", "ser
 KEEP_ALIVE = 75.0
 #: Bytes of a request head (request line and headers) beyond which the answer is 431.
 MAX_HEAD = 64 * 1024
+#: Go's ``http.StatusText`` for every status foreman or Ollama sends.
+_REASONS = {status.value: status.phrase.encode("ascii") for status in http.HTTPStatus}
 
 
 def hypercorn_config(settings: Settings) -> Config:
@@ -93,24 +95,25 @@ def _with_reason(event: type[Any]) -> Callable[..., Any]:
     """``event`` (h11's ``Response`` or ``InformationalResponse``) with the standard reason."""
 
     def build(*, status_code: int, headers: Any, reason: bytes = b"", **rest: Any) -> Any:
-        if not reason:
-            try:
-                reason = http.HTTPStatus(status_code).phrase.encode("ascii")
-            except ValueError:  # a status without a standard phrase keeps an empty reason
-                pass
+        # a status without a standard phrase keeps an empty reason
+        reason = reason or _REASONS.get(status_code, b"")
         return event(status_code=status_code, headers=headers, reason=reason, **rest)
 
     return build
 
 
-class _H11WithReasons(types.ModuleType):
-    """h11 as hypercorn's HTTP/1.1 protocol sees it: status lines get their reason."""
+def _h11_with_reasons() -> types.ModuleType:
+    """h11 as hypercorn's HTTP/1.1 protocol sees it: status lines get their reason.
 
-    Response = staticmethod(_with_reason(h11.Response))
-    InformationalResponse = staticmethod(_with_reason(h11.InformationalResponse))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(h11, name)
+    A copy of h11's namespace (hypercorn reads ``h11.Data``, ``h11.NEED_DATA``, ... per
+    event, so plain attributes, not a ``__getattr__``), with the two events replaced.
+    """
+    view = types.ModuleType("h11", h11.__doc__)
+    view.__dict__.update({k: v for k, v in vars(h11).items() if not k.startswith("__")})
+    view.Response = _with_reason(h11.Response)  # type: ignore[attr-defined]
+    view.InformationalResponse = _with_reason(h11.InformationalResponse)  # type: ignore[attr-defined]
+    view.with_reasons = True  # type: ignore[attr-defined]
+    return view
 
 
 def install_reasons() -> None:
@@ -123,5 +126,5 @@ def install_reasons() -> None:
     Only hypercorn's module sees this view of h11 (``http.HTTPStatus`` phrases, the same
     as Go's ``http.StatusText``); h11 itself, and httpx2 on it, are untouched.
     """
-    if not isinstance(hypercorn_h11.h11, _H11WithReasons):
-        hypercorn_h11.h11 = _H11WithReasons("h11")  # type: ignore[assignment]
+    if not getattr(hypercorn_h11.h11, "with_reasons", False):
+        hypercorn_h11.h11 = _h11_with_reasons()  # type: ignore[assignment]

@@ -14,7 +14,7 @@ import httpx2 as httpx
 import pytest
 import trio
 
-from foreman.control.admin import _local, human_age, human_size
+from foreman.control.admin import human_age, human_size, local
 from foreman.standins.ollama import ASGIStreamTransport, StandIn
 from foreman.users.sessions import cookie_value
 
@@ -302,7 +302,7 @@ async def test_add_select_and_prefer_through_the_forms(
             " ".join(o.split()) for o in re.findall(r"<option[^>]*>(.*?)</option>", options, re.S)
         ]
         # sorted, with sizes; the first model ever discovered was selected
-        assert names == ["llama3.2:latest (2.0 GB)", "qwen2.5-coder:32b (19.9 GB) ✓ selected"]
+        assert names == ["llama3.2:latest (2.0 GB)", "qwen2.5-coder:32b (19.9 GB) ✓"]
 
         chosen = await client.post(
             f"/admin/backends/{gpu['id']}/model",
@@ -311,7 +311,7 @@ async def test_add_select_and_prefer_through_the_forms(
         assert chosen.status_code == 303
         page = (await client.get("/admin/backends")).text
         assert "gpu: selected model llama3.2:latest." in page
-        assert "llama3.2:latest (2.0 GB) ✓ selected" in " ".join(page.split())
+        assert "llama3.2:latest (2.0 GB) ✓" in " ".join(page.split())
         not_one = await client.post(
             f"/admin/backends/{gpu['id']}/model", data={"model": "nope", "csrf_token": csrf}
         )
@@ -364,7 +364,7 @@ async def test_add_select_and_prefer_through_the_forms(
             headers={"x-requested-with": "fetch"},
         )
         assert tested.status_code == 200
-        assert " ".join(tested.text.split()).endswith('role="status">Connected: 2 models</span>')
+        assert " ".join(tested.text.split()).endswith('role="status">✓ Connected: 2 models</span>')
 
 
 async def test_a_user_sees_their_own_and_the_shared_backends_only(
@@ -410,8 +410,8 @@ def test_cookies_and_next_pages_are_read_carefully() -> None:
         None,
         "/api/tags",
     ):
-        assert _local(target) == "/admin/", target
-    assert _local("/admin/backends") == "/admin/backends"
+        assert local(target) == "/admin/", target
+    assert local("/admin/backends") == "/admin/backends"
 
 
 def test_sizes_and_ages_read_as_people_write_them() -> None:
@@ -431,3 +431,59 @@ def test_sizes_and_ages_read_as_people_write_them() -> None:
         "2 h ago",
         "3 d ago",
     ]
+
+
+async def test_an_open_foremans_users_page_says_so_and_offers_an_admin_first(
+    fm: Foreman,
+) -> None:
+    async with browser(fm) as client:
+        await client.get("/admin/users")  # open: a session at once
+        page = (await client.get("/admin/users")).text
+        assert "only <code>FOREMAN_TOKEN</code> opens foreman" not in page
+        assert "foreman is open: no key is needed" in page or "no key is needed" in page
+        assert '<option value="admin" selected>' in page  # the first user must be one
+
+
+async def test_the_add_form_names_every_wrong_field_at_once_in_plain_words(
+    closed: Foreman,
+) -> None:
+    async with browser(closed) as client:
+        csrf = await sign_in(client, ADMIN_KEY)
+        bad = await client.post(
+            "/admin/backends",
+            data={"name": "my box!", "type": "ollama", "endpoint": "ftp://x", "csrf_token": csrf},
+        )
+        assert bad.status_code == 422
+        assert 'id="error-name"' in bad.text and 'id="error-endpoint"' in bad.text
+        assert "1 to 64 of A-Z" not in bad.text  # the rule said in words instead
+        assert "letters, digits, dots, dashes or underscores" in bad.text
+        missing = await client.post(
+            "/admin/backends", data={"name": "box", "type": "ollama", "csrf_token": csrf}
+        )
+        assert missing.status_code == 422 and "An Ollama backend needs its URL." in missing.text
+
+
+async def test_a_signed_in_readers_unknown_page_keeps_the_navigation(closed: Foreman) -> None:
+    async with browser(closed) as client:
+        await sign_in(client, ADMIN_KEY)
+        lost = await client.get("/admin/no-such-page")
+        assert lost.status_code == 404 and "There is no such page." in lost.text
+        assert 'href="/admin/backends"' in lost.text and "Sign out" in lost.text
+    async with browser(closed) as stranger:
+        lost = await stranger.get("/admin/no-such-page")
+        assert lost.status_code == 404 and "Sign out" not in lost.text
+
+
+async def test_a_key_made_by_another_process_signs_in_at_once(closed: Foreman) -> None:
+    import os
+    import sqlite3
+
+    from foreman.users import create_user
+
+    db = sqlite3.connect(os.path.join(closed.gw.settings.data_path, "foreman.db"))
+    db.row_factory = sqlite3.Row
+    with db:  # `foreman users add` in its own process
+        _, key = create_user(db, "newcomer", "user")
+    db.close()
+    async with browser(closed) as client:
+        await sign_in(client, key)  # no wait for the 5 s refresh

@@ -168,7 +168,7 @@ async def test_routing_by_prefix_and_alias_one_chat_at_a_time_per_backend(
         answer = await fm.client.post("/api/chat", json=chat_body("code", stream=False))
         assert answer.status_code == 200, answer.text
         assert answer.headers["x-foreman-backend"] == "second/qwen2.5-coder:32b"
-        assert answer.json()["model"] == "qwen2.5-coder:32b"
+        assert answer.json()["model"] == "code"  # the name asked for, as Ollama echoes it
         assert second.chats_total == 1 and standin.chats_total == 0
 
         answer = await fm.client.post("/api/chat", json=chat_body("second/llama3.2", stream=False))

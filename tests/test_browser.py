@@ -18,6 +18,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
+from foreman.cli import DEMO_MODELS
 from foreman.control.admin import human_size
 
 from .conftest import chat_body
@@ -75,7 +76,7 @@ class World:
 
     def __init__(self, stack: ExitStack, data_dir: Path) -> None:
         self.stack, self.data_dir = stack, data_dir
-        self.target = stack.enter_context(standin("--token-rate", "200"))
+        self.target = stack.enter_context(standin("--token-rate", "200", "--models", DEMO_MODELS))
         self.claude = stack.enter_context(standin("--api", "anthropic", "--api-key", CLAUDE_KEY))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -191,6 +192,83 @@ def test_a_wrong_key_cannot_sign_in(page: Page, world: World) -> None:
     shot(page, "login-refused")
 
 
+#: Where the review's screenshots go when ``FOREMAN_DOC_SHOTS`` is set (docs/images/).
+DOC_SHOTS = ROOT / "docs" / "images"
+
+#: Controls, labels and tags that are cut off or broken across lines: a select narrower
+#: than its chosen option's text, any control past the right edge, a label or button
+#: whose text wraps.
+CUT_OFF = """() => {
+  const width = document.documentElement.clientWidth, problems = [];
+  const measure = document.createElement('span');
+  measure.style.cssText = 'position:absolute;visibility:hidden;white-space:pre';
+  document.body.append(measure);
+  const checked = 'input, select, textarea, button, a.button, .tag, .label';
+  for (const e of document.querySelectorAll(checked)) {
+    const box = e.getBoundingClientRect();
+    if (!box.width || getComputedStyle(e).visibility === 'hidden') continue;
+    const name = e.outerHTML.slice(0, 80);
+    if (box.right > width + 0.5 || box.left < -0.5) problems.push('past the edge: ' + name);
+    if (e.tagName === 'SELECT' && e.selectedOptions.length) {
+      measure.style.font = getComputedStyle(e).font;
+      measure.textContent = e.selectedOptions[0].textContent.trim();
+      const room = e.clientWidth - 34;  // padding and the arrow
+      if (measure.getBoundingClientRect().width > room) problems.push('text cut: ' + name);
+    }
+    if (['BUTTON', 'A', 'SPAN', 'LABEL'].includes(e.tagName) && !e.closest('label.check')) {
+      const lines = e.getClientRects().length;
+      const tall = box.height > 2.2 * parseFloat(getComputedStyle(e).fontSize) + 16;
+      if (lines > 1 || tall) problems.push('wraps: ' + name);
+    }
+  }
+  measure.remove();
+  return problems;
+}"""
+
+
+def review(chromium: Browser, world: World, path: str, name: str) -> dict[str, float]:
+    """``path`` at 1280 and 360 px, light and dark: no sideways scrolling, nothing cut off
+    or wrapped; the screenshots go to the test output (and docs/images/ when
+    ``FOREMAN_DOC_SHOTS=1``). Returns the widths of the backend cards at 1280 px."""
+    widths: dict[str, float] = {}
+    for viewport in (DESKTOP, PHONE):
+        for scheme in ("light", "dark"):
+            context = chromium.new_context(viewport=viewport, color_scheme=scheme)
+            opened = context.new_page()
+            sign_in(opened, world, ADMIN_KEY)
+            opened.goto(world.url + path)
+            label = f"{name}-{viewport['width']}-{scheme}"
+            wide = opened.evaluate("document.documentElement.scrollWidth")
+            assert wide <= viewport["width"], f"{label}: scrolls sideways ({wide} px)"
+            assert opened.evaluate(CUT_OFF) == [], label
+            if viewport is DESKTOP and scheme == "light":
+                for each in opened.locator("article.backend").all():
+                    box = each.bounding_box()
+                    assert box is not None
+                    widths[each.locator("h2").inner_text()] = box["width"]
+            shot(opened, label)
+            if os.environ.get("FOREMAN_DOC_SHOTS") == "1":  # the cards: a small picture
+                bottom = opened.evaluate(
+                    "document.querySelector('#add').getBoundingClientRect().bottom"
+                )
+                clip = {"x": 0, "y": 0, "width": viewport["width"], "height": bottom + 16}
+                opened.screenshot(path=str(DOC_SHOTS / f"{label}.png"), clip=clip, full_page=True)
+            context.close()
+    return widths
+
+
+def test_the_backends_page_at_1280_and_360_px_in_light_and_dark(
+    chromium: Browser, world: World
+) -> None:
+    builtin = 1
+    chosen = {"model": "qwen2.5-coder:32b"}  # the longest name: it must not be cut off
+    assert world.api("POST", f"/admin/api/backends/{builtin}/select-model", json=chosen).is_success
+    widths = review(chromium, world, "/admin/backends", "backends")
+    assert widths, "the page shows the backends"
+    # one card per row on a wide screen: a single card does not leave half the page empty
+    assert min(widths.values()) > 0.9 * DESKTOP["width"] - 2 * 16 - 240
+
+
 def test_add_an_ollama_backend_choose_a_model_and_it_survives_a_restart(
     page: Page, world: World
 ) -> None:
@@ -210,16 +288,18 @@ def test_add_an_ollama_backend_choose_a_model_and_it_survives_a_restart(
         # the models follow the status line by themselves (the card's live refresh)
         expect(gpu.locator("select option")).to_have_count(len(expected))
         options = [" ".join(t.split()) for t in gpu.locator("select option").all_inner_texts()]
-        assert [o.replace(" ✓ selected", "") for o in options] == [
+        assert [o.replace(" ✓", "") for o in options] == [
             f"{name} ({size})" for name, size in expected
         ]
-        assert sum("✓ selected" in o for o in options) == 1
+        assert sum(o.endswith(" ✓") for o in options) == 1
         choice = next(
             n for n, _ in expected if f"{n} (" in next(o for o in options if "✓" not in o)
         )
-        gpu.get_by_label("Model").select_option(choice)
-        gpu.get_by_role("button", name="Use this model").click()
-        expect(page.get_by_role("status").first).to_have_text(f"gpu: selected model {choice}.")
+        assert not gpu.get_by_role("button", name="Use this model").is_visible()  # no-JS only
+        page.evaluate("window.notReloaded = true")
+        gpu.get_by_label("Model").select_option(choice)  # used at once, in place
+        expect(gpu.locator(".model-note")).to_have_text("✓ Saved")
+        assert page.evaluate("window.notReloaded") is True
         shot(page, "backends")
 
         page.reload()
@@ -239,12 +319,15 @@ def test_test_connection_says_connected_then_unreachable(page: Page, world: Worl
         lab_card = card(page, "lab")
         lab_card.get_by_role("button", name="Test connection").click()
         count = len(httpx.get(lab_url + "/api/tags").json()["models"])
-        expect(lab_card.locator(".test-output")).to_have_text(f"Connected: {count} models")
+        expect(lab_card.locator(".test-output")).to_have_text(f"✓ Connected: {count} models")
         lab_process.close()  # the stand-in stops
 
     page.evaluate("window.notReloaded = true")
     lab_card.get_by_role("button", name="Test connection").click()
-    expect(lab_card.locator(".test-output")).to_contain_text("Unreachable:")
+    expect(lab_card.locator(".test-output")).to_have_text("✗ Unreachable (checked just now)")
+    # on its own line under the buttons, which stay on one line
+    tops = [b["y"] for b in (e.bounding_box() for e in lab_card.locator(".actions > *").all()) if b]
+    assert len(set(tops)) == 1, tops
     # the status light follows by itself, without a reload
     expect(lab_card.locator(".status-line")).to_contain_text("Unreachable", timeout=10_000)
     assert page.evaluate("window.notReloaded") is True
@@ -393,6 +476,7 @@ def test_every_page_is_usable_at_360_px_in_dark_mode_and_by_keyboard(
                .map(e => e.outerHTML)"""
         )
         assert unlabelled == [], f"{path}: controls without a label"
+        assert phone.evaluate(CUT_OFF) == [], f"{path}: cut off or wrapped at 360 px"
         shot(phone, f"{name}-phone-dark")
     # the whole sign-out path by keyboard: focus the button, press Enter
     phone.get_by_role("button", name="Sign out").focus()

@@ -101,7 +101,8 @@ class Manager:
 
     async def models(self, user: User, backend_id: int, *, refresh: bool) -> list[dict[str, Any]]:
         """The backend's models by name (:func:`~.registry.list_models`); with
-        ``refresh``, discovered again first.
+        ``refresh``, discovered again first. ``available`` is false for every model
+        while the backend is not connected.
 
         Raises:
             TargetError: ``refresh`` and the backend could not be reached.
@@ -110,10 +111,16 @@ class Manager:
         backend = self.backends.running.get(backend_id)
         if refresh and backend is not None:
             await self.backends.record(backend_id, await backend.check())
-        since = self.backends.status(backend_id).last_success
-        return await self.store.call(
-            registry.list_models, backend_id, math.inf if since is None else since
-        )
+        return await self.store.call(registry.list_models, backend_id, self._seen_since(backend_id))
+
+    def _seen_since(self, backend_id: int) -> float:
+        """Since when a model must have been seen to be ``available``: the last successful
+        discovery while the backend is connected; never while it is not (a dead backend's
+        models are not available, though they are still listed)."""
+        state = self.backends.status(backend_id)
+        if state.state != "connected" or state.last_success is None:
+            return math.inf
+        return state.last_success
 
     def preferences(self, user: User) -> dict[str, Any]:
         """``{"default_backend_id", "fallback_to_claude", "aliases"}`` of ``user``."""
@@ -198,9 +205,11 @@ class Manager:
 
         Raises:
             NotFound, Forbidden: see :meth:`find`.
-            FieldError: ``model`` is not one of the backend's models.
+            FieldError: ``model`` is missing, or not one of the backend's models.
         """
         record = self.find(user, backend_id, change=True)
+        if model is None or model == "":
+            raise FieldError("model", "required: the name of one of the backend's models")
         if not isinstance(model, str) or not await self.store.call(
             registry.select_model, backend_id, model
         ):

@@ -12,7 +12,8 @@
   "error"}``: a check now;
 * ``GET /admin/api/backends/{id}/models[?refresh=true]`` → ``{"models": [{"name",
   "size_bytes", "is_selected", "last_seen_at", "available"}]}``;
-* ``POST /admin/api/backends/{id}/select-model`` ``{"model"}`` → the backend;
+* ``POST /admin/api/backends/{id}/select-model`` ``{"model"}`` (or ``{"modelName"}``) →
+  the backend;
 * ``GET /admin/api/backends/status`` → ``{"backends": [{"id", "name", "type", "status"}]}``;
 * ``GET /admin/api/preferences`` / ``PUT`` ``{"default_backend_id", "fallback_to_claude",
   "aliases"}`` → the caller's preferences.
@@ -102,7 +103,9 @@ def backend_routes(manager: Manager) -> Blueprint:
     @routes.post("/admin/api/backends/<int:backend_id>/select-model")
     async def select(backend_id: int) -> Response:
         body = await _body()
-        model = body.get("model") if isinstance(body, dict) else None
+        model = None
+        if isinstance(body, dict):  # ``modelName``: the name the briefing's API gives it
+            model = body["model"] if "model" in body else body.get("modelName")
         record = await manager.select(_user(), backend_id, model)
         return json_response(manager.shown(record))
 

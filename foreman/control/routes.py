@@ -26,7 +26,7 @@ from ..gateway import Gateway
 from ..jobs import job_routes
 from ..store import StoreUnavailable
 from ..users.routes import user_routes
-from .admin import admin_pages, page_error, page_message
+from . import admin
 from .responses import json_response
 
 __all__ = ["CONTROL_PATHS", "create_control_app", "health", "is_control", "is_page"]
@@ -67,20 +67,20 @@ def create_control_app(gw: Gateway) -> QuartTrio:
     if gw is not None and gw.backends is not None and gw.users is not None:
         manager = Manager(gw.backends)
         app.register_blueprint(backend_routes(manager))
-        app.register_blueprint(admin_pages(gw, manager))
+        admin.install(app, gw, manager)
 
     @app.errorhandler(StoreUnavailable)
     async def store_unavailable(exc: StoreUnavailable) -> Response:
         # a store fault is transient: Store.watch clears it once the store works again
         message = f"foreman cannot save this now ({exc}); try again later"
         if is_page(request.path) and "admin" in app.blueprints:
-            return await page_message(message, 503)
+            return await admin.page_message(message, 503)
         return json_response({"error": message}, 503, {"Retry-After": str(STORE_RETRY_AFTER)})
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
         if is_page(request.path) and "admin" in app.blueprints:  # a page people read
-            return await page_error(exc)
+            return await admin.page_error(exc)
         # gin's own texts for an unknown route or a wrong method
         text = {404: "404 page not found", 405: "405 method not allowed"}.get(
             exc.code or 500, f"{exc.code} {exc.name}".lower()

@@ -33,6 +33,7 @@ class Exchange:
     route: str = "other"  # the metrics label (:func:`foreman.control.metrics.route_label`)
     model: str | None = None
     backend: str | None = None  # the route, "backend/model" (foreman.dataplane.routing)
+    echo: tuple[bytes, bytes] | None = None  # the answer's model, renamed (relay.rename)
     status: int | None = None
     gate_wait: float | None = None
     outcome: str = "done"

@@ -349,8 +349,12 @@ class DataPlane:
 
     @staticmethod
     def _routed(exchange: Exchange, route: Route, extra: Any) -> list[tuple[bytes, bytes]]:
-        """``extra`` with ``X-Foreman-Backend``; the access log names the route too."""
+        """``extra`` with ``X-Foreman-Backend`` (none while the request names no model);
+        the access log names the route too."""
+        if not route.model:
+            return extra
         exchange.backend = route.label
+        exchange.echo = route.echo
         headers = [(k, v) for k, v in extra if k != b"x-foreman-backend"]
         return [*headers, (b"x-foreman-backend", route.label.encode())]
 

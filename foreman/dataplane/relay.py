@@ -30,7 +30,7 @@ from .errors import TargetError
 from .exchange import Exchange
 from .jsonwire import error_body
 
-__all__ = ["NDJSON", "relay"]
+__all__ = ["NDJSON", "relay", "rename"]
 
 LOGGER = logging.getLogger("foreman.dataplane.relay")
 
@@ -79,6 +79,10 @@ async def relay(
             # A small answer of known size (most of Ollama's JSON): read whole, so that
             # a body that breaks still gets a real status, then sent in one go.
             body = await target.read(response)
+            if exchange.echo is not None and body.startswith(exchange.echo[0]):
+                body = rename(body, exchange.echo)
+                headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+                start["headers"] = [*headers, (b"content-length", str(len(body)).encode())]
             if exchange.count_tokens:
                 exchange.final_line = body
             await send(start)
@@ -113,10 +117,11 @@ async def _relay_lines(
     """Pass an NDJSON stream through; returns ``done`` or ``error``.
 
     Whatever complete lines have come by the time the last write is done go out in one
-    write (:class:`_Piled`), so a burst costs one send while each line still leaves as
-    soon as it is complete. On a target failure a partial line is dropped (the error
-    must stand on a line of its own) and one ``{"error": ...}`` line ends the stream.
-    The last complete line is kept in ``exchange.final_line`` (for the token counts).
+    write (:class:`_Piled`), so a burst costs two sends (its first line, then the rest)
+    while each line still leaves as soon as it is complete. On a target failure a partial
+    line is dropped (the error must stand on a line of its own) and one ``{"error": ...}``
+    line ends the stream. The last complete line is kept in ``exchange.final_line`` (for
+    the token counts).
     """
     pending = lines = b""
     piled = _Piled()
@@ -128,9 +133,13 @@ async def _relay_lines(
                 pending += chunk
                 continue
             lines, pending = pending + chunk[: end + 1], chunk[end + 1 :]
+            if exchange.echo is not None:
+                lines = rename(lines, exchange.echo)
             await send({"type": "http.response.body", "body": lines, "more_body": True})
     if piled.error is None:
         last, outcome = pending, "done"  # a last line without its newline goes on as it is
+        if exchange.echo is not None:
+            last = rename(last, exchange.echo)
         if exchange.count_tokens and lines:
             exchange.final_line = lines[lines.rfind(b"\n", 0, len(lines) - 1) + 1 :]
     else:
@@ -146,9 +155,11 @@ class _Piled:
 
     httpx2 yields a body one HTTP chunk at a time, and Ollama sends each NDJSON line as
     a chunk of its own; when several came in one read of the socket, the filler gets
-    them all without waiting, so the taker writes them to the client in one go. The
-    filler stops reading while :data:`PILE_LIMIT` bytes wait (a slow client slows the
-    reading from the target, as a single task would).
+    them without waiting. A piece the taker is waiting for is handed over at once (so the
+    first line is not held up by parsing the rest); what comes while the taker writes
+    piles up and goes to the client in its next write. The filler also waits while
+    :data:`PILE_LIMIT` bytes are piled (a slow client slows the reading from the target,
+    as a single task would).
     """
 
     def __init__(self) -> None:
@@ -158,6 +169,7 @@ class _Piled:
         self.error: TargetError | None = None  # the body broke: what the filler caught
         self._ready = trio.Event()
         self._room = trio.Event()
+        self._idle = False  # the taker waits for a piece
 
     async def fill(self, chunks: AsyncIterator[bytes]) -> None:
         """Read ``chunks`` to their end; a :class:`TargetError` is kept, not raised."""
@@ -167,7 +179,7 @@ class _Piled:
                     self.parts.append(chunk)
                     self.size += len(chunk)
                     self._ready.set()
-                    if self.size >= PILE_LIMIT:
+                    if self._idle or self.size >= PILE_LIMIT:  # until the taker has it
                         self._room = trio.Event()
                         await self._room.wait()
         except TargetError as exc:
@@ -182,8 +194,23 @@ class _Piled:
             if self.done:
                 return None
             self._ready = trio.Event()
-            await self._ready.wait()
+            self._idle = True
+            try:
+                await self._ready.wait()
+            finally:
+                self._idle = False
         piece = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
         self.parts, self.size = [], 0
         self._room.set()
         return piece
+
+
+def rename(lines: bytes, echo: tuple[bytes, bytes]) -> bytes:
+    """Whole JSON lines (or one JSON body) with each line's leading ``echo[0]`` (Ollama's
+    ``{"model":"<name it was sent>",``) made ``echo[1]``: a routed request's answer
+    names the model as the client asked for it, as Ollama echoes a request's ``model``.
+    Only a line's start is looked at: a newline byte never occurs inside a JSON line."""
+    old, new = echo
+    if not lines.startswith(old) and b"\n" + old not in lines:
+        return lines
+    return (b"\n" + lines).replace(b"\n" + old, b"\n" + new)[1:]

@@ -7,7 +7,8 @@ In this order, for the backends a user may use (shared ones and their own):
    that is just a backend's name means that backend's selected model;
 2. an explicit **``backend/model``** whose prefix names a backend (unless the
    default Ollama backend knows the whole name: Ollama's own names have slashes,
-   ``hf.co/org/model``);
+   ``hf.co/org/model``), or a bare **``backend``** name: that backend's selected model
+   (unless the default Ollama backend has a model of that name);
 3. otherwise the user's **default backend** (``default_backend_id``, else the shared
    default), with the model as given: v1's behaviour, byte for byte.
 
@@ -20,10 +21,11 @@ Embeds never fall back: Anthropic has no embeddings API.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..backends import Backend, Backends
 from ..backends.registry import Preferences
+from .jsonwire import dumps
 
 __all__ = ["Route", "fallback", "resolve"]
 
@@ -36,11 +38,22 @@ class Route:
     backend: Backend
     model: str
     fell_back_from: str | None = None
+    asked: str | None = None  # the request's own ``model``, when it differs from ``model``
 
     @property
     def label(self) -> str:
         """``backend/model``: the ``X-Foreman-Backend`` header and the access log's."""
         return f"{self.backend.name}/{self.model}"
+
+    @property
+    def echo(self) -> tuple[bytes, bytes] | None:
+        """How an Ollama answer's first field is renamed so that it echoes the name the
+        client asked for, as Ollama echoes it: ``({"model":"<model>",``,
+        ``{"model":"<asked>",``); None when the names are the same."""
+        if self.asked is None or self.asked == self.model:
+            return None
+        start = b'{"model":'
+        return start + dumps(self.model) + b",", start + dumps(self.asked) + b","
 
 
 def resolve(backends: Backends, user_name: str, model: str, *, chat: bool) -> Route:
@@ -58,6 +71,8 @@ def resolve(backends: Backends, user_name: str, model: str, *, chat: bool) -> Ro
         route = _named(backends, aliased, visible, default, alias=True) or Route(default, aliased)
     else:
         route = _named(backends, model, visible, default, alias=False) or Route(default, model)
+    if route.model != model:
+        route = replace(route, asked=model)
     if chat and route.backend.type == "ollama" and not route.backend.healthy():
         return fallback(backends, user_name, route) or route
     return route
@@ -91,12 +106,14 @@ def _default(backends: Backends, preferences: Preferences, visible: dict[str, Ba
 def _named(
     backends: Backends, name: str, visible: dict[str, Backend], default: Backend, *, alias: bool
 ) -> Route | None:
-    """``backend/model`` (or, for an alias's value, a bare ``backend``) as a route."""
+    """``backend/model``, or a bare ``backend`` (its selected model), as a route."""
     prefix, slash, rest = name.partition("/")
     backend = visible.get(prefix)
-    if backend is None or (not slash and not alias):
+    if backend is None:
         return None
-    if slash and default.type == "ollama" and default.inventory.knows(name):
-        return None  # an Ollama name with a slash, which the default backend has
-    model = rest or backends.selected.get(backend.record.id) or ""
-    return Route(backend, model)
+    selected = backends.selected.get(backend.record.id)
+    if not slash and not alias and not selected:
+        return None  # a bare name of a backend with no model: the default backend's model
+    if (slash or not alias) and default.type == "ollama" and default.inventory.knows(name):
+        return None  # an Ollama name (``hf.co/org/model``, ``llama3.2``) the default has
+    return Route(backend, rest or selected or "")

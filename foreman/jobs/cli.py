@@ -1,16 +1,19 @@
 """``foreman jobs list|show|cancel|submit``: the ``/jobs`` API from a terminal.
 
-Every command talks to a running foreman over HTTP (``--url``, ``FOREMAN_URL``;
-``--token``, ``FOREMAN_TOKEN``). ``--json`` prints the API's own JSON instead of a
-table. Exit status: 0 on success, 1 when foreman answers an error or cannot be
-reached (one line on stderr, foreman's ``{"error": ...}`` text when it has one).
+Every command talks to a running foreman over HTTP (``--url``, ``FOREMAN_URL``, else
+the address of ``FOREMAN_LISTEN``; ``--token``, ``FOREMAN_TOKEN``). ``--json`` prints
+the API's own JSON instead of a table. Exit status: 0 on success, 1 when foreman
+answers an error or cannot be reached (one line on stderr, foreman's ``{"error": ...}``
+text when it has one).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -104,13 +107,23 @@ def _table(jobs: list[dict[str, Any]]) -> Table:
     return table
 
 
+def default_url(env: Mapping[str, str] = os.environ) -> str:
+    """The URL of the foreman this shell would start: ``FOREMAN_LISTEN``'s address (a
+    wildcard host as loopback), ``https`` when ``FOREMAN_TLS_CERT`` is set."""
+    host, _, port = (env.get("FOREMAN_LISTEN") or "127.0.0.1:8080").rpartition(":")
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host.strip("[]"), host)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{'https' if env.get('FOREMAN_TLS_CERT') else 'http'}://{host}:{port}"
+
+
 @click.group()
 @click.option(
     "--url",
     envvar="FOREMAN_URL",
     show_envvar=True,
-    default="http://127.0.0.1:8080",
-    show_default=True,
+    default=default_url,
+    show_default="FOREMAN_LISTEN's address, else http://127.0.0.1:8080",
     help="The running foreman to talk to.",
 )
 @click.option(

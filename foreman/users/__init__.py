@@ -7,9 +7,11 @@ With neither a ``FOREMAN_TOKEN`` nor any user, foreman stays open, as v1 was; on
 user has been made, revoking every one does not open it again.
 
 The request path never touches the store: :class:`Users` keeps the active keys in
-memory and reloads them every :data:`REFRESH` seconds (so ``foreman users`` run
-from another process takes effect within that time), and at once after a change
-made through ``/admin/api/users``.
+memory and reloads them every :data:`REFRESH` seconds (so a key revoked by ``foreman
+users`` from another process is refused within that time), and at once after a change
+made through ``/admin/api/users``. A key it does not know (``fm_...``) makes it read
+the store once more before the answer is 401 (:meth:`Users.refreshed_for`): a key
+just made by ``foreman users add`` works at once.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import re
 import secrets
 import sqlite3
@@ -49,6 +52,10 @@ USER_SCOPE_KEY = "foreman.user"
 SESSION_SCOPE_KEY = "foreman.session"
 #: Seconds between reloads of the users table.
 REFRESH = 5.0
+#: Seconds at least between two reads of the store for unknown keys: a flood of wrong
+#: ``fm_`` keys costs one read per this interval, however many requests carry them.
+MISS_REFRESH = 0.1
+KEY_PREFIX = "fm_"
 ROLES = ("admin", "user")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
@@ -70,7 +77,7 @@ def create_user(db: sqlite3.Connection, name: str, role: str) -> tuple[dict[str,
         raise ValueError("name: 1 to 64 of A-Z a-z 0-9 . _ @ -, not starting with . _ @ -")
     if role not in ROLES:
         raise ValueError(f"role: one of {', '.join(ROLES)}")
-    key = "fm_" + secrets.token_urlsafe(32)
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
     try:
         db.execute(
             "INSERT INTO users (name, role, key_hash, key_prefix, created_at)"
@@ -132,6 +139,10 @@ class Users:
         self._token_hash = _hash(self._token) if self._token else None
         self._by_hash: dict[str, User] = {}
         self._any = False  # a user was ever made (revoking the last one does not reopen)
+        self._read_at = -math.inf  # trio time at which the last read of the store began
+        self._reads = 0  # reads of the store begun
+        self._seen = 0  # the number (1, 2, ...) of the latest read begun that has ended
+        self._miss_lock = trio.Lock()
         self.sessions = Sessions(self.authenticate_hash)
 
     @property
@@ -166,7 +177,41 @@ class Users:
 
     async def reload(self) -> None:
         """Read the active users again (after a change made through the API)."""
+        self._reads += 1
+        number, self._read_at = self._reads, trio.current_time()
         self._by_hash, self._any = await self.store.call(_active)
+        self._seen = max(self._seen, number)
+
+    async def refreshed_for(self, key: str | bytes | None) -> bool:
+        """After ``key`` was not known: read the users again, if ``key`` looks like one of
+        foreman's (``fm_...``) and no read began since this call; True if it read.
+
+        Misses at the same time share one read, and reads for misses are at least
+        :data:`MISS_REFRESH` seconds apart (a miss waits for the next one, so a key
+        made a moment ago still works on its first request).
+        """
+        if isinstance(key, str):
+            key = key.encode("utf-8", "surrogateescape")
+        if not key or not key.startswith(KEY_PREFIX.encode()):
+            return False
+        asked = self._reads
+        async with self._miss_lock:
+            if self._seen > asked:  # a read begun after the miss has ended: it saw the store
+                return True
+            await trio.sleep_until(self._read_at + MISS_REFRESH)
+            await self.reload()
+        return True
+
+    async def authenticate_fresh(self, authorization: bytes | None) -> User | None:
+        """:meth:`authenticate`, reading the store once more for an unknown ``fm_`` key
+        (:meth:`refreshed_for`) before the answer is None."""
+        user = self.authenticate(authorization)
+        if user is not None:
+            return user
+        scheme, _, given = (authorization or b"").partition(b" ")
+        if scheme.lower() == b"bearer" and await self.refreshed_for(given.strip()):
+            return self.authenticate(authorization)
+        return None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load the users, then reload them every :data:`REFRESH` seconds; never returns."""

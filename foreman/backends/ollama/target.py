@@ -4,7 +4,7 @@ foreman talks to the target through httpx2's own transport
 (:class:`httpx2.AsyncHTTPTransport`, httpcore2's pool; :func:`target_transport`), not
 through an ``AsyncClient``: the client's layers (cookies, redirects, auth flows, event
 hooks, URL merging) do nothing for a relay and cost time on every request
-(``docs/adr/0008-fast-data-plane.md``, ``docs/adr/0016-back-on-hypercorn-and-httpx2.md``).
+(``docs/adr/0008-fast-data-plane.md``, ``docs/adr/0017-back-on-hypercorn-and-httpx2.md``).
 Tests pass the stand-in's in-process transport instead. Every transport failure leaves
 this module as a :class:`~foreman.dataplane.errors.TargetError`.
 """

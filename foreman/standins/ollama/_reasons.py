@@ -6,8 +6,8 @@ reason, valid HTTP but not what a byte-for-byte Ollama client, proxy log or
 ``curl -i`` shows). :func:`install` gives hypercorn's HTTP/1.1 protocol a view of
 h11 whose ``Response`` fills in the standard phrase (``http.HTTPStatus``, the same
 phrases as Go's ``http.StatusText`` for every status Ollama or foreman sends).
-Only hypercorn's module sees the change; h11 itself, and foreman's own server and
-client on it, are untouched. (foreman's server writes the phrases itself.)
+Only hypercorn's module sees the change; h11 itself, and httpx2 on it, are untouched.
+(foreman, which shares no code with its oracles, has its own: ``foreman.serving``.)
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ function testButtons() {
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       const button = form.querySelector("button");
-      const output = form.querySelector(".test-output");
+      const output = document.getElementById(form.dataset.test);
       button.disabled = true;
       button.setAttribute("aria-busy", "true");
       output.innerHTML = '<span class="spinner" aria-hidden="true"></span> Testing…';
@@ -74,6 +74,31 @@ function testButtons() {
       }
     });
   }
+}
+
+// A model chosen from a card's menu is used at once, in place (no page load); without
+// JavaScript the form's "Use this model" button does the same.
+function modelMenus() {
+  document.addEventListener("change", async (event) => {
+    const select = event.target.closest(".model-row select");
+    if (!select) return;
+    const form = select.form;
+    const note = form.querySelector(".model-note");
+    note.textContent = "Saving…";
+    try {
+      const response = await fetch(form.action, {
+        method: "POST",
+        body: new FormData(form),
+        credentials: "same-origin",
+        headers: { "X-CSRF-Token": csrf(), "X-Requested-With": "fetch" },
+      });
+      if (response.status === 401) return location.reload();
+      const answer = await response.json();
+      note.textContent = response.ok ? "✓ Saved" : answer.error;
+    } catch (error) {
+      note.textContent = "foreman did not answer: " + error;
+    }
+  });
 }
 
 function copyButtons() {
@@ -104,6 +129,7 @@ document.addEventListener("DOMContentLoaded", () => {
   liveDashboard();
   liveStatus();
   testButtons();
+  modelMenus();
   copyButtons();
   confirmations();
 });
