@@ -64,7 +64,9 @@ async def _protocol_send(self: Any, event: Any) -> None:
             # frame in two; the deadline is the scope's own, so it still applies
             with trio.CancelScope(shield=True, deadline=trio.current_time() + timeout) as scope:
                 await self.stream.send_all(event.data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            # Busy: hypercorn's _close() is sending EOF on a connection the client closed
+            # (outside the send lock); the answer has nowhere to go either way
             await self.protocol.handle(Closed())
             return
         if not scope.cancelled_caught:
