@@ -236,8 +236,11 @@ def _open(path: str) -> sqlite3.Connection:
         " store (users, backends and jobs are in it)"
     )
     try:
-        with sqlite3.connect(path) as check:
+        check = sqlite3.connect(path)
+        try:
             rows = [row[0] for row in check.execute("PRAGMA quick_check(1)")]
+        finally:
+            check.close()
         if rows != ["ok"]:
             found = " ".join(" ".join(str(row).split()) for row in rows)  # one line
             raise StoreError(corrupt.format(found[:300]))
