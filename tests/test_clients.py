@@ -307,6 +307,9 @@ def test_protocol_hygiene(tmp_path: Path) -> None:
                 assert _status(data) in (400, 422), data
                 assert b'{"error":' in data
         assert "Traceback" not in log.read_text()
+        # one record, one line: a model's \n is escaped in the access log, not a new line
+        assert all(line.startswith("20") for line in log.read_text().splitlines())
+        assert "model=llama3.2\\x0a" in log.read_text()
         assert proc.poll() is None
 
 

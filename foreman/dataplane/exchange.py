@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 
 import trio
@@ -66,8 +67,8 @@ class Exchange:
             self.client,
             self.user,
             self.method,
-            self.path,
-            self.model or "-",
+            _printable(self.path),  # a decoded %0a must not start a forged line
+            _printable(self.model or "-"),
             self.backend or "-",
             self.status if self.status is not None else "-",
             "-" if self.gate_wait is None else f"{self.gate_wait:.3f}s",
@@ -88,3 +89,11 @@ class Exchange:
                 "outcome": self.outcome,
             },
         )
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n`` as ``\\x0a``): one record, one line."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
