@@ -38,12 +38,30 @@ from typing import Any
 import trio
 
 from .access import PREFLIGHT_HEADERS, Access, listens_on_loopback
+from .connections import trim_memory
 from .control.metrics import route_label
 from .control.routes import create_control_app, is_control, is_page
-from .dataplane.bodies import ReadBodyFirst, drain
+from .dataplane.bodies import (
+    DRAIN_TIMEOUT,
+    BodyGuard,
+    BodyTimeout,
+    ReadBodyFirst,
+    ReadingBudget,
+    ReadingFull,
+    drain,
+)
 from .dataplane.errors import ForemanError, GateFull
 from .dataplane.exchange import Exchange
-from .dataplane.faces import ANTHROPIC, NATIVE, error_answer, face_of, route_key, stream_error
+from .dataplane.faces import (
+    ANTHROPIC,
+    EMBEDS,
+    NATIVE,
+    error_answer,
+    face_of,
+    is_gated,
+    route_key,
+    stream_error,
+)
 from .dataplane.jsonwire import JSON_CONTENT_TYPE, error_body
 from .dataplane.native import ClientGone, DataPlane, respond, retry_after
 from .gateway import Gateway
@@ -56,6 +74,10 @@ LOGGER = logging.getLogger("foreman.app")
 
 UNAUTHENTICATED = frozenset({"/healthz", "/readyz"})
 SHUTTING_DOWN = "foreman is shutting down"
+#: Seconds a request cut by foreman's stop is told to wait before trying again.
+SHUTDOWN_RETRY_AFTER = 5
+FRAMED_TWICE = "a request may not carry both Content-Length and Transfer-Encoding"
+BAD_TARGET = "invalid request target: '#' (a fragment) is not allowed"
 BAD_CSRF = "missing or wrong CSRF token (X-CSRF-Token)"
 _SAFE = frozenset({"GET", "HEAD"})
 
@@ -63,6 +85,8 @@ _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
 _JSON = [(b"content-type", JSON_CONTENT_TYPE.encode())]
 _TEXT = [(b"content-type", b"text/plain")]
 _CLOSE = (b"connection", b"close")
+#: Bytes of request body after which the heap is trimmed once the request is over.
+TRIM_AFTER = 16 << 20
 
 
 class App:
@@ -80,6 +104,7 @@ class App:
         self.sessions = gw.users.sessions
         self._public = UNAUTHENTICATED | ({"/metrics"} if settings.metrics_public else set())
         self.metrics = gw.metrics
+        self.reading = ReadingBudget(settings.max_reading_bytes)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":  # lifespan
@@ -108,14 +133,27 @@ class App:
                 exchange.response_complete = True
             await send(message)
 
+        guard = BodyGuard(
+            receive,
+            gw.settings.body_timeout,
+            whole=_held_whole(scope),
+            budget=self.reading,
+        )
         gw.in_flight.value += 1
         gw.live.add(exchange)
         try:
             headers = _RequestHeaders(scope["headers"])
             request_id = headers.request_id or secrets.token_hex(8).encode()
             exchange.request_id = request_id.decode()
-            await self._serve(exchange, scope, receive, tracked_send, headers)
+            await self._serve(exchange, scope, guard.receive, tracked_send, headers)
+        except BaseException:
+            if exchange.outcome == "done" and not exchange.response_complete:
+                exchange.outcome = "cancelled"  # a forced stop cut it
+            raise
         finally:
+            guard.release()
+            if guard.total >= TRIM_AFTER:  # its pieces leave free pages inside the heap
+                gw.nursery.start_soon(trio.to_thread.run_sync, trim_memory)
             gw.live.discard(exchange)
             gw.in_flight.value -= 1
             now = trio.current_time()
@@ -132,6 +170,15 @@ class App:
         ):
             extra.append((b"connection", b"close"))  # the server then closes after the answer
 
+        if b"#" in scope.get("raw_path", b"") or b"#" in scope.get("query_string", b""):
+            exchange.outcome = "error"  # a fragment never belongs in a request (RFC 9112 3.2)
+            headers = _JSON + await _drained(receive, extra)
+            await respond(send, 400, error_body(BAD_TARGET), headers=headers)
+            return
+        if headers.framed_twice:  # a smuggling attempt, or a broken proxy (RFC 9112 6.1)
+            exchange.outcome = "error"
+            await respond(send, 400, error_body(FRAMED_TWICE), headers=[*_JSON, _CLOSE])
+            return
         if not self.access.host_allowed(host):
             await respond(send, 403, b"", headers=await _drained(receive, extra))
             return
@@ -186,7 +233,13 @@ class App:
             scope[USER_SCOPE_KEY] = user  # a public path tells a key holder more (/healthz)
         if is_control(path):
             exchange.route = route_label(path)
-            await self.control(scope, receive, send)
+            try:
+                await self.control(scope, receive, send)
+            except ForemanError as exc:  # the body guard's 408 or 503, before Quart ran
+                exchange.outcome = "error"
+                if not exchange.response_started:
+                    headers = [*_JSON, _CLOSE, *extra]
+                    await respond(send, exc.status_code, error_body(exc.message), headers=headers)
             return
         key = route_key(path)
         exchange.route = route_label(key)
@@ -213,6 +266,10 @@ class App:
                 body, content_type = error_answer(face, error.status_code, error.message)
                 headers = [(b"content-type", content_type)]
                 headers += retry_after(error, self.gw.settings.poll_interval, face != NATIVE)
+                if isinstance(error, BodyTimeout | ReadingFull):
+                    headers.append(_CLOSE)  # the rest of the body is never read
+                if isinstance(error, ReadingFull):
+                    headers.append((b"retry-after", b"1"))
                 await respond(send, error.status_code, body, headers=headers + extra)
         elif exchange.shutdown and exchange.cancel_scope.cancelled_caught:
             await self._end_at_shutdown(exchange, send, extra)
@@ -221,8 +278,9 @@ class App:
         """foreman's grace period cut this request: tell the client as well as it can be told."""
         exchange.outcome = "shutdown"
         if not exchange.response_started:
-            body, content_type = error_answer(exchange.face, 503, GateFull().message)
-            headers = [(b"content-type", content_type), *extra]
+            body, content_type = error_answer(exchange.face, 503, SHUTTING_DOWN)
+            retry = (b"retry-after", str(SHUTDOWN_RETRY_AFTER).encode())
+            headers = [(b"content-type", content_type), retry, *extra]
             await respond(send, 503, body, headers=headers)
         elif exchange.ndjson and not exchange.response_complete:
             line = error_body(SHUTTING_DOWN) + b"\n"
@@ -233,11 +291,30 @@ class App:
 
 
 async def _drained(receive: Any, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """``extra`` once the unread request body is read (:func:`foreman.dataplane.bodies.drain`), with
-    ``Connection: close`` added if it could not be read to its end."""
-    if await drain(receive) or (b"connection", b"close") in extra:
+    """``extra`` once the unread request body is read (:func:`foreman.dataplane.bodies.drain`,
+    for at most :data:`DRAIN_TIMEOUT` seconds), with ``Connection: close`` added if it
+    could not be read to its end."""
+    drained = False
+    with trio.move_on_after(DRAIN_TIMEOUT):
+        try:
+            drained = await drain(receive)
+        except ForemanError:  # the body guard: late, or over the budget
+            pass
+    if drained or (b"connection", b"close") in extra:
         return extra
-    return [*extra, (b"connection", b"close")]
+    return [*extra, _CLOSE]
+
+
+def _held_whole(scope: Any) -> bool:
+    """Whether foreman reads this request's body whole before answering (chats, embeds,
+    the control plane) rather than streaming it through to the target."""
+    path = scope["path"]
+    if is_control(path):
+        return True
+    key = route_key(path)
+    if key is None:  # refused (404) before any body is read
+        return False
+    return is_gated(key, scope["method"]) or (key in EMBEDS and scope["method"] == "POST")
 
 
 class _RequestHeaders:
@@ -249,6 +326,7 @@ class _RequestHeaders:
         "connection",
         "cookie",
         "csrf",
+        "framed_twice",
         "host",
         "origin",
         "request_id",
@@ -261,6 +339,7 @@ class _RequestHeaders:
         self.cookie: bytes | None = None
         self.csrf: bytes | None = None
         self.connection = self.request_id = b""
+        length = chunked = False
         for name, value in raw:
             if name == b"host":
                 self.host = value.decode("latin-1")
@@ -278,6 +357,12 @@ class _RequestHeaders:
                 self.csrf = value
             elif name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
                 self.request_id = value  # a caller's id is kept, if it is a sane one
+            elif name == b"content-length":
+                length = True
+            elif name == b"transfer-encoding":
+                chunked = True
+        #: both Content-Length and Transfer-Encoding: which one frames the body is ambiguous
+        self.framed_twice = length and chunked
 
 
 def create_app(gw: Gateway) -> App:

@@ -20,6 +20,7 @@ import click
 import trio
 
 from . import __version__
+from .backends.cli import secrets
 from .jobs.cli import jobs
 from .logs import configure_logging
 from .settings import OPTIONS, ConfigError, Settings
@@ -103,12 +104,17 @@ def _exit_with(settings: Settings, async_fn: Callable[..., Any], *args: Any) -> 
     line; so does a system error that stops foreman (its data directory or database
     unusable, a TLS file unreadable): supervisors restart it, people read one line.
     """
+    from .backends.sealing import SecretKeyError
     from .service import CannotListen
+    from .store import StoreError
 
     try:
         status = trio.run(async_fn, *args)
     except* CannotListen as group:
         click.echo(f"foreman: cannot listen on {settings.listen}: {_leaf(group)}", err=True)
+        sys.exit(1)
+    except* (StoreError, SecretKeyError) as group:
+        click.echo(f"foreman: {_leaf(group)}", err=True)
         sys.exit(1)
     except* (OSError, sqlite3.Error) as group:
         click.echo(f"foreman: stopped: {_leaf(group)}", err=True)
@@ -355,3 +361,4 @@ def standin(
 
 main.add_command(jobs)
 main.add_command(users)
+main.add_command(secrets)

@@ -20,6 +20,7 @@ from .settings import Settings
 if TYPE_CHECKING:
     from .backends import Backends
     from .jobs import Jobs
+    from .store import Store
     from .users import Users
 
 __all__ = ["Gateway"]
@@ -41,6 +42,7 @@ class Gateway:
     inventory: Inventory
     residency: Residency
     builtin: OllamaBackend  # the backend of FOREMAN_OLLAMA_URL (target, gate, ... above)
+    store: Store | None = None  # the database (None: none, as in unit tests)
     jobs: Jobs | None = None  # the job queue (None: not started, as in unit tests)
     users: Users | None = None  # the API keys (None: only FOREMAN_TOKEN, as in unit tests)
     backends: Backends | None = None  # every backend (None: only the target, as in unit tests)

@@ -25,6 +25,8 @@ from .backends.ollama.inventory import Inventory
 from .backends.ollama.residency import Residency
 from .backends.ollama.target import open_target
 from .backends.registry import Sealer, ensure_builtin
+from .backends.sealing import check_sealed
+from .connections import raise_fd_limit, return_big_buffers
 from .dataplane.gate import Gate
 from .gateway import Gateway
 from .jobs import Jobs
@@ -65,6 +67,9 @@ async def open_gateway(
         open_store(os.path.join(settings.data_path, "foreman.db")) as store,
         trio.open_nursery() as nursery,
     ):
+        sealer = Sealer(settings.secret_key, settings.data_path)
+        await store.call(check_sealed, sealer, allow_unreadable=settings.allow_unreadable_keys)
+        await nursery.start(store.watch)
         gate = Gate(settings.max_queue, settings.max_waiting_bytes)
         residency = Residency(
             target,
@@ -84,10 +89,10 @@ async def open_gateway(
             LOGGER.warning("starting degraded: %s", inventory.last_error)
         else:
             LOGGER.info("target %s has %d models", target.url, len(inventory.models))
-        sealer = Sealer(settings.secret_key, settings.data_path)
         record = await store.call(ensure_builtin, sealer, settings.ollama_url)
         builtin = OllamaBackend(record, target, gate, inventory, residency, settings.poll_interval)
         gateway = Gateway(settings, target, nursery, gate, inventory, residency, builtin)
+        gateway.store = store
         gateway.users = Users(store, settings.token)
         await nursery.start(gateway.users.run)
         gateway.backends = Backends(settings, store, sealer, builtin, transports=backend_transports)
@@ -119,6 +124,9 @@ async def run(
     Supports ``urls = await nursery.start(partial(run, settings, shutdown_trigger=...))``:
     ``started()`` passes the bound URLs (with the real port when ``listen`` ends in ``:0``).
     """
+    soft, _ = raise_fd_limit()  # systemd's default soft limit is 1,024 descriptors
+    return_big_buffers()
+    LOGGER.debug("file descriptor limit: %d", soft)
     check_listen(settings.listen)  # fail at once, not after the first poll of the target
     config = hypercorn_config(settings)
     async with open_gateway(settings, transport=transport) as gateway:

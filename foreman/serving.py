@@ -37,6 +37,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
+from .connections import install_write_timeout, quiet_accept_errors
 from .settings import GRACE_MARGIN, Settings
 
 __all__ = ["KEEP_ALIVE", "MAX_HEAD", "hypercorn_config", "install_reasons", "serve"]
@@ -63,6 +64,7 @@ def hypercorn_config(settings: Settings) -> Config:
     config.accesslog = None  # foreman writes its own (foreman.access)
     config.errorlog = logging.getLogger("foreman.server")  # through foreman's handlers
     config.alpn_protocols = ["http/1.1"]
+    config.write_timeout = settings.client_timeout  # foreman.connections reads it
     if settings.tls_cert:
         config.certfile, config.keyfile = settings.tls_cert, settings.tls_key
     return config
@@ -84,6 +86,8 @@ async def serve(
         OSError: the address cannot be bound, or the TLS files cannot be read.
     """
     install_reasons()
+    install_write_timeout()
+    quiet_accept_errors()
     await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)
 
 

@@ -307,6 +307,35 @@ OPTIONS: tuple[Option, ...] = (
         "Other /api/ bodies (blobs) stream through unbounded.",
     ),
     Option(
+        "client_timeout",
+        "FOREMAN_CLIENT_TIMEOUT",
+        "--client-timeout",
+        "60",
+        _seconds,
+        "Seconds a write to a client may make no progress (a client that stopped reading)"
+        " before foreman closes its connection: the target's generation is aborted and"
+        " the gate freed.",
+    ),
+    Option(
+        "body_timeout",
+        "FOREMAN_BODY_TIMEOUT",
+        "--body-timeout",
+        "60",
+        _seconds,
+        "Seconds a chat, embed or control-plane request body may take to arrive whole"
+        " (other bodies: to make progress); after it the answer is 408 and the connection"
+        " closes.",
+    ),
+    Option(
+        "max_reading_bytes",
+        "FOREMAN_MAX_READING_BYTES",
+        "--max-reading-bytes",
+        "256MiB",
+        _size,
+        "Total size of the request bodies being read at once; a body that would go beyond"
+        " it gets 503 with Retry-After (memory stays bounded however many clients send).",
+    ),
+    Option(
         "max_waiting_bytes",
         "FOREMAN_MAX_WAITING_BYTES",
         "--max-waiting-bytes",
@@ -435,6 +464,16 @@ OPTIONS: tuple[Option, ...] = (
         secret=True,
     ),
     Option(
+        "allow_unreadable_keys",
+        "FOREMAN_ALLOW_UNREADABLE_KEYS",
+        "--allow-unreadable-keys",
+        "0",
+        _flag,
+        "1: start even when stored API keys do not open with the secret (secret.key lost"
+        " or replaced): those backends run without their keys, and the log says so;"
+        " 0: refuse to start.",
+    ),
+    Option(
         "tls_cert",
         "FOREMAN_TLS_CERT",
         "--tls-cert",
@@ -542,6 +581,9 @@ class Settings:
     control_timeout: float = 5.0
     max_body: int = 100 << 20
     max_waiting_bytes: int = 1 << 30
+    client_timeout: float = 60.0
+    body_timeout: float = 60.0
+    max_reading_bytes: int = 256 << 20
     origins: tuple[str, ...] = ()
     connect_timeout: float = 5.0
     grace: float = 30.0
@@ -556,6 +598,7 @@ class Settings:
     webhook_secret: str | None = None
     heartbeat_interval: float = 30.0
     secret_key: str | None = None
+    allow_unreadable_keys: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
     user_networks: tuple[str, ...] = ()

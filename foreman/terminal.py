@@ -10,7 +10,16 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["fail", "print_table"]
+__all__ = ["data_dir_option", "fail", "print_table"]
+
+#: ``--data-dir`` (``FOREMAN_DATA_DIR``) for the commands that open the store themselves.
+data_dir_option = click.option(
+    "--data-dir",
+    envvar="FOREMAN_DATA_DIR",
+    show_envvar=True,
+    metavar="DIR",
+    help="foreman's data directory (default: the platform's user data directory).",
+)
 
 
 def fail(message: str) -> NoReturn:

@@ -487,3 +487,24 @@ async def test_a_key_made_by_another_process_signs_in_at_once(closed: Foreman) -
     db.close()
     async with browser(closed) as client:
         await sign_in(client, key)  # no wait for the 5 s refresh
+
+
+async def test_a_store_that_cannot_save_shows_its_message_on_the_page(closed: Foreman) -> None:
+    async with browser(closed) as client:
+        csrf = await sign_in(client, ADMIN_KEY)
+        store = closed.gw.store
+        assert store is not None
+        store.failed("database or disk is full")  # as a failed write would mark it
+        refused = await client.post("/admin/users", data={"name": "bob", "csrf_token": csrf})
+        assert refused.status_code == 503
+        assert "text/html" in refused.headers["content-type"]
+        assert "database or disk is full" in refused.text and "try again later" in refused.text
+        assert "Sign out" in refused.text  # a signed-in reader keeps the navigation
+        api = await closed.client.post(
+            "/admin/api/users",
+            json={"name": "bob"},
+            headers={"authorization": f"Bearer {ADMIN_KEY}"},
+        )
+        assert api.status_code == 503 and "database or disk is full" in api.json()["error"]
+        assert api.headers["retry-after"] == "5"
+        assert (await client.get("/admin/users")).status_code == 200  # reads go on

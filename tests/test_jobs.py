@@ -113,7 +113,12 @@ async def test_a_chat_job_runs_and_keeps_both_artifacts(
         await trio.testing.wait_all_tasks_blocked()
         assert receiver.states(job["id"]) == ["queued", "running", "succeeded"]
         webhook = (await fm.client.get(f"/jobs/{job['id']}")).json()["webhook"]
-        assert webhook == {"url": "https://hooks.example/x", "deliveries": 3, "last_status": 200}
+        assert webhook == {
+            "url": "https://hooks.example/x",
+            "deliveries": 3,
+            "last_status": 200,
+            "last_error": None,
+        }
 
 
 async def test_generate_and_non_stream_jobs_answer_as_ollama_would(
@@ -251,10 +256,24 @@ async def test_webhooks_are_signed_retried_in_order_and_survive_a_restart(
         ({"endpoint": "chat", "request": "hi"}, 422, "request: "),
         ({"endpoint": "chat", "request": chat_body(), "priority": "urgent"}, 422, "priority: "),
         ({"endpoint": "chat", "request": chat_body(), "metadata": [1]}, 422, "metadata: "),
-        (
-            {"endpoint": "chat", "request": chat_body(), "state_webhook_url": "ftp://x/y"},
-            422,
-            "state_webhook_url: ",
+        *(
+            (
+                {"endpoint": "chat", "request": chat_body(), "state_webhook_url": url},
+                422,
+                "state_webhook_url: ",
+            )
+            # each of these once stopped foreman at its first delivery (issue 16)
+            for url in (
+                "ftp://x/y",
+                "http://x:abc/",
+                "http://x:99999/",
+                "http://x/" + "a" * 65_537,
+                "http://x/\r\nX: y",
+                "http://x/\x00",
+                "http://[::1/",
+                "http:///path",
+                7,
+            )
         ),
         ({"endpoint": "chat", "request": {"messages": []}}, 400, "model is required"),
         ({"endpoint": "chat", "request": {"model": "a:b:c"}}, 400, "invalid model name"),

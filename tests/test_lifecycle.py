@@ -90,9 +90,8 @@ async def test_the_end_of_grace_ends_streams_with_an_error_line_and_waiters_with
             assert len(lines) > 2 and "done" not in lines[-1]
             assert waiter[0].status_code == 503
             assert waiter[0].headers["connection"] == "close"  # as Go's, once draining
-            assert waiter[0].json()["error"] == (
-                "server busy, please try again.  maximum pending requests exceeded"
-            )
+            assert waiter[0].json()["error"] == "foreman is shutting down"
+            assert waiter[0].headers["retry-after"] == "5"
             await trio.sleep(0.2)
             assert standin.chats_in_flight == 0  # the upstream request was aborted
             assert standin.chats_total == 1  # the waiter never reached the target

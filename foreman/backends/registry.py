@@ -8,19 +8,16 @@ and leave this module only decrypted for the backend's own client, or masked
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..dataplane.jsonwire import rfc3339
+from .sealing import Sealer
 
 __all__ = [
     "TYPES",
@@ -84,61 +81,6 @@ class FieldError(ValueError):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
         self.field, self.problem = field, problem
-
-
-class Sealer:
-    """Encrypts API keys at rest with Fernet (AES-128-CBC + HMAC-SHA256).
-
-    The key is ``FOREMAN_SECRET_KEY`` (any string; a Fernet key is derived from its
-    SHA-256) or, when that is unset, a random key kept in ``DATA_DIR/secret.key``
-    (created with mode 0600). Losing that file loses the stored API keys: the
-    backends stay, and report the key as unreadable until it is set again.
-
-    ``cryptography`` is imported, and the key file made, on the first key sealed or
-    opened: a gateway whose backends have no keys never loads it (about 7 MB).
-    """
-
-    def __init__(self, secret: str | None, data_path: str) -> None:
-        self._secret = secret
-        self._key_path = os.path.join(data_path, "secret.key")
-        self._fernet: Any = None
-
-    def _cipher(self) -> Any:
-        if self._fernet is None:
-            from cryptography.fernet import Fernet
-
-            if self._secret:
-                key = base64.urlsafe_b64encode(hashlib.sha256(self._secret.encode()).digest())
-            else:
-                key = _key_file(self._key_path, Fernet.generate_key)
-            self._fernet = Fernet(key)
-        return self._fernet
-
-    def seal(self, api_key: str | None) -> bytes | None:
-        return None if not api_key else self._cipher().encrypt(api_key.encode())
-
-    def open(self, sealed: bytes | None) -> str | None:
-        """The API key, or None when there is none or it cannot be decrypted."""
-        if sealed is None:
-            return None
-        from cryptography.fernet import InvalidToken
-
-        try:
-            return self._cipher().decrypt(sealed).decode()
-        except InvalidToken:
-            return None
-
-
-def _key_file(path: str, generate: Callable[[], bytes]) -> bytes:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        with open(path, "rb") as existing:
-            return existing.read().strip()
-    key = generate()
-    with os.fdopen(fd, "wb") as created:
-        created.write(key + b"\n")
-    return key
 
 
 @dataclass(frozen=True)

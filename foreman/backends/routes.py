@@ -27,12 +27,11 @@ Errors use Ollama's shape, ``{"error": "..."}``; a bad field is a 422 that names
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from quart import Blueprint, Response, request
 
-from ..control.responses import json_response
+from ..control.responses import json_response, parse_json
 from ..users import USER_SCOPE_KEY, User
 from .manage import Manager
 from .registry import FieldError
@@ -42,7 +41,7 @@ __all__ = ["backend_routes"]
 
 async def _body() -> Any:
     try:
-        return json.loads(await request.get_data())
+        return parse_json(await request.get_data())
     except ValueError:
         return None
 

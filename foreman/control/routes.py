@@ -25,6 +25,7 @@ from ..dataplane.errors import ForemanError
 from ..dataplane.jsonwire import rfc3339
 from ..gateway import Gateway
 from ..jobs import job_routes
+from ..store import StoreUnavailable
 from ..users import USER_SCOPE_KEY
 from ..users.routes import user_routes
 from . import admin
@@ -34,6 +35,8 @@ __all__ = ["CONTROL_PATHS", "brief", "create_control_app", "health", "is_control
 
 #: Paths the control plane serves, and everything under ``/jobs/`` and ``/admin/``;
 #: every other path belongs to the data plane.
+#: Seconds a client is told to wait (``Retry-After``) when the store cannot save.
+STORE_RETRY_AFTER = 5
 CONTROL_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/jobs", "/admin"})
 CONTROL_PREFIXES = ("/jobs/", "/admin/")
 
@@ -68,6 +71,14 @@ def create_control_app(gw: Gateway) -> QuartTrio:
         app.register_blueprint(backend_routes(manager))
         admin.install(app, gw, manager)
 
+    @app.errorhandler(StoreUnavailable)
+    async def store_unavailable(exc: StoreUnavailable) -> Response:
+        # a store fault is transient: Store.watch clears it once the store works again
+        message = f"foreman cannot save this now ({exc}); try again later"
+        if is_page(request.path) and "admin" in app.blueprints:
+            return await admin.page_message(message, 503)
+        return json_response({"error": message}, 503, {"Retry-After": str(STORE_RETRY_AFTER)})
+
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
         if is_page(request.path) and "admin" in app.blueprints:  # a page people read
@@ -89,7 +100,7 @@ def create_control_app(gw: Gateway) -> QuartTrio:
     @app.route("/readyz", methods=["GET"])
     async def readyz() -> Response:
         report = health(gw) if _keyed() else brief(gw)
-        return json_response(report, 503 if gw.inventory.degraded.value else 200)
+        return json_response(report, 503 if report["status"] != "ok" else 200)
 
     return app
 
@@ -101,8 +112,10 @@ def _keyed() -> bool:
 
 def brief(gw: Gateway) -> dict[str, Any]:
     """What ``/healthz`` and ``/readyz`` tell a caller without a key: ``{"status": "ok" |
-    "degraded"}``, nothing about targets, backends or jobs."""
-    return {"status": "degraded" if gw.inventory.degraded.value else "ok"}
+    "degraded"}`` (the target unreachable or the store faulty), nothing about targets,
+    backends, jobs or the store's error."""
+    store_problem = gw.store is not None and gw.store.problem.value is not None
+    return {"status": "degraded" if gw.inventory.degraded.value or store_problem else "ok"}
 
 
 def health(gw: Gateway) -> dict[str, Any]:
@@ -118,7 +131,11 @@ def health(gw: Gateway) -> dict[str, Any]:
                    "waiting_bytes": int},
          "embeds_in_flight": int,
          "jobs": {"queued": {"interactive": int, "batch": int}, "running": id | None},
-         "backends": [{"name", "type", "state"}, ...]}   (shared backends only)
+         "backends": [{"name", "type", "state"}, ...],   (shared backends only)
+         "store": {"status": "ok" | "degraded", "error": str | None}}
+
+    ``status`` is "degraded" while the target is unreachable or the store is faulty
+    (a full disk, a read-only or vanished database: ``store.error`` says which).
     """
     inventory, residency = gw.inventory, gw.residency
     gate = gw.gate.statistics()
@@ -132,8 +149,9 @@ def health(gw: Gateway) -> dict[str, Any]:
             "last_warmup": rfc3339(residency.last_warmup),
             "last_error": residency.last_warmup_error,
         }
+    store_problem = None if gw.store is None else gw.store.problem.value
     return {
-        "status": "degraded" if inventory.degraded.value else "ok",
+        "status": "degraded" if inventory.degraded.value or store_problem else "ok",
         "target": gw.target.url,
         "error": str(inventory.last_error) if inventory.degraded.value else None,
         "last_poll": rfc3339(last),
@@ -158,4 +176,5 @@ def health(gw: Gateway) -> dict[str, Any]:
             for r in gw.backends.records.values()
             if r.owner is None  # unauthenticated: users' own backends are theirs to see
         ],
+        "store": {"status": "degraded" if store_problem else "ok", "error": store_problem},
     }

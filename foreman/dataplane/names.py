@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["is_cloud", "normalize"]
+from .errors import ForemanError
+
+__all__ = ["InvalidModelName", "check_printable", "is_cloud", "normalize"]
 
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
@@ -20,6 +22,26 @@ DEFAULT_TAG = "latest"
 _PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}")
 _NAMESPACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,79}")
 _HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class InvalidModelName(ForemanError):
+    """A model name foreman will not carry (control characters): 400, before the gate."""
+
+    status_code = 400
+
+
+def check_printable(name: str) -> None:
+    """Refuse a model name with control characters (``\\n``, ``\\r``, ``\\0``, ESC...).
+
+    Such a name matches no model, and would otherwise reach the gate, the target and
+    foreman's own ``X-Foreman-Backend`` header.
+
+    Raises:
+        InvalidModelName: it has one (400, ``{"error": "invalid model name"}``).
+    """
+    if _CONTROL.search(name):
+        raise InvalidModelName("invalid model name")
 
 
 def _split(name: str) -> tuple[str, str, str, str] | None:

@@ -52,7 +52,7 @@ from .faces import ANTHROPIC, EMBEDS, NATIVE, OPENAI, face_of, is_gated, route_k
 from .intake import ClientGone, read_body, stream_body, with_model
 from .jsonwire import JSON_CONTENT_TYPE, request_fields
 from .listing import reachable_entries, reachable_models
-from .names import is_cloud, normalize
+from .names import check_printable, is_cloud, normalize
 from .passthrough import relay_api
 from .relay import NDJSON, relay
 from .rights import check_model_management
@@ -395,6 +395,7 @@ class DataPlane:
 
     def _route(self, scope: Any, model: str, *, chat: bool) -> Route | None:
         """The route of a POST's model, or None: the builtin backend, as in v1."""
+        check_printable(model)  # never to the gate, the target or a header
         backends = self.gw.backends
         if backends is None or scope["method"] != "POST":
             return None

@@ -291,17 +291,20 @@ def add_artifact(
 
 
 def webhook_summary(db: sqlite3.Connection, job_id: str) -> dict[str, Any]:
-    """``{"deliveries": delivered count, "last_status": status of the last attempt}``."""
+    """``{"deliveries": delivered count, "last_status": status of the last attempt,
+    "last_error": why it failed when no status says it}``."""
     delivered = db.execute(
         "SELECT COUNT(*) FROM deliveries WHERE job_id = ? AND delivered_at IS NOT NULL",
         (job_id,),
     ).fetchone()[0]
     last = db.execute(
-        "SELECT last_status FROM deliveries WHERE job_id = ? AND attempts > 0"
+        "SELECT last_status, last_error FROM deliveries WHERE job_id = ? AND attempts > 0"
         " ORDER BY seq DESC LIMIT 1",
         (job_id,),
     ).fetchone()
-    return {"deliveries": delivered, "last_status": None if last is None else last[0]}
+    if last is None:
+        return {"deliveries": delivered, "last_status": None, "last_error": None}
+    return {"deliveries": delivered, "last_status": last[0], "last_error": last[1]}
 
 
 #: SQL: delivery ``d`` is the oldest one of its job not delivered yet.
@@ -333,19 +336,26 @@ def next_delivery_at(db: sqlite3.Connection) -> float | None:
 
 
 def mark_delivery(
-    db: sqlite3.Connection, seq: int, status: int | None, delivered: bool, next_at: float
+    db: sqlite3.Connection,
+    seq: int,
+    status: int | None,
+    delivered: bool,
+    next_at: float,
+    error: str | None = None,
 ) -> None:
+    """Record one attempt of delivery ``seq``: its status (None: no answer), why it
+    failed when no status says it, and when to try again (``inf``: never)."""
     if delivered:
         db.execute(
-            "UPDATE deliveries SET attempts = attempts + 1, last_status = ?, delivered_at = ?"
-            " WHERE seq = ?",
+            "UPDATE deliveries SET attempts = attempts + 1, last_status = ?, delivered_at = ?,"
+            " last_error = NULL WHERE seq = ?",
             (status, time.time(), seq),
         )
     else:
         db.execute(
-            "UPDATE deliveries SET attempts = attempts + 1, last_status = ?, next_at = ?"
-            " WHERE seq = ?",
-            (status, next_at, seq),
+            "UPDATE deliveries SET attempts = attempts + 1, last_status = ?, next_at = ?,"
+            " last_error = ? WHERE seq = ?",
+            (status, next_at, error, seq),
         )
 
 

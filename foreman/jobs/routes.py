@@ -20,15 +20,16 @@ Errors use Ollama's shape, ``{"error": "..."}``.
 
 from __future__ import annotations
 
-import json
 import os
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx2
 import trio
 from quart import Blueprint, Response, request
 
-from ..control.responses import error_response, json_response
+from ..control.responses import error_response, json_response, parse_json
 from ..dataplane.errors import ModelNotFound
 from ..dataplane.jsonwire import dumps, rfc3339
 from ..dataplane.names import is_cloud, normalize
@@ -43,6 +44,8 @@ ENDPOINTS = ("chat", "generate", "embed")
 PRIORITIES = ("batch", "interactive")
 MAX_PAGE = 500
 MAX_BATCH = 1000  # jobs in one POST /jobs array
+MAX_WEBHOOK_URL = 8192  # characters in a state_webhook_url
+_PRINTABLE = re.compile(r"[\x21-\x7e]+")
 
 
 def job_routes(jobs: Jobs) -> Blueprint:
@@ -122,7 +125,7 @@ def job_routes(jobs: Jobs) -> Blueprint:
     @routes.post("/jobs")
     async def submit() -> Response:
         try:
-            body = json.loads(await request.get_data())
+            body = parse_json(await request.get_data())
         except ValueError:
             return error_response("the body must be a JSON object (or an array of them)", 400)
         batch = isinstance(body, list)
@@ -245,7 +248,28 @@ def _problem(body: Any) -> str | None:
         return "metadata: a JSON object"
     url = body.get("state_webhook_url")
     if url is not None:
-        parts = urlsplit(url) if isinstance(url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-            return "state_webhook_url: an http:// or https:// URL"
+        problem = webhook_url_problem(url)
+        if problem is not None:
+            return f"state_webhook_url: {problem}"
+    return None
+
+
+def webhook_url_problem(url: Any) -> str | None:
+    """What makes ``url`` unfit for a webhook (the webhook sender could not even try
+    it), or None. An http:// or https:// URL of at most :data:`MAX_WEBHOOK_URL`
+    characters, printable ASCII, with a host and a valid port."""
+    if not isinstance(url, str):
+        return "an http:// or https:// URL"
+    if len(url) > MAX_WEBHOOK_URL:
+        return f"at most {MAX_WEBHOOK_URL} characters"
+    if not _PRINTABLE.fullmatch(url):
+        return "printable ASCII only (percent-encode the rest)"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError on a port that is not a number)
+        parsed = httpx2.URL(url)
+    except (ValueError, httpx2.InvalidURL) as exc:
+        return f"not a valid URL ({exc})"
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return "an http:// or https:// URL"
     return None

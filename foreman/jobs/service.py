@@ -34,8 +34,9 @@ from ..dataplane.errors import TargetError, TargetStatus
 from ..dataplane.gate import Gate
 from ..outbound import AddressPolicy, PolicyBackend, policed_transport
 from ..settings import Settings
-from ..store import Store
+from ..store import Store, StoreUnavailable
 from ..store.private import write_private
+from ..tasks import supervised
 from . import records
 from .assemble import StreamError, assemble
 from .records import Job
@@ -89,6 +90,7 @@ class Jobs:
         self._deliveries = trio.Event()  # a delivery is due: the sender looks again
         self._webhook_transport = webhook_transport
         self._epoch = time.time() - trio.current_time()  # see now(); built inside trio
+        self._nursery: trio.Nursery | None = None
 
     def now(self) -> float:
         """Wall-clock seconds since the Unix epoch, read off trio's clock.
@@ -153,20 +155,30 @@ class Jobs:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Recover jobs a dead process left running, then run the queue's tasks; never returns.
 
-        Supports ``await nursery.start(jobs.run)``: ``started()`` comes once recovery is done.
+        Supports ``await nursery.start(jobs.run)``: ``started()`` comes at once (a faulty
+        store delays the queue, never foreman's start); the workers start once recovery is
+        done. Each loop runs under :func:`~foreman.tasks.supervised`: one that raises starts
+        again instead of ending the root nursery.
         """
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await supervised("the job queue's recovery", self._recover, self.store)
+            for name, task in (
+                ("the chat job worker", self._chat_worker),
+                ("the embed job worker", self._embed_worker),
+                ("the webhook sender", self._send_webhooks),
+                ("the job janitor", self._janitor),
+            ):
+                nursery.start_soon(supervised, name, task, self.store)
+
+    async def _recover(self) -> None:
         recovered = await self.store.call(
             records.recover_interrupted, self.settings.job_max_attempts
         )
         for job in recovered:
             LOGGER.warning("job %s was interrupted by foreman's stop: now %s", job.id, job.state)
         await self._touched()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._chat_worker)
-            nursery.start_soon(self._embed_worker)
-            nursery.start_soon(self._send_webhooks)
-            nursery.start_soon(self._janitor)
-            task_status.started()
 
     async def _touched(self) -> None:
         """The queue changed: refresh the depths and wake the workers and the sender."""
@@ -182,7 +194,8 @@ class Jobs:
             self._deliveries = trio.Event()
 
     async def _wait_for(self, endpoints: tuple[str, ...]) -> Job:
-        """The next queued job of these endpoints, once there is one and the target is up.
+        """The next queued job of these endpoints, once there is one, the target is up and
+        the store works (a job could not save its answer).
 
         Waits on events only (a submission, a cancellation, the target coming back),
         never on a timer: an idle queue costs nothing.
@@ -195,6 +208,8 @@ class Jobs:
                 await changed.wait()
             elif degraded.value:  # unreachable is transient: the jobs wait
                 await degraded.wait_value(False)
+            elif self.store.problem.value is not None:  # so is a full disk
+                await self.store.wait_working()
             else:
                 return job
 
@@ -221,7 +236,12 @@ class Jobs:
             while True:
                 await self._wait_for(EMBEDS)
                 await slots.acquire()
-                job = await self.store.call(records.claim_next, EMBEDS)
+                try:
+                    job = await self.store.call(records.claim_next, EMBEDS)
+                except StoreUnavailable:  # running embed jobs go on; new ones wait
+                    slots.release()
+                    await self.store.wait_working()
+                    continue
                 if job is None:
                     slots.release()
                     continue
@@ -234,28 +254,56 @@ class Jobs:
             slots.release()
 
     async def _run(self, job: Job) -> None:
-        """Run one claimed job to its next state."""
+        """Run one claimed job to its next state.
+
+        A job the store or the disk failed (its artifact or its new state could not be
+        written) goes back to the queue, its attempt not spent; a new state that cannot
+        be written now is written once the store works again, without holding the gate.
+        """
         scope, finished = trio.CancelScope(), trio.Event()
         self.running[job.id] = (scope, finished)
         outcome: tuple[str, dict[str, Any]] = ("cancelled", {})
         try:
             with scope:
                 outcome = await self._execute(job)
+        except (OSError, StoreUnavailable) as exc:
+            if isinstance(exc, OSError):
+                self.store.failed(f"cannot write job artifacts: {exc}")
+            LOGGER.warning("job %s: %s; it goes back to the queue", job.id, exc)
+            outcome = ("queued", {})
         except Exception as exc:  # a bug must not stop the worker
             LOGGER.exception("job %s failed inside foreman", job.id)
             outcome = ("failed", {"error": f"foreman: internal error: {exc}"})
         finally:
             del self.running[job.id]
+            state, changes = outcome
+            if state == "queued":  # the target vanished: try again, attempt not spent
+                changes = {"attempts": job.attempts - 1, "started_at": None, **changes}
             with trio.CancelScope(shield=True):
-                state, changes = outcome
-                if state == "queued":  # the target vanished: try again, attempt not spent
-                    changes = {"attempts": job.attempts - 1, "started_at": None, **changes}
-                await self.store.call(records.transition, job.id, state, **changes)
-                if state in self.finished:
-                    self.finished[state] += 1
+                try:
+                    await self._settle(job.id, state, changes)
+                except StoreUnavailable:  # later, from the queue's nursery
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._settle_later, job.id, state, changes)
                 finished.set()
-                await self._touched()
         LOGGER.info("job %s (%s %s): %s", job.id, job.endpoint, job.model, outcome[0])
+
+    async def _settle(self, job_id: str, state: str, changes: dict[str, Any]) -> None:
+        await self.store.call(records.transition, job_id, state, **changes)
+        if state in self.finished:
+            self.finished[state] += 1
+        await self._touched()
+
+    async def _settle_later(self, job_id: str, state: str, changes: dict[str, Any]) -> None:
+        """Write a job's new state once the store works (a stop before then leaves the
+        job ``running``, which the next start puts back in the queue)."""
+        while True:
+            await self.store.wait_working()
+            try:
+                await self._settle(job_id, state, changes)
+                return
+            except StoreUnavailable:
+                continue
 
     async def _execute(self, job: Job) -> tuple[str, dict[str, Any]]:
         """Send the job's request to the target; returns (next state, column changes)."""
@@ -338,6 +386,13 @@ class Jobs:
                     await wake.wait()
 
     async def _deliver(self, client: httpx2.AsyncClient, delivery: dict[str, Any]) -> None:
+        """Attempt one delivery and record the attempt on its row.
+
+        Whatever the row holds (a URL stored before it was checked, say), a failure is
+        recorded on that delivery and the sender goes on: an answer that is not 2xx or
+        no answer is tried again with back-off; a URL the client cannot use at all is
+        given up at once.
+        """
         headers = {"content-type": "application/json", "user-agent": "foreman"}
         if self.settings.webhook_secret:
             digest = hmac.new(
@@ -345,20 +400,27 @@ class Jobs:
             ).hexdigest()
             headers["x-foreman-signature"] = f"sha256={digest}"
         status: int | None = None
+        error: str | None = None
+        usable = True
+        attempts = delivery["attempts"] + 1
+        url, job_id = delivery["url"], delivery["job_id"]
         try:
-            response = await client.post(delivery["url"], content=delivery["body"], headers=headers)
+            response = await client.post(url, content=delivery["body"], headers=headers)
             status = response.status_code
         except httpx2.HTTPError as exc:
-            LOGGER.info("webhook %s for job %s: %s", delivery["url"], delivery["job_id"], exc)
+            error = str(exc) or type(exc).__name__
+            LOGGER.info("webhook %.200r for job %s: %s", url, job_id, error)
+        except Exception as exc:  # noqa: BLE001  (InvalidURL, UnicodeError: nothing to retry)
+            error, usable = f"cannot be sent: {exc}"[:500], False
+            LOGGER.warning("webhook for job %s %s; given up", job_id, error)
         delivered = status is not None and 200 <= status < 300
-        attempts = delivery["attempts"] + 1
         backoff = min(2.0 ** (attempts - 1), WEBHOOK_MAX_BACKOFF)
-        next_at = self.now() + backoff if attempts < WEBHOOK_MAX_ATTEMPTS else math.inf
-        if not delivered and attempts >= WEBHOOK_MAX_ATTEMPTS:
-            LOGGER.warning(
-                "webhook for job %s given up after %d attempts", delivery["job_id"], attempts
-            )
-        await self.store.call(records.mark_delivery, delivery["seq"], status, delivered, next_at)
+        next_at = self.now() + backoff if usable and attempts < WEBHOOK_MAX_ATTEMPTS else math.inf
+        if not delivered and usable and attempts >= WEBHOOK_MAX_ATTEMPTS:
+            LOGGER.warning("webhook for job %s given up after %d attempts", job_id, attempts)
+        await self.store.call(
+            records.mark_delivery, delivery["seq"], status, delivered, next_at, error
+        )
 
     # --- retention ---------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from typing import Any
 import trio
 
 from ..dataplane.jsonwire import rfc3339
-from ..store import Store
+from ..store import Store, StoreUnavailable
 from .identity import ANONYMOUS, TOKEN_ADMIN, User
 from .sessions import Sessions
 
@@ -233,5 +233,5 @@ class Users:
             await trio.sleep(REFRESH)
             try:
                 await self.reload()
-            except sqlite3.Error as exc:  # keep the keys we have; try again later
+            except (sqlite3.Error, StoreUnavailable) as exc:  # keep the keys we have; later
                 LOGGER.warning("users: cannot reload: %s", exc)

@@ -17,8 +17,8 @@ import trio
 from rich.table import Table
 
 from ..settings import default_data_dir
-from ..store import open_store
-from ..terminal import fail, print_table
+from ..store import StoreError, StoreUnavailable, open_store
+from ..terminal import data_dir_option, fail, print_table
 from . import create_user, list_users, revoke_user
 
 __all__ = ["users"]
@@ -37,18 +37,12 @@ def _call(data_dir: str | None, fn: Callable[..., T], *args: Any) -> T:
 
     try:
         return trio.run(run)
-    except ValueError as exc:
+    except (ValueError, StoreError, StoreUnavailable) as exc:
         fail(str(exc))
 
 
 @click.group()
-@click.option(
-    "--data-dir",
-    envvar="FOREMAN_DATA_DIR",
-    show_envvar=True,
-    metavar="DIR",
-    help="foreman's data directory (default: the platform's user data directory).",
-)
+@data_dir_option
 @click.pass_context
 def users(ctx: click.Context, data_dir: str | None) -> None:
     """Users and their API keys: add, list, revoke.

@@ -12,14 +12,13 @@ Errors use Ollama's shape, ``{"error": "..."}``; a bad field is a 422 naming it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any
 
 from quart import Blueprint, Response, request
 
-from ..control.responses import error_response, json_response
+from ..control.responses import error_response, json_response, parse_json
 from . import USER_SCOPE_KEY, Users, create_user, list_users, revoke_user
 
 __all__ = ["user_routes"]
@@ -51,7 +50,7 @@ def user_routes(users: Users) -> Blueprint:
     @_admins_only
     async def create() -> Response:
         try:
-            body = json.loads(await request.get_data())
+            body = parse_json(await request.get_data())
         except ValueError:
             body = None
         if not isinstance(body, dict):

@@ -28,6 +28,24 @@ for the JSON API.
 from __future__ import annotations
 
 from . import backend_pages, dashboard, signin, user_pages  # noqa: F401  (they add routes)
-from ._common import ASSET_VERSION, human_age, human_size, install, local, page_error, pages
+from ._common import (
+    ASSET_VERSION,
+    human_age,
+    human_size,
+    install,
+    local,
+    page_error,
+    page_message,
+    pages,
+)
 
-__all__ = ["ASSET_VERSION", "human_age", "human_size", "install", "local", "page_error", "pages"]
+__all__ = [
+    "ASSET_VERSION",
+    "human_age",
+    "human_size",
+    "install",
+    "local",
+    "page_error",
+    "page_message",
+    "pages",
+]

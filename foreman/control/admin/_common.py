@@ -301,14 +301,19 @@ async def page_error(exc: HTTPException) -> Response:
     signed-in reader keeps the navigation."""
     messages = {404: "There is no such page.", 405: "That page does not take this method."}
     message = messages.get(exc.code or 500, exc.description or "Error.")
+    return await page_message(message, exc.code or 500)
+
+
+async def page_message(message: str, status: int) -> Response:
+    """An error page under ``/admin/`` saying ``message`` (a store that cannot save, say);
+    a signed-in reader keeps the navigation."""
     session = session_of()
     if session is not None and _EXTENSION in current_app.extensions:
-        html, status = await render(session, "error.html", exc.code or 500, message=message)
+        html, status = await render(session, "error.html", status, message=message)
     else:
         html = await render_template(
             "admin/error.html", message=message, asset_version=ASSET_VERSION
         )
-        status = exc.code or 500
     response = Response(html, status=status, content_type="text/html; charset=utf-8")
     response.headers.update(SECURITY_HEADERS)
     return response
