@@ -62,7 +62,7 @@ async def open_gateway(
     os.makedirs(settings.data_path, exist_ok=True)
     async with (
         open_target(settings, transport=transport) as target,
-        open_store(os.path.join(settings.data_path, "foreman.db")) as store,
+        open_store(settings.store_location) as store,
         trio.open_nursery() as nursery,
     ):
         gate = Gate(settings.max_queue, settings.max_waiting_bytes)

@@ -20,6 +20,8 @@ from foreman.standins.ollama import Faults, StandIn
 
 from .conftest import Foreman, chat_body, open_foreman
 
+pytestmark = pytest.mark.usefixtures("database")  # every test on SQLite and on PostgreSQL
+
 MASK = re.compile(rb'("created_at":"[^"]*"|"[a-z_]*duration":\d+)')
 
 

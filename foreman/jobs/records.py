@@ -271,8 +271,9 @@ def add_artifact(
     db: sqlite3.Connection, job_id: str, name: str, content_type: str, size: int, path: str
 ) -> None:
     db.execute(
-        "INSERT OR REPLACE INTO artifacts (job_id, name, content_type, size, path)"
-        " VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO artifacts (job_id, name, content_type, size, path) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (job_id, name) DO UPDATE SET content_type = excluded.content_type,"
+        " size = excluded.size, path = excluded.path",
         (job_id, name, content_type, size, path),
     )
 

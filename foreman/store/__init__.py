@@ -1,98 +1,66 @@
-"""The store: one SQLite database (WAL) in ``FOREMAN_DATA_DIR``, ``foreman.db``.
+"""The store: foreman's state, in SQLite (the default) or PostgreSQL (several replicas).
 
-Every call runs in one dedicated thread (:meth:`Store.call`): SQLite is never touched
-from the trio thread, and there is exactly one writer. Schema migrations are the
-numbered ``migrations/NNNN_*.sql`` files, applied in order at open; ``PRAGMA
-user_version`` records the last one applied.
+Unset ``FOREMAN_DATABASE_URL``: one SQLite database (WAL) in ``FOREMAN_DATA_DIR``,
+``foreman.db`` (:mod:`.sqlite`). ``postgresql://…``: that database, shared by every
+replica (:mod:`.postgres`). Both run each call in a worker thread, never in the trio
+thread, and apply the same numbered migrations (:mod:`.migrations`) at open.
+
+Store functions take the connection first and use the DB-API subset both share
+(``?`` placeholders, rows by index or column name, ``sqlite3`` error classes); see
+:mod:`.postgres` for what is translated.
 """
 
 from __future__ import annotations
 
-import logging
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-import trio
-
-__all__ = ["Store", "open_store"]
-
-LOGGER = logging.getLogger("foreman.store")
+__all__ = ["Store", "is_database_url", "open_store"]
 
 T = TypeVar("T")
 
 
-class Store:
-    """A SQLite connection owned by one worker thread.
+class Store(Protocol):
+    """What every store offers.
 
-    Use :meth:`call` for every access: ``await store.call(fn, *args)`` runs
-    ``fn(connection, *args)`` in the store's thread and returns its result; a
-    function that writes commits (or rolls back on error) as one transaction.
+    ``await store.call(fn, *args)`` runs ``fn(connection, *args)`` in a worker thread
+    and returns its result; a function that writes commits (or rolls back on error)
+    as one transaction. ``dialect`` is ``"sqlite"`` or ``"postgresql"``; ``shared`` is
+    whether other replicas may use the same database; ``location`` names it for
+    people (a path, or the URL without its password).
     """
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._connection = connection
-        self._limiter = trio.CapacityLimiter(1)  # one thread at a time: the one writer
+    dialect: str
+    shared: bool
+    location: str
 
-    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(connection, *args, **kwargs)`` in the store's thread, in one transaction.
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
 
-        Cancellation does not interrupt a call already running (SQLite is not
-        interruptible midway); the caller returns once it is done.
-        """
-        return await trio.to_thread.run_sync(
-            self._transaction, lambda db: fn(db, *args, **kwargs), limiter=self._limiter
-        )
-
-    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        with self._connection:  # commit, or roll back on an exception
-            return fn(self._connection)
+    async def ping(self) -> None: ...
 
 
-def _migrate(connection: sqlite3.Connection) -> int:
-    """Apply the migrations not applied yet; returns the schema version."""
-    version = connection.execute("PRAGMA user_version").fetchone()[0]
-    scripts = sorted(
-        (entry.name, entry)
-        for entry in resources.files(__package__).joinpath("migrations").iterdir()
-        if entry.name.endswith(".sql")
-    )
-    for name, entry in scripts:
-        number = int(name.split("_", 1)[0])
-        if number <= version:
-            continue
-        LOGGER.info("store: applying migration %s", name)
-        connection.executescript(
-            f"BEGIN;\n{entry.read_text()}\nPRAGMA user_version = {number};\nCOMMIT;"
-        )
-        version = number
-    return version
-
-
-def _connect(path: str) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    connection.execute("PRAGMA journal_mode = WAL")
-    connection.execute("PRAGMA synchronous = NORMAL")  # durable across crashes of foreman
-    connection.execute("PRAGMA foreign_keys = ON")
-    connection.execute("PRAGMA busy_timeout = 5000")
-    _migrate(connection)
-    connection.isolation_level = "DEFERRED"  # from here on, `with connection` is a transaction
-    connection.row_factory = sqlite3.Row
-    return connection
+def is_database_url(location: str) -> bool:
+    """Whether ``location`` is a PostgreSQL URL rather than a SQLite file path."""
+    return location.startswith(("postgresql://", "postgres://"))
 
 
 @asynccontextmanager
-async def open_store(path: str) -> AsyncIterator[Store]:
-    """Open (creating and migrating as needed) the database at ``path``.
+async def open_store(location: str) -> AsyncIterator[Any]:
+    """Open (creating and migrating as needed) the store at ``location``: a SQLite file
+    path, or a ``postgresql://`` URL.
 
     Raises:
-        sqlite3.Error: the file cannot be opened or migrated.
+        sqlite3.Error: the database cannot be opened or migrated (both stores raise
+            :mod:`sqlite3`'s classes).
     """
-    connection = await trio.to_thread.run_sync(_connect, path)
-    try:
-        yield Store(connection)
-    finally:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(connection.close)
+    if is_database_url(location):
+        from .postgres import open_postgres  # psycopg only loads when it is used
+
+        async with open_postgres(location) as store:
+            yield store
+    else:
+        from .sqlite import open_sqlite
+
+        async with open_sqlite(location) as store:
+            yield store
