@@ -25,12 +25,12 @@ from .backends.ollama.inventory import Inventory
 from .backends.ollama.residency import Residency
 from .backends.ollama.target import open_target
 from .backends.registry import Sealer, ensure_builtin
-from .dataplane.gate import Gate
+from .dataplane.gate import run_gates
 from .gateway import Gateway
 from .jobs import Jobs
 from .server import serve, tls_context
 from .settings import GRACE_MARGIN, Settings
-from .store import open_store
+from .store import REPLICA, open_store
 from .users import Users
 
 __all__ = ["Gateway", "open_gateway", "run", "serve_until_signalled"]
@@ -65,7 +65,8 @@ async def open_gateway(
         open_store(settings.store_location) as store,
         trio.open_nursery() as nursery,
     ):
-        gate = Gate(settings.max_queue, settings.max_waiting_bytes)
+        new_gate = await nursery.start(run_gates, settings, store, REPLICA)  # ADR 16
+        gate = new_gate(settings.ollama_url.rstrip("/").lower())
         residency = Residency(
             target,
             settings.embed_model,
@@ -90,7 +91,9 @@ async def open_gateway(
         gateway = Gateway(settings, target, nursery, gate, inventory, residency, builtin)
         gateway.users = Users(store, settings.token)
         await nursery.start(gateway.users.run)
-        gateway.backends = Backends(settings, store, sealer, builtin, transports=backend_transports)
+        gateway.backends = Backends(
+            settings, store, sealer, builtin, transports=backend_transports, new_gate=new_gate
+        )
         await nursery.start(gateway.backends.run)
         gateway.jobs = Jobs(gateway, store, webhook_transport=webhook_transport)
         await nursery.start(gateway.jobs.run)

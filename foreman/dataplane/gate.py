@@ -10,16 +10,16 @@ lane, and a holder is never pre-empted (``docs/adr/0010-the-queue.md``).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import trio
 
 from .errors import GateFull
 
-__all__ = ["LANES", "Gate", "GateStatistics", "Lane"]
+__all__ = ["LANES", "Gate", "GateStatistics", "Lane", "run_gates"]
 
 Lane = Literal["interactive", "batch"]
 LANES: tuple[Lane, ...] = ("interactive", "batch")
@@ -115,3 +115,27 @@ class Gate:
             waiting_bytes=self._waiting_bytes,
             waiting_batch=len(self._lanes["batch"]),
         )
+
+
+async def run_gates(
+    settings: Any,
+    store: Any,
+    replica: str,
+    *,
+    task_status: trio.TaskStatus[Callable[[str], Any]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Choose the gates at start: ``task_status.started(new_gate)``, where
+    ``new_gate(name)`` makes the gate of the Ollama server ``name`` (its URL).
+
+    With SQLite (one process) that is the in-process :class:`Gate` and this returns at
+    once; with PostgreSQL (several replicas) it is
+    :class:`~foreman.dataplane.clustergate.ClusterGate`, and this listens for the
+    cluster's hand-overs until cancelled.
+    """
+    if not store.shared:
+        task_status.started(lambda name: Gate(settings.max_queue, settings.max_waiting_bytes))
+        return
+    from .clustergate import ClusterGates  # psycopg only loads with a database URL
+
+    gates = ClusterGates(store, replica, settings.max_queue, settings.max_waiting_bytes)
+    await gates.run(task_status=task_status)

@@ -12,13 +12,18 @@ Store functions take the connection first and use the DB-API subset both share
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["Store", "is_database_url", "open_store"]
+__all__ = ["REPLICA", "Store", "is_database_url", "open_store"]
 
 T = TypeVar("T")
+
+#: This process's name among the replicas: ``FOREMAN_REPLICA_ID``, else ``host-pid``.
+REPLICA = os.environ.get("FOREMAN_REPLICA_ID") or f"{socket.gethostname()}-{os.getpid()}"
 
 
 class Store(Protocol):
