@@ -30,10 +30,11 @@ import trio
 
 from ..dataplane.errors import TargetError, TargetStatus
 from ..gateway import Gateway
-from ..store import Store
+from ..store import REPLICA, Store
 from . import records
 from .assemble import StreamError, assemble
 from .records import Job
+from .replicas import LEASE, LOOK_AGAIN, keep_leases
 
 __all__ = ["Jobs"]
 
@@ -65,6 +66,8 @@ class Jobs:
     ) -> None:
         self.gw = gw
         self.store = store
+        self.shared = store.shared  # other replicas run jobs too (foreman.jobs.replicas)
+        self._claim: tuple[Any, ...] = (REPLICA, LEASE) if self.shared else ()
         self.settings = gw.settings
         self.artifact_dir = os.path.join(self.settings.data_path, "artifacts")
         self.running: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
@@ -129,7 +132,9 @@ class Jobs:
         Supports ``await nursery.start(jobs.run)``: ``started()`` comes once recovery is done.
         """
         recovered = await self.store.call(
-            records.recover_interrupted, self.settings.job_max_attempts
+            records.recover_interrupted,
+            self.settings.job_max_attempts,
+            time.time() if self.shared else None,  # only jobs no live replica holds
         )
         for job in recovered:
             LOGGER.warning("job %s was interrupted by foreman's stop: now %s", job.id, job.state)
@@ -139,6 +144,9 @@ class Jobs:
             nursery.start_soon(self._embed_worker)
             nursery.start_soon(self._send_webhooks)
             nursery.start_soon(self._janitor)
+            if self.shared:
+                max_attempts = self.settings.job_max_attempts
+                nursery.start_soon(keep_leases, self.store, REPLICA, max_attempts, self._touched)
             task_status.started()
 
     async def _touched(self) -> None:
@@ -165,7 +173,8 @@ class Jobs:
             changed = self._changed
             job = await self.store.call(records.peek_next, endpoints)
             if job is None:
-                await changed.wait()
+                with trio.move_on_after(LOOK_AGAIN if self.shared else math.inf):
+                    await changed.wait()
             elif degraded.value:  # unreachable is transient: the jobs wait
                 await degraded.wait_value(False)
             else:
@@ -177,7 +186,7 @@ class Jobs:
             job = await self._wait_for(CHATS)
             async with self.gw.gate.hold(lane=job.priority):  # type: ignore[arg-type]
                 # the best job now, which may not be the one waited for
-                job = await self.store.call(records.claim_next, CHATS)
+                job = await self.store.call(records.claim_next, CHATS, *self._claim)
                 if job is None:
                     continue
                 self.chat_job = job.id
@@ -194,7 +203,7 @@ class Jobs:
             while True:
                 await self._wait_for(EMBEDS)
                 await slots.acquire()
-                job = await self.store.call(records.claim_next, EMBEDS)
+                job = await self.store.call(records.claim_next, EMBEDS, *self._claim)
                 if job is None:
                     slots.release()
                     continue
@@ -273,6 +282,11 @@ class Jobs:
         return "succeeded", {}
 
     async def _artifact(self, job: Job, name: str, content_type: str, data: bytes) -> None:
+        if self.shared:  # every replica serves it: in the row, not in this one's directory
+            await self.store.call(
+                records.add_artifact, job.id, name, content_type, len(data), "", data
+            )
+            return
         relative = os.path.join("artifacts", job.id, name)
         path = os.path.join(self.settings.data_path, relative)
 
@@ -296,7 +310,8 @@ class Jobs:
         ) as client:
             while True:
                 wake = self._deliveries
-                due = await self.store.call(records.due_deliveries, self.now(), 50)
+                claim = WEBHOOK_TIMEOUT + 5.0 if self.shared else None  # one replica each
+                due = await self.store.call(records.due_deliveries, self.now(), 50, claim)
                 if due:  # one job's deliveries go one at a time, in order; jobs in parallel
                     async with trio.open_nursery() as batch:
                         for delivery in due:
@@ -305,6 +320,8 @@ class Jobs:
                 upcoming = await self.store.call(records.next_delivery_at)
                 # a millisecond late, so that the retry is surely due when we look again
                 delay = math.inf if upcoming is None else max(0.0, upcoming - self.now()) + 0.001
+                if self.shared:  # another replica's deliveries wake nobody here
+                    delay = min(delay, LOOK_AGAIN)
                 with trio.move_on_after(delay):  # a retry falls due, or a new delivery comes
                     await wake.wait()
 
