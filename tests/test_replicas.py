@@ -1,0 +1,128 @@
+"""Several replicas on one PostgreSQL database, in one process: each an open_foreman of
+its own (its own store pool, gates, workers) in front of one stand-in."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+import trio
+
+from foreman.jobs import records
+from foreman.jobs.replicas import RENEW
+from foreman.standins.ollama import StandIn
+
+from .conftest import Foreman, chat_body, open_foreman
+from .test_jobs import Receiver
+
+
+@pytest.fixture
+def standin() -> StandIn:
+    return StandIn(token_rate=200.0)  # quick chats: the hand-overs are what is tested
+
+
+@pytest.fixture
+async def url(pg_cluster: Any) -> str:
+    return pg_cluster.new_database()
+
+
+async def succeeded(fm: Foreman, job_id: str) -> dict[str, Any]:
+    """The job once it has succeeded (asked every 50 ms; the caller sets the deadline)."""
+    while (job := (await fm.client.get(f"/jobs/{job_id}")).json())["state"] != "succeeded":  # noqa: ASYNC110
+        await trio.sleep(0.05)
+    return job
+
+
+@asynccontextmanager
+async def replicas(
+    nursery: trio.Nursery, standin: StandIn, url: str, count: int, **changes: Any
+) -> AsyncIterator[tuple[list[Foreman], Receiver]]:
+    receiver = Receiver()
+    async with AsyncExitStack() as stack:
+        found = [
+            await stack.enter_async_context(
+                open_foreman(
+                    nursery,
+                    standin,
+                    database_url=url,
+                    secret_key="shared secret",
+                    webhook_transport=httpx.MockTransport(receiver.handle),
+                    **changes,
+                )
+            )
+            for _ in range(count)
+        ]
+        yield found, receiver
+
+
+async def test_chats_on_every_replica_never_overlap_at_the_target(
+    nursery: trio.Nursery, standin: StandIn, url: str
+) -> None:
+    async with replicas(nursery, standin, url, 3) as (fms, _):
+
+        async def chat(fm: Foreman, n: int) -> None:
+            response = await fm.client.post("/api/chat", json=chat_body(text=f"chat {n}"))
+            assert response.status_code == 200, response.text
+
+        async with trio.open_nursery() as chats:
+            for n in range(12):
+                chats.start_soon(chat, fms[n % 3], n)
+        assert standin.chats_total == 12
+        assert standin.max_chats_in_flight == 1
+
+
+async def test_jobs_submitted_across_replicas_run_once_each_with_their_webhooks(
+    nursery: trio.Nursery, standin: StandIn, url: str
+) -> None:
+    async with replicas(nursery, standin, url, 2) as (fms, receiver):
+        ids = []
+        for n in range(16):
+            body = {
+                "endpoint": "chat",
+                "request": chat_body(text=f"job {n}", stream=False),
+                "state_webhook_url": "http://hooks.test/job",
+            }
+            response = await fms[n % 2].client.post("/jobs", json=body)
+            assert response.status_code == 202, response.text
+            ids.append(response.json()["id"])
+        with trio.fail_after(60):
+            for job_id in ids:
+                await succeeded(fms[0], job_id)
+            while any(receiver.states(job_id)[-1:] != ["succeeded"] for job_id in ids):  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        assert standin.chats_total == 16 and standin.max_chats_in_flight == 1
+        for job_id in ids:  # each state once, in order, whichever replica sent it
+            assert receiver.states(job_id) == ["queued", "running", "succeeded"]
+        ran_on = [fm.gw.jobs.finished["succeeded"] for fm in fms]  # type: ignore[union-attr]
+        assert sum(ran_on) == 16
+        artifact = await fms[1].client.get(f"/jobs/{ids[0]}/artifacts/response.json")
+        assert artifact.status_code == 200 and artifact.json()["done"] is True
+
+
+async def test_a_job_whose_replica_died_is_taken_over_once_its_lease_runs_out(
+    nursery: trio.Nursery, standin: StandIn, url: str
+) -> None:
+    async with replicas(nursery, standin, url, 1) as ((fm,), _):
+        response = await fm.client.post("/jobs", json={"endpoint": "embed", "request": {
+            "model": "nomic-embed-text", "input": "x"}})  # fmt: skip
+        job_id = response.json()["id"]
+        with trio.fail_after(10):
+            await succeeded(fm, job_id)
+
+        def died_running_it(db: Any) -> None:  # as a replica SIGKILLed mid-run leaves it
+            db.execute(
+                "UPDATE jobs SET state = 'running', runner = 'ghost', lease_until = ?,"
+                " finished_at = NULL WHERE id = ?",
+                (time.time() + 1.0, job_id),
+            )
+
+        assert fm.gw.jobs is not None
+        await fm.gw.jobs.store.call(died_running_it)
+        with trio.fail_after(RENEW * 3):
+            job = await succeeded(fm, job_id)
+        assert job["attempts"] == 2  # ran again, as after a restart
+        assert await fm.gw.jobs.store.call(records.count_queued) == 0
