@@ -144,15 +144,17 @@ class App:
 
         path = scope["path"]
         if is_page(path):  # the settings pages: a browser session, never a bearer key
-            session = self.sessions.lookup(cookie_value(headers.cookie))
+            session = await self.sessions.find(cookie_value(headers.cookie))
             scope[SESSION_SCOPE_KEY] = session
             if session is not None:
                 exchange.user = session.user.name
                 scope[USER_SCOPE_KEY] = session.user
         elif path not in self._public:
             user = self.users.authenticate(headers.authorization)
+            if user is None and self.users.shared:  # made on another replica a moment ago?
+                user = await self.users.fetch(headers.authorization)
             if user is None and path.startswith("/admin/api/"):  # the pages' own calls
-                session = self.sessions.lookup(cookie_value(headers.cookie))
+                session = await self.sessions.find(cookie_value(headers.cookie))
                 if session is not None:
                     if scope["method"] not in _SAFE and not session.csrf_ok(headers.csrf):
                         exchange.outcome = "error"

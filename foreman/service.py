@@ -28,6 +28,7 @@ from .backends.registry import Sealer, ensure_builtin
 from .dataplane.gate import run_gates
 from .gateway import Gateway
 from .jobs import Jobs
+from .replicas import follow_replicas
 from .server import serve, tls_context
 from .settings import GRACE_MARGIN, Settings
 from .store import REPLICA, open_store
@@ -95,6 +96,7 @@ async def open_gateway(
             settings, store, sealer, builtin, transports=backend_transports, new_gate=new_gate
         )
         await nursery.start(gateway.backends.run)
+        await nursery.start(follow_replicas, gateway, store)  # shared users, backends, sessions
         gateway.jobs = Jobs(gateway, store, webhook_transport=webhook_transport)
         await nursery.start(gateway.jobs.run)
         yield gateway

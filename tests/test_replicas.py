@@ -126,3 +126,53 @@ async def test_a_job_whose_replica_died_is_taken_over_once_its_lease_runs_out(
             job = await succeeded(fm, job_id)
         assert job["attempts"] == 2  # ran again, as after a restart
         assert await fm.gw.jobs.store.call(records.count_queued) == 0
+
+
+async def test_users_keys_sessions_and_backends_hold_on_every_replica(
+    nursery: trio.Nursery, standin: StandIn, url: str
+) -> None:
+    from .test_admin_pages import ADMIN_KEY, browser, csrf_of, make_user, sign_in
+
+    async with replicas(nursery, standin, url, 2, token=ADMIN_KEY) as ((a, b), _):
+        key = await make_user(a, "ada")  # made on A, used on B at once
+        tags = await b.client.get("/api/tags", headers={"authorization": f"Bearer {key}"})
+        assert tags.status_code == 200
+
+        async with browser(a) as on_a:  # a sign-in on A opens a page on B
+            await sign_in(on_a, key)
+            cookie = {"cookie": f"foreman_session={on_a.cookies['foreman_session']}"}
+            page = await b.client.get("/admin/backends", headers=cookie)
+            assert page.status_code == 200 and "ada" in page.text
+
+            admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+            added = await a.client.post(  # a backend added on A
+                "/admin/api/backends",
+                json={"name": "claude", "type": "anthropic", "api_key": "sk-x"},
+                headers=admin,
+            )
+            assert added.status_code == 201, added.text
+            revoked = await a.client.delete("/admin/api/users/ada", headers=admin)
+            assert revoked.status_code == 200, revoked.text
+            with trio.fail_after(1.0):  # ... and the revocation hold on B within a second
+                while not (  # noqa: ASYNC110
+                    b.gw.backends is not None
+                    and "claude" in {r.name for r in b.gw.backends.records.values()}
+                    and (
+                        await b.client.get("/api/tags", headers={"authorization": f"Bearer {key}"})
+                    ).status_code
+                    == 401
+                ):
+                    await trio.sleep(0.02)
+            page = await b.client.get("/admin/backends", headers=cookie)
+            assert page.status_code == 303  # the revoked user's session is closed on B too
+
+        async with browser(a) as on_a:  # a sign-out on A closes the session on B
+            await sign_in(on_a, ADMIN_KEY)
+            cookie = {"cookie": f"foreman_session={on_a.cookies['foreman_session']}"}
+            page = await b.client.get("/admin/", headers=cookie)
+            assert page.status_code == 200
+            out = await on_a.post("/admin/logout", data={"csrf_token": csrf_of(page.text)})
+            assert out.status_code == 303
+            with trio.fail_after(1.0):
+                while (await b.client.get("/admin/", headers=cookie)).status_code == 200:  # noqa: ASYNC110
+                    await trio.sleep(0.02)

@@ -33,7 +33,7 @@ from psycopg.pq import Format
 
 from .migrations import scripts, to_postgres
 
-__all__ = ["Connection", "PostgresStore", "Row", "connect", "open_postgres", "redact"]
+__all__ = ["CHANGES", "Connection", "PostgresStore", "Row", "connect", "open_postgres", "redact"]
 
 LOGGER = logging.getLogger("foreman.store")
 
@@ -41,6 +41,39 @@ T = TypeVar("T")
 
 #: pg_advisory_xact_lock key held while migrating ("fm-migr" in ASCII, any fixed number).
 MIGRATION_LOCK = 0x666D2D6D69677200
+
+#: The channel on which every committed change to shared state is announced, as
+#: ``table:key`` (a backend's id, a user's name, a session's token hash, ...): replicas
+#: listen and reload (``foreman/replicas.py``). Triggers, so that no write path can forget.
+CHANGES = "foreman_changes"
+_TRIGGERS = f"""
+CREATE OR REPLACE FUNCTION foreman_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    k text;
+BEGIN
+    IF TG_OP = 'DELETE' THEN r := OLD; ELSE r := NEW; END IF;
+    IF TG_TABLE_NAME = 'backends' THEN k := r.id::text;
+    ELSIF TG_TABLE_NAME = 'backend_models' THEN k := r.backend_id::text;
+    ELSIF TG_TABLE_NAME = 'preferences' THEN k := r.user_name;
+    ELSIF TG_TABLE_NAME = 'users' THEN k := r.name;
+    ELSE k := r.token_hash;
+    END IF;
+    PERFORM pg_notify('{CHANGES}', TG_TABLE_NAME || ':' || k);
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER foreman_users AFTER INSERT OR UPDATE OR DELETE ON users
+    FOR EACH ROW EXECUTE FUNCTION foreman_changed();
+CREATE OR REPLACE TRIGGER foreman_backends AFTER INSERT OR UPDATE OR DELETE ON backends
+    FOR EACH ROW EXECUTE FUNCTION foreman_changed();
+CREATE OR REPLACE TRIGGER foreman_selected AFTER UPDATE OF is_selected ON backend_models
+    FOR EACH ROW WHEN (OLD.is_selected IS DISTINCT FROM NEW.is_selected)
+    EXECUTE FUNCTION foreman_changed();
+CREATE OR REPLACE TRIGGER foreman_preferences AFTER INSERT OR UPDATE OR DELETE ON preferences
+    FOR EACH ROW EXECUTE FUNCTION foreman_changed();
+CREATE OR REPLACE TRIGGER foreman_sessions AFTER DELETE ON sessions
+    FOR EACH ROW EXECUTE FUNCTION foreman_changed();
+"""
 
 
 class Row(tuple):  # noqa: SLOT001
@@ -193,6 +226,7 @@ def _migrate(connection: psycopg.Connection[Any]) -> int:
             connection.execute(to_postgres(text))
             connection.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
             version = number
+        connection.execute(_TRIGGERS)  # PostgreSQL only; replaced at every start
     return version
 
 

@@ -123,6 +123,14 @@ def _active(db: sqlite3.Connection) -> tuple[dict[str, User], bool]:
     return active, bool(active) or db.execute("SELECT EXISTS (SELECT 1 FROM users)").fetchone()[0]
 
 
+def _find_active(db: sqlite3.Connection, key_hash: str) -> tuple[str, str] | None:
+    """(name, role) of the active user with this key hash, or None."""
+    row = db.execute(
+        "SELECT name, role FROM users WHERE key_hash = ? AND revoked_at IS NULL", (key_hash,)
+    ).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
 def _shown(row: sqlite3.Row) -> dict[str, Any]:
     return {
         "name": row["name"],
@@ -181,6 +189,25 @@ class Users:
         if self._token_hash is not None and hmac.compare_digest(key_hash, self._token_hash):
             return TOKEN_ADMIN
         return self._by_hash.get(key_hash)
+
+    @property
+    def shared(self) -> bool:
+        """Whether other replicas make users too (a shared database)."""
+        return bool(getattr(self.store, "shared", False))
+
+    async def fetch(self, authorization: bytes | None) -> User | None:
+        """:meth:`authenticate` for a key this replica has not loaded yet: asks the store
+        (several replicas: a user made on another one works here at once)."""
+        scheme, _, given = (authorization or b"").partition(b" ")
+        if scheme.lower() != b"bearer" or not given.strip():
+            return None
+        key_hash = _hash(given.strip())
+        row = await self.store.call(_find_active, key_hash)
+        if row is None:
+            return None
+        self._by_hash[key_hash] = user = User(row[0], row[1])
+        self._any = True
+        return user
 
     async def reload(self) -> None:
         """Read the active users again (after a change made through the API)."""

@@ -175,7 +175,7 @@ def admin_pages(gw: Gateway, manager: Manager) -> Blueprint:
                     if fetched():  # admin.js reloads, and the page then asks to sign in
                         return {"error": "signed out"}, 401
                     if users.open and request.method == "GET":  # no key needed: go on
-                        opened = sessions.sign_in("")
+                        opened = await sessions.sign_in("")
                         assert opened is not None
                         return signed_in(redirect(request.path, 303), opened[0])
                     if request.method != "GET":
@@ -242,19 +242,19 @@ def admin_pages(gw: Gateway, manager: Manager) -> Blueprint:
         expected = cookie_value(cookies(), LOGIN_COOKIE)
         if not same_origin() or not expected or not same_secret(form.get("csrf_token"), expected):
             raise BadForm
-        opened = sessions.sign_in(form.get("key", "").strip())
+        opened = await sessions.sign_in(form.get("key", "").strip())
         if opened is None:
             error = "That key is not valid (or it was revoked)."
             return await login_page(form.get("next", ""), error, 401)
         old = session_of()
         if old is not None:
-            sessions.sign_out(old)
+            await sessions.sign_out(old)
         return signed_in(redirect(_local(form.get("next")), 303), opened[0])
 
     @pages.post("/admin/logout")
     @page()
     async def logout(session: Session) -> Any:
-        sessions.sign_out(session)
+        await sessions.sign_out(session)
         response = redirect("/admin/login", 303)
         response.delete_cookie(COOKIE, path="/admin/")
         return response
@@ -515,8 +515,8 @@ def admin_pages(gw: Gateway, manager: Manager) -> Blueprint:
         await users.reload()
         response = redirect("/admin/users", 303)
         if first:
-            sessions.sign_out(session)
-            token, session = sessions.sign_in(key) or (None, session)
+            await sessions.sign_out(session)
+            token, session = await sessions.sign_in(key) or (None, session)
             assert token is not None, "a key just made signs in"
             signed_in(response, token)
             session.flash(f"foreman is closed now: you are signed in as {made['name']}.")
