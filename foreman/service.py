@@ -32,6 +32,7 @@ from .replicas import follow_replicas
 from .server import serve, tls_context
 from .settings import GRACE_MARGIN, Settings
 from .store import REPLICA, open_store
+from .store.health import StoreHealth
 from .users import Users
 
 __all__ = ["Gateway", "open_gateway", "run", "serve_until_signalled"]
@@ -97,6 +98,8 @@ async def open_gateway(
         )
         await nursery.start(gateway.backends.run)
         await nursery.start(follow_replicas, gateway, store)  # shared users, backends, sessions
+        gateway.store_health = StoreHealth(store, REPLICA)
+        await nursery.start(gateway.store_health.watch)
         gateway.jobs = Jobs(gateway, store, webhook_transport=webhook_transport)
         await nursery.start(gateway.jobs.run)
         yield gateway

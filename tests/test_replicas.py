@@ -176,3 +176,32 @@ async def test_users_keys_sessions_and_backends_hold_on_every_replica(
             with trio.fail_after(1.0):
                 while (await b.client.get("/admin/", headers=cookie)).status_code == 200:  # noqa: ASYNC110
                     await trio.sleep(0.02)
+
+
+async def test_health_shows_the_database_and_readyz_follows_it(
+    nursery: trio.Nursery, standin: StandIn, url: str, pg_cluster: Any
+) -> None:
+    from foreman.store import REPLICA
+
+    async with replicas(nursery, standin, url, 1) as ((fm,), _):
+        health = (await fm.client.get("/healthz")).json()
+        assert health["replica"] == REPLICA
+        assert health["database"] == {
+            "kind": "postgresql", "location": url, "reachable": True, "error": None}  # fmt: skip
+        metrics = (await fm.client.get("/metrics")).text
+        assert f'foreman_replica_info{{database="postgresql",replica="{REPLICA}"}} 1.0' in metrics
+        assert (await fm.client.get("/readyz")).status_code == 200
+
+        name = url.rsplit("/", 1)[1]  # the database goes away: no session, no new one
+        pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        pg_cluster.admin(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        )
+        with trio.fail_after(10):
+            while (ready := await fm.client.get("/readyz")).status_code != 503:  # noqa: ASYNC110
+                await trio.sleep(0.1)
+        assert ready.json()["database"]["reachable"] is False
+        pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        with trio.fail_after(15):
+            while (await fm.client.get("/readyz")).status_code != 200:  # noqa: ASYNC110
+                await trio.sleep(0.1)

@@ -24,6 +24,7 @@ from ..dataplane.errors import ForemanError
 from ..dataplane.jsonwire import rfc3339
 from ..gateway import Gateway
 from ..jobs import job_routes
+from ..store import REPLICA
 from ..users.routes import user_routes
 from .admin import admin_pages, page_error
 from .responses import json_response
@@ -86,7 +87,8 @@ def create_control_app(gw: Gateway) -> QuartTrio:
 
     @app.route("/readyz", methods=["GET"])
     async def readyz() -> Response:
-        return json_response(health(gw), 503 if gw.inventory.degraded.value else 200)
+        store_down = gw.store_health is not None and not gw.store_health.reachable
+        return json_response(health(gw), 503 if gw.inventory.degraded.value or store_down else 200)
 
     return app
 
@@ -104,7 +106,8 @@ def health(gw: Gateway) -> dict[str, Any]:
                    "waiting_bytes": int},
          "embeds_in_flight": int,
          "jobs": {"queued": {"interactive": int, "batch": int}, "running": id | None},
-         "backends": [{"name", "type", "state"}, ...]}   (shared backends only)
+         "backends": [{"name", "type", "state"}, ...],   (shared backends only)
+         "database": {"kind", "location", "reachable", "error"} | None, "replica": id}
     """
     inventory, residency = gw.inventory, gw.residency
     gate = gw.gate.statistics()
@@ -144,4 +147,6 @@ def health(gw: Gateway) -> dict[str, Any]:
             for r in gw.backends.records.values()
             if r.owner is None  # unauthenticated: users' own backends are theirs to see
         ],
+        "database": None if gw.store_health is None else gw.store_health.report(),
+        "replica": REPLICA,
     }

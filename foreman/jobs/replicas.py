@@ -20,7 +20,7 @@ import trio
 
 from . import records
 
-__all__ = ["LEASE", "LOOK_AGAIN", "RENEW", "keep_leases"]
+__all__ = ["LEASE", "LOOK_AGAIN", "RENEW", "keep_leases", "resilient"]
 
 LOGGER = logging.getLogger("foreman.jobs")
 
@@ -51,4 +51,16 @@ async def keep_leases(
             LOGGER.warning("job %s: its replica stopped; now %s", job.id, job.state)
         if recovered:
             await touched()
+        await trio.sleep(RENEW)
+
+
+async def resilient(task: Callable[[], Awaitable[None]]) -> None:
+    """Run ``task`` (a queue task that never returns) again whenever the store fails
+    under it: a database that goes away for a while pauses the queue, never foreman.
+    Jobs a failure leaves ``running`` are taken over when their lease runs out."""
+    while True:
+        try:
+            await task()
+        except* sqlite3.Error as group:
+            LOGGER.warning("jobs: the store failed (%s); again soon", group.exceptions[0])
         await trio.sleep(RENEW)

@@ -34,7 +34,7 @@ from ..store import REPLICA, Store
 from . import records
 from .assemble import StreamError, assemble
 from .records import Job
-from .replicas import LEASE, LOOK_AGAIN, keep_leases
+from .replicas import LEASE, LOOK_AGAIN, keep_leases, resilient
 
 __all__ = ["Jobs"]
 
@@ -140,10 +140,8 @@ class Jobs:
             LOGGER.warning("job %s was interrupted by foreman's stop: now %s", job.id, job.state)
         await self._touched()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._chat_worker)
-            nursery.start_soon(self._embed_worker)
-            nursery.start_soon(self._send_webhooks)
-            nursery.start_soon(self._janitor)
+            for task in (self._chat_worker, self._embed_worker, self._send_webhooks, self._janitor):
+                nursery.start_soon(resilient, task)
             if self.shared:
                 max_attempts = self.settings.job_max_attempts
                 nursery.start_soon(keep_leases, self.store, REPLICA, max_attempts, self._touched)
