@@ -1,4 +1,4 @@
-"""The ``foreman`` command: ``serve``, ``demo``, ``standin``, ``jobs`` and ``users``.
+"""The ``foreman`` command: ``serve``, ``demo``, ``standin``, ``jobs``, ``users`` and ``store``.
 
 Every ``serve`` flag is also an environment variable (see :data:`foreman.settings.OPTIONS`);
 a flag wins over its variable. An invalid value exits with status 2 and one line
@@ -22,6 +22,7 @@ from . import __version__
 from .jobs.cli import jobs
 from .logs import configure_logging
 from .settings import OPTIONS, ConfigError, Settings
+from .store.copy import store
 from .users.cli import users
 
 __all__ = ["main"]
@@ -278,3 +279,4 @@ def standin(
 
 main.add_command(jobs)
 main.add_command(users)
+main.add_command(store)

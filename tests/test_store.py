@@ -206,3 +206,48 @@ def test_a_database_url_needs_the_secret_key_and_a_postgresql_scheme() -> None:
         Settings.from_env({"FOREMAN_DATABASE_URL": "mysql://db", "FOREMAN_SECRET_KEY": "k"})
     both = {"FOREMAN_DATABASE_URL": "postgresql://fm@db/foreman", "FOREMAN_SECRET_KEY": "k"}
     assert Settings.from_env(both).store_location == "postgresql://fm@db/foreman"
+
+
+async def test_store_copy_moves_a_sqlite_store_onto_postgresql(
+    pg_cluster: Any, tmp_path: Any
+) -> None:
+    import sys
+
+    import trio
+
+    from foreman.store.copy import copy_store
+
+    sealer = Sealer("a secret", str(tmp_path))
+    async with open_store(str(tmp_path / "foreman.db")) as source:
+        await source.call(create_user, "ada", "admin")
+        fields = {"name": "claude", "type": "anthropic", "api_key": "sk-x"}
+        claude = await source.call(insert_backend, sealer, fields, None)
+        job = {
+            "id": "j1", "endpoint": "chat", "request": b"{}", "model": "m", "priority": "batch",
+            "metadata": {}, "webhook_url": "http://h/", "base_url": "",
+        }  # fmt: skip
+        await source.call(records.insert_jobs, [job], 10)
+        (tmp_path / "artifacts" / "j1").mkdir(parents=True)
+        (tmp_path / "artifacts" / "j1" / "response.json").write_bytes(b'{"done": true}')
+        await source.call(
+            records.add_artifact, "j1", "response.json", "application/json", 14,
+            "artifacts/j1/response.json")  # fmt: skip
+    url = pg_cluster.empty_database()
+    copied = copy_store(str(tmp_path / "foreman.db"), url, str(tmp_path))
+    assert copied["users"] == copied["backends"] == copied["jobs"] == copied["deliveries"] == 1
+    async with open_store(url) as target:
+        assert [u["name"] for u in await target.call(list_users)] == ["ada"]
+        (stored,) = [b for b in await target.call(list_backends, sealer) if b.name == "claude"]
+        assert (stored.id, stored.api_key) == (claude.id, "sk-x")  # same id, key still opens
+        assert await target.call(records.artifact_content, "j1", "response.json") == (
+            b'{"done": true}'
+        )
+        await target.call(create_user, "bob", "user")  # the ids go on after the copied ones
+    command = [sys.executable, "-m", "foreman", "store", "copy"]
+    again = await trio.run_process(  # a second copy is refused, in one line
+        [*command, "--data-dir", str(tmp_path), "--to", url], capture_stderr=True, check=False
+    )
+    assert again.returncode == 1
+    assert again.stderr.decode().strip() == (
+        "foreman: the target already has users: copy into an empty database"
+    )
