@@ -205,3 +205,25 @@ async def test_health_shows_the_database_and_readyz_follows_it(
         with trio.fail_after(15):
             while (await fm.client.get("/readyz")).status_code != 200:  # noqa: ASYNC110
                 await trio.sleep(0.1)
+
+
+def test_the_replicas_compose_file_shares_one_database_behind_a_balancer() -> None:
+    import pathlib
+
+    import yaml
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    compose = yaml.safe_load((root / "compose.replicas.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"postgres", "ollama", "foreman-a", "foreman-b", "balancer"}
+    replicas = [services["foreman-a"], services["foreman-b"]]
+    for replica in replicas:
+        env = replica["environment"]
+        assert env["FOREMAN_DATABASE_URL"].startswith("postgresql://foreman:")
+        assert env["FOREMAN_SECRET_KEY"].startswith("${FOREMAN_SECRET_KEY:?")
+        assert "ports" not in replica  # only the balancer is published
+    assert {r["environment"]["FOREMAN_REPLICA_ID"] for r in replicas} == {"foreman-a", "foreman-b"}
+    assert services["balancer"]["ports"] == ["8080:8080"]
+    conf = (root / "deploy/balancer/nginx.conf").read_text()
+    assert "server foreman-a:8080" in conf and "server foreman-b:8080" in conf
+    assert "proxy_buffering off;" in conf  # streams pass chunk by chunk

@@ -217,7 +217,7 @@ async def test_store_copy_moves_a_sqlite_store_onto_postgresql(
 
     from foreman.store.copy import copy_store
 
-    sealer = Sealer("a secret", str(tmp_path))
+    sealer = Sealer(None, str(tmp_path))  # a generated secret.key, as by default
     async with open_store(str(tmp_path / "foreman.db")) as source:
         await source.call(create_user, "ada", "admin")
         fields = {"name": "claude", "type": "anthropic", "api_key": "sk-x"}
@@ -233,19 +233,22 @@ async def test_store_copy_moves_a_sqlite_store_onto_postgresql(
             records.add_artifact, "j1", "response.json", "application/json", 14,
             "artifacts/j1/response.json")  # fmt: skip
     url = pg_cluster.empty_database()
-    copied = copy_store(str(tmp_path / "foreman.db"), url, str(tmp_path))
+    copied = copy_store(str(tmp_path / "foreman.db"), url, str(tmp_path), "the replicas' key")
     assert copied["users"] == copied["backends"] == copied["jobs"] == copied["deliveries"] == 1
     async with open_store(url) as target:
         assert [u["name"] for u in await target.call(list_users)] == ["ada"]
-        (stored,) = [b for b in await target.call(list_backends, sealer) if b.name == "claude"]
-        assert (stored.id, stored.api_key) == (claude.id, "sk-x")  # same id, key still opens
+        replicas = Sealer("the replicas' key", str(tmp_path / "elsewhere"))
+        (stored,) = [b for b in await target.call(list_backends, replicas) if b.name == "claude"]
+        assert (stored.id, stored.api_key) == (claude.id, "sk-x")  # same id, sealed anew
         assert await target.call(records.artifact_content, "j1", "response.json") == (
             b'{"done": true}'
         )
         await target.call(create_user, "bob", "user")  # the ids go on after the copied ones
     command = [sys.executable, "-m", "foreman", "store", "copy"]
     again = await trio.run_process(  # a second copy is refused, in one line
-        [*command, "--data-dir", str(tmp_path), "--to", url], capture_stderr=True, check=False
+        [*command, "--data-dir", str(tmp_path), "--to", url, "--secret-key", "k"],
+        capture_stderr=True,
+        check=False,
     )
     assert again.returncode == 1
     assert again.stderr.decode().strip() == (

@@ -4,9 +4,9 @@ Copies every row foreman keeps — users, backends and their models, preferences
 their artifacts (files are read into the rows, as replicas keep them) and webhook
 deliveries — from ``foreman.db`` in the data directory into a PostgreSQL database,
 migrated first, in one transaction. The target must hold no users, backends or jobs
-yet. Ids are kept (sealed API keys stay valid with the same ``FOREMAN_SECRET_KEY``;
-a store that used a generated ``secret.key`` needs its content as that key — see the
-README). Waiting places and sign-in sessions are not copied.
+yet. Ids are kept. Backends' API keys are sealed again with ``FOREMAN_SECRET_KEY`` (which
+every replica needs): opened with it, or else with the data directory's generated
+``secret.key``. Waiting places and sign-in sessions are not copied.
 """
 
 from __future__ import annotations
@@ -35,15 +35,25 @@ TABLES = (
 )
 
 
-def copy_store(source: str, url: str, data_dir: str) -> dict[str, int]:
+def copy_store(source: str, url: str, data_dir: str, secret_key: str) -> dict[str, int]:
     """Copy the SQLite database at ``source`` into the PostgreSQL ``url`` (blocking);
-    returns the rows copied by table.
+    returns the rows copied by table. API keys end sealed with ``secret_key``.
 
     Raises:
         ValueError: the target already holds foreman's data.
         sqlite3.Error: either database cannot be read or written.
     """
+    from ..backends.registry import Sealer
     from .postgres import Connection, _migrate, connect
+
+    new, old = Sealer(secret_key, data_dir), Sealer(None, data_dir)
+    has_key_file = os.path.exists(os.path.join(data_dir, "secret.key"))
+
+    def reseal(sealed: bytes | None) -> bytes | None:
+        if sealed is None or new.open(sealed) is not None or not has_key_file:
+            return sealed  # none, already sealed with the new key, or unreadable as before
+        opened = old.open(sealed)
+        return sealed if opened is None else new.seal(opened)
 
     copied: dict[str, int] = {}
     with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as reader, connect(url) as target:
@@ -57,9 +67,10 @@ def copy_store(source: str, url: str, data_dir: str) -> dict[str, int]:
                 raise ValueError(f"the target already has {table}: copy into an empty database")
         for table, identity in TABLES:
             columns = [row[1] for row in reader.execute(f"PRAGMA table_info({table})")]
-            rows = [
-                _row(table, dict(row), data_dir) for row in reader.execute(f"SELECT * FROM {table}")
-            ]
+            found = reader.execute(f"SELECT * FROM {table}")
+            rows = [_row(table, dict(row), data_dir) for row in found]
+            for row in rows if table == "backends" else ():
+                row["api_key"] = reseal(row["api_key"])
             if table == "artifacts":
                 columns = [*dict.fromkeys([*columns, "content"])]
             if rows:
@@ -101,7 +112,15 @@ def store() -> None:
     help="The data directory holding foreman.db (default: the platform's user data directory).",
 )
 @click.option("--to", "url", required=True, metavar="URL", help="postgresql://… to copy into.")
-def copy(data_dir: str | None, url: str) -> None:
+@click.option(
+    "--secret-key",
+    envvar="FOREMAN_SECRET_KEY",
+    show_envvar=True,
+    required=True,
+    metavar="TOKEN",
+    help="The key every replica will have: backends' API keys are sealed again with it.",
+)
+def copy(data_dir: str | None, url: str, secret_key: str) -> None:
     """Copy every user, backend, preference, job, artifact and delivery into PostgreSQL."""
     directory = data_dir or default_data_dir()
     source = os.path.join(directory, "foreman.db")
@@ -112,7 +131,7 @@ def copy(data_dir: str | None, url: str) -> None:
     import psycopg
 
     try:
-        copied = trio.run(trio.to_thread.run_sync, copy_store, source, url, directory)
+        copied = trio.run(trio.to_thread.run_sync, copy_store, source, url, directory, secret_key)
     except (ValueError, sqlite3.Error, OSError, psycopg.Error) as exc:
         fail(str(exc))
     click.echo(", ".join(f"{count} {table}" for table, count in copied.items()) + " copied")
