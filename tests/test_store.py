@@ -254,3 +254,42 @@ async def test_store_copy_moves_a_sqlite_store_onto_postgresql(
     assert again.stderr.decode().strip() == (
         "foreman: the target already has users: copy into an empty database"
     )
+
+
+def test_a_postgresql_variant_replaces_its_migration_there_only() -> None:
+    import pathlib
+
+    folder = pathlib.Path(__file__).resolve().parent.parent / "foreman/store/migrations"
+    common = {name: text for _, name, text in scripts()}
+    assert common == {p.name: p.read_text() for p in folder.glob("*.sql")}
+    for _, name, text in scripts("postgresql"):  # a variant, where present, replaces it
+        variant = folder / "postgresql" / name
+        assert text == (variant.read_text() if variant.is_file() else common[name])
+    assert [n for _, n, _ in scripts("postgresql")] == list(common)  # no extra, no fewer
+
+
+async def test_the_postgresql_backend_names_migration_keeps_keys_and_ids(pg_cluster: Any) -> None:
+    """migrations/postgresql/0006_backend_names.sql on a database at version 4."""
+    from foreman.store.postgres import connect
+
+    url = pg_cluster.empty_database()
+    variant = (
+        __import__("pathlib").Path(__file__).resolve().parent.parent
+        / "foreman/store/migrations/postgresql/0006_backend_names.sql"
+    )
+    with connect(url, autocommit=True) as db:
+        for number, _, text in scripts("postgresql"):
+            if number <= 4:
+                db.execute(to_postgres(text))
+        db.execute(
+            "INSERT INTO backends (name, type, created_at, updated_at) VALUES ('x', 'ollama', 0, 0)"
+        )
+        db.execute("INSERT INTO preferences (user_name, default_backend_id) VALUES ('ada', 1)")
+        db.execute(to_postgres(variant.read_text()))
+        db.execute(
+            "INSERT INTO backends (name, type, owner, created_at, updated_at)"
+            " VALUES ('x', 'ollama', 'ada', 0, 0)"
+        )  # the same name, another owner: allowed now; the ids go on
+        db.execute("DELETE FROM backends WHERE id = 1")  # the foreign key still acts
+        row = db.execute("SELECT default_backend_id FROM preferences").fetchone()
+        assert row is not None and row[0] is None

@@ -15,6 +15,10 @@ SQLite                                 PostgreSQL
 
 Booleans are ``INTEGER`` 0/1 columns compared with ``= 1`` (PostgreSQL refuses an
 integer as a condition).
+
+A migration SQLite can only write its own way (rebuilding a table to drop a constraint)
+has a PostgreSQL version of the same file name in ``migrations/postgresql/``, used there
+instead (and only when the common file exists).
 """
 
 from __future__ import annotations
@@ -33,12 +37,17 @@ _REWRITES = (  # upper case only: comments and values keep their words
 )  # fmt: skip
 
 
-def scripts() -> list[tuple[int, str, str]]:
-    """``(number, file name, SQL)`` of every migration, in order."""
+def scripts(dialect: str = "sqlite") -> list[tuple[int, str, str]]:
+    """``(number, file name, SQL)`` of every migration for ``dialect``, in order (for
+    PostgreSQL still to be passed through :func:`to_postgres`)."""
+    folder = resources.files(__package__).joinpath("migrations")
+    own = folder.joinpath(dialect)
     found = []
-    for entry in resources.files(__package__).joinpath("migrations").iterdir():
+    for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
-            found.append((int(entry.name.split("_", 1)[0]), entry.name, entry.read_text()))
+            variant = own.joinpath(entry.name)
+            text = (variant if variant.is_file() else entry).read_text()
+            found.append((int(entry.name.split("_", 1)[0]), entry.name, text))
     return sorted(found)
 
 

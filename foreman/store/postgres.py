@@ -219,7 +219,7 @@ def _migrate(connection: psycopg.Connection[Any]) -> int:
         connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
         row = connection.execute("SELECT MAX(version) FROM schema_version").fetchone()
         version = row[0] if row and row[0] is not None else 0
-        for number, name, text in scripts():
+        for number, name, text in scripts("postgresql"):
             if number <= version:
                 continue
             LOGGER.info("store: applying migration %s", name)
