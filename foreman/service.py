@@ -68,7 +68,7 @@ async def open_gateway(
         trio.open_nursery() as nursery,
     ):
         new_gate = await nursery.start(run_gates, settings, store, REPLICA)  # ADR 16
-        gate = new_gate(settings.ollama_url.rstrip("/").lower())
+        gate = new_gate(target.url.rstrip("/").lower())  # as Backends.gate_for keys it
         residency = Residency(
             target,
             settings.embed_model,

@@ -70,9 +70,9 @@ def _connect(path: str) -> sqlite3.Connection:
     connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     connection.execute("PRAGMA journal_mode = WAL")
     connection.execute("PRAGMA synchronous = NORMAL")  # durable across crashes of foreman
-    connection.execute("PRAGMA foreign_keys = ON")
     connection.execute("PRAGMA busy_timeout = 5000")
-    _migrate(connection)
+    _migrate(connection)  # foreign keys off meanwhile: a rebuilt table cascades nothing
+    connection.execute("PRAGMA foreign_keys = ON")
     connection.isolation_level = "DEFERRED"  # from here on, `with connection` is a transaction
     connection.row_factory = sqlite3.Row
     return connection
