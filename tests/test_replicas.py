@@ -227,3 +227,25 @@ def test_the_replicas_compose_file_shares_one_database_behind_a_balancer() -> No
     conf = (root / "deploy/balancer/nginx.conf").read_text()
     assert "server foreman-a:8080" in conf and "server foreman-b:8080" in conf
     assert "proxy_buffering off;" in conf  # streams pass chunk by chunk
+
+
+async def test_a_job_cancelled_through_another_replica_stops_where_it_runs(
+    nursery: trio.Nursery, standin: StandIn, url: str
+) -> None:
+    async with replicas(nursery, standin, url, 2) as ((a, b), receiver):
+        standin.freeze()  # the job's request hangs at the target: it stays running
+        body = {"endpoint": "chat", "request": chat_body(), "state_webhook_url": "http://h/"}
+        job_id = (await a.client.post("/jobs", json=body)).json()["id"]
+        with trio.fail_after(10):
+            while job_id not in a.gw.jobs.running and job_id not in b.gw.jobs.running:  # type: ignore[union-attr]  # noqa: ASYNC110
+                await trio.sleep(0.02)
+        runner, other = (a, b) if job_id in a.gw.jobs.running else (b, a)  # type: ignore[union-attr]
+        cancelled = await other.client.delete(f"/jobs/{job_id}")
+        assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+        with trio.fail_after(RENEW * 3):  # the replica running it lets go
+            while job_id in runner.gw.jobs.running:  # type: ignore[union-attr]  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        standin.thaw()
+        await trio.sleep(0.5)
+        assert (await runner.client.get(f"/jobs/{job_id}")).json()["state"] == "cancelled"
+        assert receiver.states(job_id) == ["queued", "running", "cancelled"]

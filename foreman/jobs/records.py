@@ -33,6 +33,7 @@ __all__ = [
     "position_of",
     "purge_finished",
     "recover_interrupted",
+    "not_running",
     "renew_leases",
     "transition",
 ]
@@ -227,6 +228,15 @@ def claim_next(
     now = time.time()
     held = {} if lease is None else {"runner": runner, "lease_until": now + lease}
     return transition(db, job.id, "running", attempts=job.attempts + 1, started_at=now, **held)
+
+
+def not_running(db: sqlite3.Connection, job_ids: list[str]) -> list[str]:
+    """Which of ``job_ids`` are no longer ``running`` (cancelled through another replica)."""
+    marks = ", ".join("?" for _ in job_ids)
+    rows = db.execute(
+        f"SELECT id FROM jobs WHERE id IN ({marks}) AND state != 'running'", tuple(job_ids)
+    )
+    return [row[0] for row in rows]
 
 
 def renew_leases(db: sqlite3.Connection, runner: str, until: float) -> int:

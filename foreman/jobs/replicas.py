@@ -31,26 +31,33 @@ RENEW = 3.0  # seconds between renewals (and sweeps for expired leases)
 LOOK_AGAIN = 1.0
 
 
-async def keep_leases(
-    store: Any, replica: str, max_attempts: int, touched: Callable[[], Awaitable[None]]
-) -> None:
-    """Renew this replica's leases and take over expired ones, forever.
+async def keep_leases(jobs: Any, replica: str, max_attempts: int) -> None:
+    """Renew this replica's leases and take over expired ones, forever; stop the jobs it
+    runs that another replica cancelled (``DELETE /jobs/{id}`` reached it).
 
-    ``touched()`` is awaited after a take-over (the workers look again). A store that
+    ``jobs`` is the :class:`~foreman.jobs.service.Jobs` of this replica. A store that
     fails is retried at the next round: the leases then run out, which is what a
     replica cut off from the database should let happen.
     """
+    store = jobs.store
     while True:
         try:
             await store.call(records.renew_leases, replica, time.time() + LEASE)
             recovered = await store.call(records.recover_interrupted, max_attempts, time.time())
+            mine = list(jobs.running)
+            gone = await store.call(records.not_running, mine) if mine else []
         except sqlite3.Error as exc:
             LOGGER.warning("jobs: cannot renew leases (%s)", exc)
-            recovered = []
+            recovered, gone = [], []
+        for job_id in gone:
+            run = jobs.running.get(job_id)
+            if run is not None:
+                LOGGER.info("job %s was cancelled through another replica", job_id)
+                run[0].cancel()
         for job in recovered:
             LOGGER.warning("job %s: its replica stopped; now %s", job.id, job.state)
         if recovered:
-            await touched()
+            await jobs._touched()
         await trio.sleep(RENEW)
 
 

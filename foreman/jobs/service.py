@@ -116,6 +116,8 @@ class Jobs:
         ):  # a queued one: cancelled now; a running one: by its worker, below
             self.finished["cancelled"] += 1
         run = self.running.get(job_id)
+        if run is None and self.shared:  # running on another replica: it stops it (leases)
+            await self.store.call(records.transition, job_id, "cancelled", only_from=("running",))
         if run is not None:
             scope, finished = run
             scope.cancel()
@@ -144,7 +146,7 @@ class Jobs:
                 nursery.start_soon(resilient, task)
             if self.shared:
                 max_attempts = self.settings.job_max_attempts
-                nursery.start_soon(keep_leases, self.store, REPLICA, max_attempts, self._touched)
+                nursery.start_soon(keep_leases, self, REPLICA, max_attempts)
             task_status.started()
 
     async def _touched(self) -> None:
@@ -230,7 +232,9 @@ class Jobs:
                 state, changes = outcome
                 if state == "queued":  # the target vanished: try again, attempt not spent
                     changes = {"attempts": job.attempts - 1, "started_at": None, **changes}
-                await self.store.call(records.transition, job.id, state, **changes)
+                await self.store.call(  # unless another replica cancelled it meanwhile
+                    records.transition, job.id, state, only_from=("running",), **changes
+                )
                 if state in self.finished:
                     self.finished[state] += 1
                 finished.set()
