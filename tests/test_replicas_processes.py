@@ -16,7 +16,7 @@ from typing import Any
 import httpx2 as httpx
 
 from .conftest import chat_body
-from .processes import foreman, standin, until
+from .processes import answering, free_port, process, standin, until
 from .test_jobs_processes import webhook_receiver
 
 #: Stand-in replies long enough that a chat is still streaming when the next arrives.
@@ -25,12 +25,25 @@ SLOW = ("--reply-tokens", "600", "--token-rate", "20")  # 30 s
 
 @contextmanager
 def replicas(target: str, url: str, tmp: Path, count: int = 3) -> Iterator[list[tuple[str, Any]]]:
-    env = {"FOREMAN_DATABASE_URL": url, "FOREMAN_SECRET_KEY": "shared", "FOREMAN_TOKEN": "t"}
+    """``count`` replicas started together (not one after the other), once all are ready."""
     with ExitStack() as stack:
-        yield [
-            stack.enter_context(foreman(target, tmp / f"r{n}", FOREMAN_REPLICA_ID=f"r{n}", **env))
-            for n in range(count)
-        ]
+        started = []
+        for n in range(count):
+            base = f"http://127.0.0.1:{free_port()}"
+            env = {
+                "FOREMAN_OLLAMA_URL": target,
+                "FOREMAN_LISTEN": base[7:],
+                "FOREMAN_DATA_DIR": str(tmp / f"r{n}"),
+                "FOREMAN_LOG_LEVEL": "warning",
+                "FOREMAN_DATABASE_URL": url,
+                "FOREMAN_SECRET_KEY": "shared",
+                "FOREMAN_TOKEN": "t",
+                "FOREMAN_REPLICA_ID": f"r{n}",
+            }
+            started.append((base, stack.enter_context(process("serve", env=env))))
+        for base, _ in started:
+            until(lambda base=base: answering(f"{base}/readyz"), 60, f"replica {base}")
+        yield started
 
 
 AUTH = {"authorization": "Bearer t"}

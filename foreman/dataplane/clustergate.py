@@ -295,13 +295,17 @@ class ClusterGates:
                 await trio.to_thread.run_sync(self._locks.close)
 
     async def _serve(self, listener: psycopg.Connection[Any]) -> None:
+        looked = trio.current_time()
         while True:
             names = await trio.to_thread.run_sync(self._notified, listener, RECHECK)
             for seq, gate in list(self._orphans.items()):
                 del self._orphans[seq]
                 await self.leave(gate, seq)
+            recheck = trio.current_time() - looked >= RECHECK  # a dead session sends nothing
+            if recheck:
+                looked = trio.current_time()
             for gate in self.gates.values():
-                if gate.name in names or (not names and gate.waiting):
+                if gate.name in names or (recheck and gate.waiting):
                     gate.wake()
 
 
