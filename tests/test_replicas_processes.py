@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -87,6 +88,25 @@ def test_sixty_chats_round_robin_one_at_a_time_in_arrival_order(
             thread.join(30)
         prompts = list(httpx.get(f"{target}/_standin/stats").json()["prompts"])
         assert prompts == ["first", *(f"in order {n}" for n in range(9))]
+
+        # a user made through A authenticates on B at once; a sign-in on A opens B's pages
+        made = httpx.post(f"{bases[0]}/admin/api/users", json={"name": "ada"}, headers=AUTH)
+        assert made.status_code == 201, made.text
+        key = made.json()["key"]
+        tags = httpx.get(f"{bases[1]}/api/tags", headers={"authorization": f"Bearer {key}"})
+        assert tags.status_code == 200
+        with httpx.Client() as browser:  # cookies go to every port of 127.0.0.1, as browsers do
+            login = browser.get(f"{bases[0]}/admin/login")
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', login.text)
+            assert csrf is not None
+            signed = browser.post(
+                f"{bases[0]}/admin/login",
+                data={"key": key, "csrf_token": csrf.group(1), "next": "/admin/"},
+                headers={"origin": bases[0]},
+            )
+            assert signed.status_code == 303, signed.text
+            page = browser.get(f"{bases[2]}/admin/backends")
+            assert page.status_code == 200 and "ada" in page.text
 
 
 def test_a_sigkilled_replica_holding_the_slot_mid_stream_frees_it(
