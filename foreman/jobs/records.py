@@ -29,11 +29,11 @@ __all__ = [
     "insert_jobs",
     "list_jobs",
     "mark_delivery",
+    "not_running",
     "peek_next",
     "position_of",
     "purge_finished",
     "recover_interrupted",
-    "not_running",
     "renew_leases",
     "transition",
 ]
