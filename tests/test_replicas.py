@@ -201,6 +201,9 @@ async def test_health_shows_the_database_and_readyz_follows_it(
             while (ready := await fm.client.get("/readyz")).status_code != 503:  # noqa: ASYNC110
                 await trio.sleep(0.1)
         assert ready.json()["database"]["reachable"] is False
+        refused = await fm.client.post("/api/chat", json=chat_body())  # the gate fails closed
+        assert refused.status_code == 503
+        assert refused.json()["error"].startswith("foreman's database is unreachable")
         pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
         with trio.fail_after(15):
             while (await fm.client.get("/readyz")).status_code != 200:  # noqa: ASYNC110

@@ -34,10 +34,10 @@ import psycopg_pool
 import trio
 
 from ..store.postgres import PostgresStore, connect
-from .errors import GateFull
+from .errors import ForemanError, GateFull
 from .gate import GateStatistics, Lane
 
-__all__ = ["CHANNEL", "RECHECK", "ClusterGate", "ClusterGates", "lock_key"]
+__all__ = ["CHANNEL", "RECHECK", "ClusterGate", "ClusterGates", "GateUnavailable", "lock_key"]
 
 LOGGER = logging.getLogger("foreman.gate")
 
@@ -53,6 +53,16 @@ _FIRST = (
     f"SELECT seq FROM gate_tickets t WHERE gate = %s AND {_LIVE}"
     " ORDER BY lane = 'batch', seq LIMIT 1"
 )
+
+
+class GateUnavailable(ForemanError):
+    """503: the database that holds the cluster's gate does not answer, so no chat may
+    start (the gate fails closed)."""
+
+    status_code = 503
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"foreman's database is unreachable, please try again: {detail}")
 
 
 def lock_key(name: str) -> int:
@@ -90,12 +100,17 @@ class ClusterGate:
 
         Raises:
             GateFull: the cluster's interactive line is full, or this replica's bytes are.
-            sqlite3.OperationalError: the database cannot be reached.
+            GateUnavailable: the database does not answer.
         """
         start = trio.current_time()
         if lane == "interactive" and self._waiting_bytes + body_bytes > self.max_waiting_bytes:
             raise GateFull()
-        connection = await self._queue(lane, body_bytes)
+        if not self._gates.listening:  # a ticket needs a live session: fail at once
+            raise GateUnavailable("no session with the database")
+        try:
+            connection = await self._queue(lane, body_bytes)
+        except (sqlite3.Error, psycopg.Error) as exc:  # psycopg_pool's PoolTimeout too
+            raise GateUnavailable(str(exc).splitlines()[0] if str(exc) else "no answer") from exc
         self._held = True
         try:
             yield trio.current_time() - start
@@ -167,6 +182,7 @@ class ClusterGates:
         self.max_waiting, self.max_waiting_bytes = max_waiting, max_waiting_bytes
         self.gates: dict[str, ClusterGate] = {}
         self.session = (0, 0.0)  # the listening session's pid and start
+        self.listening = False  # that session is open
         self._orphans: dict[int, ClusterGate] = {}  # tickets we failed to remove
         self._locks = psycopg_pool.ConnectionPool(
             store.url, min_size=0, max_size=16, kwargs={"autocommit": True}, open=False
@@ -278,12 +294,14 @@ class ClusterGates:
                     LOGGER.warning("gate: cannot listen (%s); retrying", exc)
                     await trio.sleep(RECHECK)
                     continue
+                self.listening = True
                 if not started:
                     started = True
                     task_status.started(self.new)
                 try:
                     await self._serve(listener)
                 except psycopg.Error as exc:
+                    self.listening = False
                     LOGGER.warning("gate: listening session lost (%s)", exc)
                     for gate in self.gates.values():
                         gate.wake()  # their tickets died with the session: they take new ones
