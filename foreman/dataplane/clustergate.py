@@ -43,6 +43,15 @@ LOGGER = logging.getLogger("foreman.gate")
 
 CHANNEL = "foreman_gate"
 RECHECK = 1.0  # seconds: how soon a dead replica's slot or places are noticed
+#: TCP keepalives on the sessions that hold a slot or a place, on both ends: a replica cut
+#: off by the network (no FIN, no RST) loses them after about 5 + 2 * 3 = 11 s, not hours.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "options": "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3",
+}
 
 #: SQL: ticket ``t`` belongs to a session that still exists.
 _LIVE = (
@@ -185,7 +194,11 @@ class ClusterGates:
         self.listening = False  # that session is open
         self._orphans: dict[int, ClusterGate] = {}  # tickets we failed to remove
         self._locks = psycopg_pool.ConnectionPool(
-            store.url, min_size=0, max_size=16, kwargs={"autocommit": True}, open=False
+            store.url,
+            min_size=0,
+            max_size=16,
+            kwargs={"autocommit": True, **KEEPALIVES},
+            open=False,
         )
 
     def new(self, name: str) -> ClusterGate:
@@ -261,7 +274,7 @@ class ClusterGates:
     # --- the listening session -------------------------------------------------------
 
     def _listen(self) -> psycopg.Connection[Any]:
-        listener = connect(self.store.url, autocommit=True)
+        listener = connect(self.store.url, autocommit=True, **KEEPALIVES)
         listener.execute(f"LISTEN {CHANNEL}")
         row = listener.execute(
             "SELECT pg_backend_pid(), extract(epoch FROM backend_start)::float8"
