@@ -42,8 +42,13 @@ def replicas(target: str, url: str, tmp: Path, count: int = 3) -> Iterator[list[
                 "FOREMAN_REPLICA_ID": f"r{n}",
             }
             started.append((base, stack.enter_context(process("serve", env=env))))
-        for base, _ in started:
-            until(lambda base=base: answering(f"{base}/readyz"), 60, f"replica {base}")
+        for base, proc in started:
+            until(
+                lambda base=base, proc=proc: proc.poll() is not None or answering(f"{base}/readyz"),
+                60,
+                f"replica {base}",
+            )
+            assert proc.poll() is None, f"replica {base} stopped: status {proc.returncode}"
         yield started
 
 

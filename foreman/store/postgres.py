@@ -219,14 +219,20 @@ def _migrate(connection: psycopg.Connection[Any]) -> int:
         connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
         row = connection.execute("SELECT MAX(version) FROM schema_version").fetchone()
         version = row[0] if row and row[0] is not None else 0
+        applied = False
         for number, name, text in scripts("postgresql"):
             if number <= version:
                 continue
+            applied = True
             LOGGER.info("store: applying migration %s", name)
             connection.execute(to_postgres(text))
             connection.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
             version = number
-        connection.execute(_TRIGGERS)  # PostgreSQL only; replaced at every start
+        triggers = connection.execute(
+            "SELECT COUNT(*) FROM pg_trigger WHERE tgname LIKE 'foreman\\_%%'"
+        ).fetchone()
+        if applied or not triggers or triggers[0] < _TRIGGERS.count("CREATE OR REPLACE TRIGGER"):
+            connection.execute(_TRIGGERS)  # PostgreSQL only; no DDL at a plain start
     return version
 
 
