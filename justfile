@@ -37,6 +37,10 @@ bench-jobs *ARGS:
 bench-backends *ARGS:
     scripts/bootstrap dev && .venv/bin/python scripts/bench_backends.py {{ARGS}}
 
+# several replicas on one PostgreSQL: chat hand-over between replicas, jobs/s vs SQLite
+bench-replicas *ARGS:
+    scripts/bootstrap dev && .venv/bin/python scripts/bench_replicas.py {{ARGS}}
+
 # lint and format check
 lint:
     scripts/bootstrap dev && .venv/bin/ruff check . && .venv/bin/ruff format --check .

@@ -197,7 +197,7 @@ class App:
 
         path = scope["path"]
         if is_page(path):  # the settings pages: a browser session, never a bearer key
-            session = self.sessions.lookup(cookie_value(headers.cookie))
+            session = await self.sessions.find(cookie_value(headers.cookie))
             scope[SESSION_SCOPE_KEY] = session
             if session is not None:
                 exchange.user = session.user.name
@@ -209,10 +209,12 @@ class App:
                 if face_of(route_key(path)) == ANTHROPIC:
                     authorization = b"Bearer " + headers.api_key
             user = self.users.authenticate(authorization)
-            if user is None and authorization:  # a key made a moment ago?
+            if user is None and authorization and self.users.shared:  # made on another replica?
+                user = await self.users.fetch(authorization)
+            elif user is None and authorization:  # a key made a moment ago?
                 user = await self.users.authenticate_fresh(authorization)
             if user is None and path.startswith("/admin/api/"):  # the pages' own calls
-                session = self.sessions.lookup(cookie_value(headers.cookie))
+                session = await self.sessions.find(cookie_value(headers.cookie))
                 if session is not None:
                     if scope["method"] not in _SAFE and not session.csrf_ok(headers.csrf):
                         exchange.outcome = "error"

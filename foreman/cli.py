@@ -1,4 +1,4 @@
-"""The ``foreman`` command: ``serve``, ``demo``, ``standin``, ``jobs`` and ``users``.
+"""The ``foreman`` command: ``serve``, ``demo``, ``standin``, ``jobs``, ``users`` and ``store``.
 
 Every ``serve`` flag is also an environment variable (see :data:`foreman.settings.OPTIONS`);
 a flag wins over its variable. An invalid value exits with status 2 and one line
@@ -24,6 +24,7 @@ from .backends.cli import secrets
 from .jobs.cli import jobs
 from .logs import configure_logging
 from .settings import OPTIONS, ConfigError, Settings
+from .store.copy import store
 from .users.cli import users
 
 __all__ = ["main"]
@@ -362,3 +363,4 @@ def standin(
 main.add_command(jobs)
 main.add_command(users)
 main.add_command(secrets)
+main.add_command(store)

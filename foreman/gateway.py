@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .backends import Backends
     from .jobs import Jobs
     from .store import Store
+    from .store.health import StoreHealth
     from .users import Users
 
 __all__ = ["Gateway"]
@@ -46,6 +47,7 @@ class Gateway:
     jobs: Jobs | None = None  # the job queue (None: not started, as in unit tests)
     users: Users | None = None  # the API keys (None: only FOREMAN_TOKEN, as in unit tests)
     backends: Backends | None = None  # every backend (None: only the target, as in unit tests)
+    store_health: StoreHealth | None = None  # the database's reachability (None: unit tests)
     metrics: Metrics = field(default_factory=Metrics)
     in_flight: AsyncValue[int] = field(default_factory=lambda: AsyncValue(0))
     live: set[Exchange] = field(default_factory=set)

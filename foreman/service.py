@@ -27,12 +27,15 @@ from .backends.ollama.target import open_target
 from .backends.registry import Sealer, ensure_builtin
 from .backends.sealing import check_sealed
 from .connections import raise_fd_limit, return_big_buffers
-from .dataplane.gate import Gate
+from .dataplane.gates import run_gates
 from .gateway import Gateway
 from .jobs import Jobs
+from .outbound import server_key
+from .replicas import follow_replicas
 from .serving import hypercorn_config, serve
 from .settings import Settings
-from .store import open_store
+from .store import REPLICA, open_store
+from .store.health import StoreHealth
 from .users import Users
 
 __all__ = ["Gateway", "open_gateway", "run", "serve_until_signalled"]
@@ -64,13 +67,14 @@ async def open_gateway(
     os.makedirs(settings.data_path, exist_ok=True)
     async with (
         open_target(settings, transport=transport) as target,
-        open_store(os.path.join(settings.data_path, "foreman.db")) as store,
+        open_store(settings.store_location) as store,
         trio.open_nursery() as nursery,
     ):
         sealer = Sealer(settings.secret_key, settings.data_path)
         await store.call(check_sealed, sealer, allow_unreadable=settings.allow_unreadable_keys)
         await nursery.start(store.watch)
-        gate = Gate(settings.max_queue, settings.max_waiting_bytes)
+        new_gate = await nursery.start(run_gates, settings, store, REPLICA)  # ADR 21
+        gate = new_gate(await server_key(settings.ollama_url))  # as Backends.gate_for keys it
         residency = Residency(
             target,
             settings.embed_model,
@@ -95,8 +99,13 @@ async def open_gateway(
         gateway.store = store
         gateway.users = Users(store, settings.token)
         await nursery.start(gateway.users.run)
-        gateway.backends = Backends(settings, store, sealer, builtin, transports=backend_transports)
+        gateway.backends = Backends(
+            settings, store, sealer, builtin, transports=backend_transports, new_gate=new_gate
+        )
         await nursery.start(gateway.backends.run)
+        await nursery.start(follow_replicas, gateway, store)  # shared users, backends, sessions
+        gateway.store_health = StoreHealth(store, REPLICA)
+        await nursery.start(gateway.store_health.watch)
         gateway.jobs = Jobs(
             settings, target, gate, inventory, store, webhook_transport=webhook_transport
         )

@@ -87,6 +87,13 @@ def _secret(value: str) -> str:
 _SIZE = re.compile(r"\s*(\d+)\s*([kmg]i?b?|b)?\s*", re.IGNORECASE)
 
 
+def _database_url(value: str) -> str:
+    scheme, sep, rest = value.partition("://")
+    if scheme not in ("postgresql", "postgres") or not sep or not rest.strip("/"):
+        raise ValueError("expected a postgresql://USER:PASSWORD@HOST:PORT/DATABASE URL")
+    return value
+
+
 def _size(value: str) -> int:
     """Bytes, with an optional binary unit: ``104857600``, ``100MiB``, ``100M``, ``1GiB``."""
     match = _SIZE.fullmatch(value)
@@ -190,6 +197,7 @@ class Option:
 
 _METAVARS: dict[Callable[[str], Any], str] = {
     _url: "URL",
+    _database_url: "URL",
     _secret: "TOKEN",
     _model: "MODEL",
     _seconds: "SECONDS",
@@ -403,6 +411,16 @@ OPTIONS: tuple[Option, ...] = (
         "(default: the platform's user data directory, e.g. ~/.local/share/foreman).",
     ),
     Option(
+        "database_url",
+        "FOREMAN_DATABASE_URL",
+        "--database-url",
+        None,
+        _database_url,
+        "PostgreSQL database (postgresql://…) holding foreman's state, shared by several"
+        " replicas; needs FOREMAN_SECRET_KEY. Unset: SQLite in the data directory.",
+        secret=True,
+    ),
+    Option(
         "max_jobs",
         "FOREMAN_MAX_JOBS",
         "--max-jobs",
@@ -591,6 +609,7 @@ class Settings:
     log_format: str = "text"
     metrics_public: bool = False
     data_dir: str | None = None
+    database_url: str | None = None
     max_jobs: int = 100_000
     embed_job_concurrency: int = 4
     job_max_attempts: int = 3
@@ -616,11 +635,19 @@ class Settings:
                 o for o in OPTIONS if o.field == ("tls_key" if self.tls_cert else "tls_cert")
             )
             raise ConfigError(option, "<unset>", "FOREMAN_TLS_CERT and FOREMAN_TLS_KEY go together")
+        if self.database_url and not self.secret_key:  # each replica's key file would differ
+            option = next(o for o in OPTIONS if o.field == "secret_key")
+            raise ConfigError(option, "<unset>", "required with FOREMAN_DATABASE_URL")
 
     @property
     def data_path(self) -> str:
         """``data_dir``, or the platform's user data directory for foreman."""
         return self.data_dir or default_data_dir()
+
+    @property
+    def store_location(self) -> str:
+        """Where the store lives: ``database_url``, or ``foreman.db`` in the data directory."""
+        return self.database_url or os.path.join(self.data_path, "foreman.db")
 
     @property
     def scheme(self) -> str:

@@ -9,8 +9,9 @@ the default clock.
 
 from __future__ import annotations
 
+import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,8 @@ import trio.testing
 from foreman import Gateway, Settings, create_app, open_gateway
 from foreman.app import App
 from foreman.standins.ollama import ASGIStreamTransport, StandIn
+
+from .postgres import Cluster, PostgresMissing, start_cluster
 
 TARGET = "http://127.0.0.1:11434"
 
@@ -40,6 +43,11 @@ class Foreman:
 DATA_ROOT = tempfile.TemporaryDirectory(prefix="foreman-tests-")
 
 
+#: The database of the running test when it is parametrized by :func:`database`
+#: (None: SQLite in the data directory, as by default).
+DATABASE_URL: str | None = None
+
+
 def settings(**changes: Any) -> Settings:
     base = Settings(
         ollama_url=TARGET,
@@ -48,8 +56,42 @@ def settings(**changes: Any) -> Settings:
         ps_interval=10.0,
         idle_timeout=60.0,
         data_dir=tempfile.mkdtemp(dir=DATA_ROOT.name),
+        database_url=DATABASE_URL,
+        secret_key="test-secret-key" if DATABASE_URL else None,
     )
     return base.replace(**changes)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """One throwaway PostgreSQL cluster for the whole run (tests/postgres.py).
+
+    Skips when PostgreSQL is missing; fails instead with FOREMAN_REQUIRE_POSTGRES=1.
+    """
+    try:
+        cluster = start_cluster()
+    except PostgresMissing as exc:
+        if os.environ.get("FOREMAN_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"FOREMAN_REQUIRE_POSTGRES=1 but {exc}")
+        pytest.skip(str(exc))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """Runs a test once on SQLite and once on a fresh PostgreSQL database: the
+    test's :func:`settings` (and so :func:`open_foreman`) use it. Yields the URL
+    (None for SQLite)."""
+    global DATABASE_URL
+    if request.param == "sqlite":
+        yield None
+        return
+    DATABASE_URL = request.getfixturevalue("pg_cluster").new_database()
+    try:
+        yield DATABASE_URL
+    finally:
+        DATABASE_URL = None
 
 
 @asynccontextmanager
@@ -86,14 +128,16 @@ async def open_foreman(
 
 
 @pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    """trio's mock clock, jumping once every task has been blocked for 5 ms of real time.
+def autojump_clock(request: pytest.FixtureRequest) -> trio.testing.MockClock:
+    """trio's mock clock, jumping once every task has been blocked for 5 ms of real time
+    (20 ms on PostgreSQL, whose calls take a round trip).
 
     pytest-trio's own jumps at once; but foreman's store runs in a thread, and a clock
     that jumps while a thread works races through every periodic deadline (the
     pollers) until the thread is done. A short real pause lets store calls finish.
     """
-    return trio.testing.MockClock(autojump_threshold=0.005)
+    on_postgres = "database" in request.fixturenames and request.getfixturevalue("database")
+    return trio.testing.MockClock(autojump_threshold=0.02 if on_postgres else 0.005)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 from cryptography.fernet import Fernet, InvalidToken
 
 from foreman.backends.sealing import Sealer
-from foreman.store import _connect
+from foreman.store.sqlite import _connect
 
 from .conftest import chat_body
 from .processes import answering, foreman, free_port, process, standin, until

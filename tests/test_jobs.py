@@ -20,6 +20,8 @@ from foreman.standins.ollama import Faults, StandIn
 
 from .conftest import Foreman, chat_body, open_foreman
 
+pytestmark = pytest.mark.usefixtures("database")  # every test on SQLite and on PostgreSQL
+
 MASK = re.compile(rb'("created_at":"[^"]*"|"[a-z_]*duration":\d+)')
 
 
@@ -387,8 +389,8 @@ async def test_jobs_left_running_by_a_dead_process_are_requeued_or_failed(
         _,
         _,
     ):
-        failed = (await fm.client.get(f"/jobs/{twice['id']}")).json()
-        assert (failed["state"], failed["error"]) == ("failed", "interrupted")
+        failed = await wait_state(fm, twice["id"], "failed")  # recovery runs after start
+        assert failed["error"] == "interrupted"
         done = await wait_state(fm, once["id"], "succeeded")
         assert done["attempts"] == 2
 

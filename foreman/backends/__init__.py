@@ -91,8 +91,12 @@ class Backends:
         *,
         transports: Mapping[str, httpx2.AsyncBaseTransport] | None = None,
         resolver: Resolver = resolve,
+        new_gate: Callable[[str], Gate] | None = None,
     ) -> None:
         self.settings, self.store, self.sealer = settings, store, sealer
+        self._new_gate = new_gate or (
+            lambda _: Gate(settings.max_queue, settings.max_waiting_bytes)
+        )  # the cluster's gates with several replicas (foreman.dataplane.gates.run_gates)
         self.builtin = builtin
         self.records: dict[int, BackendRecord] = {builtin.record.id: builtin.record}
         self.running: dict[int, Backend] = {builtin.record.id: builtin}
@@ -185,7 +189,7 @@ class Backends:
         key = await self.server_key(endpoint)
         gate = self._gates.get(key)
         if gate is None:
-            gate = self._gates[key] = Gate(self.settings.max_queue, self.settings.max_waiting_bytes)
+            gate = self._gates[key] = self._new_gate(key)
         return gate
 
     async def _serve(

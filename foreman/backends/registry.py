@@ -150,7 +150,7 @@ def _record(row: sqlite3.Row, sealer: Sealer) -> BackendRecord:
 
 _SELECT = """
     SELECT b.*, (SELECT model_name FROM backend_models m
-                 WHERE m.backend_id = b.id AND m.is_selected) AS selected_model
+                 WHERE m.backend_id = b.id AND m.is_selected = 1) AS selected_model
     FROM backends b
 """
 
@@ -169,16 +169,16 @@ def ensure_builtin(db: sqlite3.Connection, sealer: Sealer, endpoint: str) -> Bac
     """The backend ``FOREMAN_OLLAMA_URL`` names, created on the first start and its
     endpoint brought up to date on every start. The first one is the shared default."""
     now = time.time()
-    row = db.execute("SELECT id FROM backends WHERE builtin").fetchone()
+    row = db.execute("SELECT id FROM backends WHERE builtin = 1").fetchone()
     if row is None:
         taken = db.execute("SELECT 1 FROM backends WHERE name = ?", (BUILTIN_NAME,)).fetchone()
-        is_default = not db.execute("SELECT 1 FROM backends WHERE is_default").fetchone()
+        is_default = not db.execute("SELECT 1 FROM backends WHERE is_default = 1").fetchone()
         cursor = db.execute(
             "INSERT INTO backends (name, type, endpoint, is_default, builtin, created_at,"
-            " updated_at) VALUES (?, 'ollama', ?, ?, 1, ?, ?)",
+            " updated_at) VALUES (?, 'ollama', ?, ?, 1, ?, ?) RETURNING id",
             (BUILTIN_NAME + ("-builtin" if taken else ""), endpoint, is_default, now, now),
         )
-        backend_id = cursor.lastrowid
+        backend_id = cursor.fetchone()[0]
     else:
         backend_id = row["id"]
         db.execute(
@@ -294,7 +294,7 @@ def insert_backend(
     try:
         cursor = db.execute(
             "INSERT INTO backends (name, type, endpoint, api_key, owner, is_active,"
-            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 checked["name"],
                 checked["type"],
@@ -308,8 +308,7 @@ def insert_backend(
         )
     except sqlite3.IntegrityError:
         raise FieldError("name", f"a backend {checked['name']!r} exists already") from None
-    backend_id = cursor.lastrowid
-    assert backend_id is not None
+    backend_id = cursor.fetchone()[0]
     if checked.get("is_default"):
         _make_default(db, backend_id)
     record = get_backend(db, sealer, backend_id)
@@ -390,7 +389,7 @@ def _check_name_free(
 
 
 def _make_default(db: sqlite3.Connection, backend_id: int) -> None:
-    db.execute("UPDATE backends SET is_default = (id = ?)", (backend_id,))
+    db.execute("UPDATE backends SET is_default = CASE WHEN id = ? THEN 1 ELSE 0 END", (backend_id,))
 
 
 def delete_backend(db: sqlite3.Connection, backend_id: int) -> bool:
@@ -428,12 +427,13 @@ def record_models(
     if (
         models
         and not db.execute(
-            "SELECT 1 FROM backend_models WHERE backend_id = ? AND is_selected", (backend_id,)
+            "SELECT 1 FROM backend_models WHERE backend_id = ? AND is_selected = 1", (backend_id,)
         ).fetchone()
     ):
         select_model(db, backend_id, models[0][0])
     row = db.execute(
-        "SELECT model_name FROM backend_models WHERE backend_id = ? AND is_selected", (backend_id,)
+        "SELECT model_name FROM backend_models WHERE backend_id = ? AND is_selected = 1",
+        (backend_id,),
     ).fetchone()
     return None if row is None else row[0]
 
@@ -465,7 +465,8 @@ def select_model(db: sqlite3.Connection, backend_id: int, model: str) -> bool:
     ).fetchone():
         return False
     db.execute(
-        "UPDATE backend_models SET is_selected = (model_name = ?) WHERE backend_id = ?",
+        "UPDATE backend_models SET is_selected = CASE WHEN model_name = ? THEN 1 ELSE 0 END"
+        " WHERE backend_id = ?",
         (model, backend_id),
     )
     return True

@@ -232,6 +232,19 @@ class _GatewayCollector(Collector):
             for state, count in jobs.finished.items():
                 finished.add_metric([state], count)
             yield finished
+        if gw.store_health is not None:  # which replica answers, and its database's state
+            info = GaugeMetricFamily(
+                "foreman_replica_info",
+                "This replica (1): its id and its database (sqlite | postgresql).",
+                labels=["replica", "database"],
+            )
+            info.add_metric([gw.store_health.replica, gw.store_health.store.dialect], 1)
+            yield info
+            yield _gauge(
+                "foreman_database_reachable",
+                "1 while the database answers (always 1 with SQLite).",
+                int(gw.store_health.reachable),
+            )
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

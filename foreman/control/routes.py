@@ -25,7 +25,7 @@ from ..dataplane.errors import ForemanError
 from ..dataplane.jsonwire import rfc3339
 from ..gateway import Gateway
 from ..jobs import job_routes
-from ..store import StoreUnavailable
+from ..store import REPLICA, StoreUnavailable
 from ..users import USER_SCOPE_KEY
 from ..users.routes import user_routes
 from . import admin
@@ -114,8 +114,19 @@ def brief(gw: Gateway) -> dict[str, Any]:
     """What ``/healthz`` and ``/readyz`` tell a caller without a key: ``{"status": "ok" |
     "degraded"}`` (the target unreachable or the store faulty), nothing about targets,
     backends, jobs or the store's error."""
-    store_problem = gw.store is not None and gw.store.problem.value is not None
+    store_problem = _store_problem(gw) is not None
     return {"status": "degraded" if gw.inventory.degraded.value or store_problem else "ok"}
+
+
+def _store_problem(gw: Gateway) -> str | None:
+    """What is wrong with the store (a fault a call met, or a database that does not
+    answer its pings), or None."""
+    if gw.store is not None and gw.store.problem.value is not None:
+        return gw.store.problem.value
+    health = gw.store_health
+    if health is not None and not health.reachable:
+        return f"database unreachable: {health.error or 'no answer'}"
+    return None
 
 
 def health(gw: Gateway) -> dict[str, Any]:
@@ -132,10 +143,12 @@ def health(gw: Gateway) -> dict[str, Any]:
          "embeds_in_flight": int,
          "jobs": {"queued": {"interactive": int, "batch": int}, "running": id | None},
          "backends": [{"name", "type", "state"}, ...],   (shared backends only)
-         "store": {"status": "ok" | "degraded", "error": str | None}}
+         "store": {"status": "ok" | "degraded", "error": str | None},
+         "database": {"kind", "location", "reachable", "error"} | None, "replica": id}
 
     ``status`` is "degraded" while the target is unreachable or the store is faulty
-    (a full disk, a read-only or vanished database: ``store.error`` says which).
+    (a full disk, a read-only or vanished database, a database that does not answer:
+    ``store.error`` says which).
     """
     inventory, residency = gw.inventory, gw.residency
     gate = gw.gate.statistics()
@@ -149,7 +162,7 @@ def health(gw: Gateway) -> dict[str, Any]:
             "last_warmup": rfc3339(residency.last_warmup),
             "last_error": residency.last_warmup_error,
         }
-    store_problem = None if gw.store is None else gw.store.problem.value
+    store_problem = _store_problem(gw)
     return {
         "status": "degraded" if inventory.degraded.value or store_problem else "ok",
         "target": gw.target.url,
@@ -177,4 +190,6 @@ def health(gw: Gateway) -> dict[str, Any]:
             if r.owner is None  # unauthenticated: users' own backends are theirs to see
         ],
         "store": {"status": "degraded" if store_problem else "ok", "error": store_problem},
+        "database": None if gw.store_health is None else gw.store_health.report(),
+        "replica": REPLICA,
     }

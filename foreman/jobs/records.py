@@ -12,6 +12,7 @@ import json
 import sqlite3
 import time
 from dataclasses import dataclass
+from dataclasses import fields as columns_of
 from typing import Any
 
 from ..dataplane.jsonwire import dumps, rfc3339
@@ -19,6 +20,7 @@ from ..dataplane.jsonwire import dumps, rfc3339
 __all__ = [
     "Job",
     "JobState",
+    "artifact_content",
     "artifacts_of",
     "claim_next",
     "count_queued",
@@ -27,15 +29,25 @@ __all__ = [
     "insert_jobs",
     "list_jobs",
     "mark_delivery",
+    "not_running",
     "peek_next",
     "position_of",
     "purge_finished",
     "recover_interrupted",
+    "renew_leases",
     "transition",
 ]
 
 JobState = str  # queued | running | succeeded | failed | cancelled
 FINISHED = ("succeeded", "failed", "cancelled")
+
+#: pg_try_advisory_xact_lock key of the janitor: one replica purges at a time.
+JANITOR_LOCK = 0x666D2D6A616E6974
+
+
+def _shared(db: Any) -> bool:
+    """Whether ``db`` is PostgreSQL, where other replicas write too: rows are locked."""
+    return getattr(db, "dialect", "sqlite") == "postgresql"
 
 
 @dataclass(frozen=True)
@@ -62,7 +74,8 @@ class Job:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
-        values = dict(row)
+        names = {f.name for f in columns_of(cls)}
+        values = {k: v for k, v in dict(row).items() if k in names}  # not runner, lease_until
         values["metadata"] = json.loads(values["metadata"])
         values["owner_is_admin"] = bool(values.get("owner_is_admin", True))
         return cls(**values)
@@ -116,8 +129,11 @@ def insert_jobs(
     return stored
 
 
-def get_job(db: sqlite3.Connection, job_id: str) -> Job | None:
-    row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+def get_job(db: sqlite3.Connection, job_id: str, *, lock: bool = False) -> Job | None:
+    """The job, or None; ``lock``: on PostgreSQL, its row stays locked until the commit
+    (SQLite has one writer anyway)."""
+    suffix = " FOR UPDATE" if lock and _shared(db) else ""
+    row = db.execute(f"SELECT * FROM jobs WHERE id = ?{suffix}", (job_id,)).fetchone()
     return None if row is None else Job.from_row(row)
 
 
@@ -198,12 +214,50 @@ def peek_next(db: sqlite3.Connection, endpoints: tuple[str, ...]) -> Job | None:
     return None
 
 
-def claim_next(db: sqlite3.Connection, endpoints: tuple[str, ...]) -> Job | None:
-    """Take the next queued job of these endpoints: it is ``running`` from now on."""
-    job = peek_next(db, endpoints)
+def claim_next(
+    db: sqlite3.Connection,
+    endpoints: tuple[str, ...],
+    runner: str | None = None,
+    lease: float | None = None,
+) -> Job | None:
+    """Take the next queued job of these endpoints: it is ``running`` from now on.
+
+    On PostgreSQL the row is taken with ``FOR UPDATE SKIP LOCKED``: two replicas never
+    take one job; ``runner`` (a replica's id) holds it for ``lease`` seconds, renewed by
+    :func:`renew_leases`.
+    """
+    if _shared(db):
+        marks = ", ".join("?" for _ in endpoints)
+        row = db.execute(
+            f"SELECT * FROM jobs WHERE state = 'queued' AND endpoint IN ({marks})"
+            " ORDER BY priority = 'batch', seq LIMIT 1 FOR UPDATE SKIP LOCKED",
+            endpoints,
+        ).fetchone()
+        job = None if row is None else Job.from_row(row)
+    else:
+        job = peek_next(db, endpoints)
     if job is None:
         return None
-    return transition(db, job.id, "running", attempts=job.attempts + 1, started_at=time.time())
+    now = time.time()
+    held = {} if lease is None else {"runner": runner, "lease_until": now + lease}
+    return transition(db, job.id, "running", attempts=job.attempts + 1, started_at=now, **held)
+
+
+def not_running(db: sqlite3.Connection, job_ids: list[str]) -> list[str]:
+    """Which of ``job_ids`` are no longer ``running`` (cancelled through another replica)."""
+    marks = ", ".join("?" for _ in job_ids)
+    rows = db.execute(
+        f"SELECT id FROM jobs WHERE id IN ({marks}) AND state != 'running'", tuple(job_ids)
+    )
+    return [row[0] for row in rows]
+
+
+def renew_leases(db: sqlite3.Connection, runner: str, until: float) -> int:
+    """Extend the leases of the jobs ``runner`` runs; returns how many."""
+    cursor = db.execute(
+        "UPDATE jobs SET lease_until = ? WHERE runner = ? AND state = 'running'", (until, runner)
+    )
+    return cursor.rowcount
 
 
 def transition(
@@ -218,7 +272,7 @@ def transition(
 
     Returns the updated job, or None if it does not exist or is not in ``only_from``.
     """
-    job = get_job(db, job_id)
+    job = get_job(db, job_id, lock=True)
     if job is None or (only_from and job.state not in only_from):
         return None
     now = time.time()
@@ -256,17 +310,28 @@ def _deliver(
     )
 
 
-def recover_interrupted(db: sqlite3.Connection, max_attempts: int) -> list[Job]:
+def recover_interrupted(
+    db: sqlite3.Connection, max_attempts: int, expired_before: float | None = None
+) -> list[Job]:
     """Jobs left ``running`` by a dead process: back to ``queued``, or ``failed``
-    (``interrupted``) once they have started ``max_attempts`` times."""
+    (``interrupted``) once they have started ``max_attempts`` times.
+
+    ``expired_before`` (several replicas): only the jobs whose lease ended before then
+    (or that have none); the others' runners are alive.
+    """
     recovered = []
-    for job_id, attempts in db.execute(
-        "SELECT id, attempts FROM jobs WHERE state = 'running'"
-    ).fetchall():
+    query = "SELECT id, attempts FROM jobs WHERE state = 'running'"
+    args: tuple[Any, ...] = ()
+    if expired_before is not None:
+        query += " AND (lease_until IS NULL OR lease_until < ?)"
+        args = (expired_before,)
+    if _shared(db):
+        query += " FOR UPDATE SKIP LOCKED"
+    for job_id, attempts in db.execute(query, args).fetchall():
         if attempts >= max_attempts:
             job = transition(db, job_id, "failed", error="interrupted")
         else:
-            job = transition(db, job_id, "queued", started_at=None)
+            job = transition(db, job_id, "queued", started_at=None, runner=None)
         if job is not None:
             recovered.append(job)
     return recovered
@@ -281,13 +346,31 @@ def artifacts_of(db: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
 
 
 def add_artifact(
-    db: sqlite3.Connection, job_id: str, name: str, content_type: str, size: int, path: str
+    db: sqlite3.Connection,
+    job_id: str,
+    name: str,
+    content_type: str,
+    size: int,
+    path: str,
+    content: bytes | None = None,
 ) -> None:
+    """Record an artifact: a file at ``path`` (relative to the data directory), or, on a
+    shared database, its ``content`` in the row (``path`` then ``''``)."""
     db.execute(
-        "INSERT OR REPLACE INTO artifacts (job_id, name, content_type, size, path)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (job_id, name, content_type, size, path),
+        "INSERT INTO artifacts (job_id, name, content_type, size, path, content)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, name) DO UPDATE SET"
+        " content_type = excluded.content_type, size = excluded.size, path = excluded.path,"
+        " content = excluded.content",
+        (job_id, name, content_type, size, path, content),
     )
+
+
+def artifact_content(db: sqlite3.Connection, job_id: str, name: str) -> bytes | None:
+    """The bytes of an artifact kept in its row, or None (a file, or no such artifact)."""
+    row = db.execute(
+        "SELECT content FROM artifacts WHERE job_id = ? AND name = ?", (job_id, name)
+    ).fetchone()
+    return None if row is None or row[0] is None else bytes(row[0])
 
 
 def webhook_summary(db: sqlite3.Connection, job_id: str) -> dict[str, Any]:
@@ -313,15 +396,31 @@ _OLDEST_PENDING = (
 )
 
 
-def due_deliveries(db: sqlite3.Connection, now: float, limit: int) -> list[dict[str, Any]]:
+def due_deliveries(
+    db: sqlite3.Connection, now: float, limit: int, claim_for: float | None = None
+) -> list[dict[str, Any]]:
     """Deliveries to attempt now: for each job only its oldest one not delivered yet,
-    so that a job's webhooks arrive in order."""
-    rows = db.execute(
-        "SELECT * FROM deliveries AS d WHERE delivered_at IS NULL AND next_at <= ?"
-        f" AND {_OLDEST_PENDING} ORDER BY next_at LIMIT ?",
-        (now, limit),
-    )
-    return [dict(row) for row in rows]
+    so that a job's webhooks arrive in order.
+
+    ``claim_for`` (several replicas): the deliveries returned are this caller's for that
+    many seconds (their ``next_at`` moves on; rows another replica is claiming are
+    skipped), so that one replica delivers each; :func:`mark_delivery` then settles them.
+    """
+    suffix = " FOR UPDATE SKIP LOCKED" if _shared(db) else ""
+    rows = [
+        dict(row)
+        for row in db.execute(
+            "SELECT * FROM deliveries AS d WHERE delivered_at IS NULL AND next_at <= ?"
+            f" AND {_OLDEST_PENDING} ORDER BY next_at LIMIT ?{suffix}",
+            (now, limit),
+        )
+    ]
+    if claim_for is not None:
+        for row in rows:
+            db.execute(
+                "UPDATE deliveries SET next_at = ? WHERE seq = ?", (now + claim_for, row["seq"])
+            )
+    return rows
 
 
 def next_delivery_at(db: sqlite3.Connection) -> float | None:
@@ -361,11 +460,18 @@ def mark_delivery(
 
 def purge_finished(db: sqlite3.Connection, before: float) -> list[str]:
     """Delete jobs finished before ``before`` (with their artifact and delivery rows);
-    returns their artifact paths, for the caller to delete."""
+    returns their artifact files' paths, for the caller to delete. On PostgreSQL one
+    replica at a time: the others find the janitor's lock taken and do nothing."""
+    if (
+        _shared(db)
+        and not db.execute("SELECT pg_try_advisory_xact_lock(?)", (JANITOR_LOCK,)).fetchone()[0]
+    ):
+        return []
     paths = [
         row[0]
         for row in db.execute(
-            "SELECT a.path FROM artifacts a JOIN jobs j ON j.id = a.job_id WHERE j.finished_at < ?",
+            "SELECT a.path FROM artifacts a JOIN jobs j ON j.id = a.job_id"
+            " WHERE j.finished_at < ? AND a.path != ''",
             (before,),
         )
     ]

@@ -220,8 +220,11 @@ def job_routes(jobs: Jobs) -> Blueprint:
         ]
         if not found:
             return error_response(f"job {job_id!r} has no artifact {name!r}", 404)
-        path = os.path.join(jobs.settings.data_path, found[0]["path"])
-        data = await trio.Path(path).read_bytes()
+        if found[0]["path"]:
+            path = os.path.join(jobs.settings.data_path, found[0]["path"])
+            data = await trio.Path(path).read_bytes()
+        else:  # kept in the row (several replicas)
+            data = await jobs.store.call(records.artifact_content, job_id, name) or b""
         return Response(data, content_type=found[0]["content_type"])
 
     return routes

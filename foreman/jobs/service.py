@@ -34,12 +34,13 @@ from ..dataplane.errors import TargetError, TargetStatus
 from ..dataplane.gate import Gate
 from ..outbound import AddressPolicy, PolicyBackend, policed_transport
 from ..settings import Settings
-from ..store import Store, StoreUnavailable
+from ..store import REPLICA, Store, StoreUnavailable
 from ..store.private import write_private
 from ..tasks import supervised
 from . import records
 from .assemble import StreamError, assemble
 from .records import Job
+from .replicas import LEASE, LOOK_AGAIN, keep_leases
 
 if TYPE_CHECKING:
     from ..users import User
@@ -79,6 +80,8 @@ class Jobs:
         self.target, self.gate, self.inventory = target, gate, inventory
         self.store = store
         self.settings = settings
+        self.shared = store.shared  # other replicas run jobs too (foreman.jobs.replicas)
+        self._claim: tuple[Any, ...] = (REPLICA, LEASE) if self.shared else ()
         self.artifact_dir = os.path.join(self.settings.data_path, "artifacts")
         self.running: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
         self.depths = {"interactive": 0, "batch": 0}
@@ -128,6 +131,8 @@ class Jobs:
         ):  # a queued one: cancelled now; a running one: by its worker, below
             self.finished["cancelled"] += 1
         run = self.running.get(job_id)
+        if run is None and self.shared:  # running on another replica: it stops it (leases)
+            await self.store.call(records.transition, job_id, "cancelled", only_from=("running",))
         if run is not None:
             scope, finished = run
             scope.cancel()
@@ -171,10 +176,15 @@ class Jobs:
                 ("the job janitor", self._janitor),
             ):
                 nursery.start_soon(supervised, name, task, self.store)
+            if self.shared:
+                max_attempts = self.settings.job_max_attempts
+                nursery.start_soon(keep_leases, self, REPLICA, max_attempts)
 
     async def _recover(self) -> None:
         recovered = await self.store.call(
-            records.recover_interrupted, self.settings.job_max_attempts
+            records.recover_interrupted,
+            self.settings.job_max_attempts,
+            time.time() if self.shared else None,  # only jobs no live replica holds
         )
         for job in recovered:
             LOGGER.warning("job %s was interrupted by foreman's stop: now %s", job.id, job.state)
@@ -205,7 +215,8 @@ class Jobs:
             changed = self._changed
             job = await self.store.call(records.peek_next, endpoints)
             if job is None:
-                await changed.wait()
+                with trio.move_on_after(LOOK_AGAIN if self.shared else math.inf):
+                    await changed.wait()
             elif degraded.value:  # unreachable is transient: the jobs wait
                 await degraded.wait_value(False)
             elif self.store.problem.value is not None:  # so is a full disk
@@ -219,7 +230,7 @@ class Jobs:
             job = await self._wait_for(CHATS)
             async with self.gate.hold(lane=job.priority):  # type: ignore[arg-type]
                 # the best job now, which may not be the one waited for
-                job = await self.store.call(records.claim_next, CHATS)
+                job = await self.store.call(records.claim_next, CHATS, *self._claim)
                 if job is None:
                     continue
                 self.chat_job, self._running_chat = job.id, job
@@ -237,7 +248,7 @@ class Jobs:
                 await self._wait_for(EMBEDS)
                 await slots.acquire()
                 try:
-                    job = await self.store.call(records.claim_next, EMBEDS)
+                    job = await self.store.call(records.claim_next, EMBEDS, *self._claim)
                 except StoreUnavailable:  # running embed jobs go on; new ones wait
                     slots.release()
                     await self.store.wait_working()
@@ -289,7 +300,9 @@ class Jobs:
         LOGGER.info("job %s (%s %s): %s", job.id, job.endpoint, job.model, outcome[0])
 
     async def _settle(self, job_id: str, state: str, changes: dict[str, Any]) -> None:
-        await self.store.call(records.transition, job_id, state, **changes)
+        await self.store.call(  # unless another replica cancelled it meanwhile
+            records.transition, job_id, state, only_from=("running",), **changes
+        )
         if state in self.finished:
             self.finished[state] += 1
         await self._touched()
@@ -348,6 +361,11 @@ class Jobs:
         return "succeeded", {}
 
     async def _artifact(self, job: Job, name: str, content_type: str, data: bytes) -> None:
+        if self.shared:  # every replica serves it: in the row, not in this one's directory
+            await self.store.call(
+                records.add_artifact, job.id, name, content_type, len(data), "", data
+            )
+            return
         relative = os.path.join("artifacts", job.id, name)
         path = os.path.join(self.settings.data_path, relative)
 
@@ -372,7 +390,8 @@ class Jobs:
         ):
             while True:
                 wake = self._deliveries
-                due = await self.store.call(records.due_deliveries, self.now(), 50)
+                claim = WEBHOOK_TIMEOUT + 5.0 if self.shared else None  # one replica each
+                due = await self.store.call(records.due_deliveries, self.now(), 50, claim)
                 if due:  # one job's deliveries go one at a time, in order; jobs in parallel
                     async with trio.open_nursery() as batch:
                         for delivery in due:
@@ -382,6 +401,8 @@ class Jobs:
                 upcoming = await self.store.call(records.next_delivery_at)
                 # a millisecond late, so that the retry is surely due when we look again
                 delay = math.inf if upcoming is None else max(0.0, upcoming - self.now()) + 0.001
+                if self.shared:  # another replica's deliveries wake nobody here
+                    delay = min(delay, LOOK_AGAIN)
                 with trio.move_on_after(delay):  # a retry falls due, or a new delivery comes
                     await wake.wait()
 

@@ -1,271 +1,91 @@
-"""The store: one SQLite database (WAL) in ``FOREMAN_DATA_DIR``, ``foreman.db``.
+"""The store: foreman's state, in SQLite (the default) or PostgreSQL (several replicas).
 
-Every call runs in one dedicated thread (:meth:`Store.call`): SQLite is never touched
-from the trio thread, and there is exactly one writer. Schema migrations are the
-numbered ``migrations/NNNN_*.sql`` files, applied in order at open; ``PRAGMA
-user_version`` records the last one applied.
+Unset ``FOREMAN_DATABASE_URL``: one SQLite database (WAL) in ``FOREMAN_DATA_DIR``,
+``foreman.db`` (:mod:`.sqlite`). ``postgresql://…``: that database, shared by every
+replica (:mod:`.postgres`). Both run each call in a worker thread, never in the trio
+thread, and apply the same numbered migrations (:mod:`.migrations`) at open.
 
-A fault of the store (a full disk, a read-only, locked, vanished or corrupt database,
-an I/O error) never stops foreman: the call raises :class:`StoreUnavailable` (the
-control plane answers 503), :attr:`Store.problem` says what is wrong (``/healthz``
-"degraded", ``/readyz`` 503) and :meth:`Store.watch` probes the store every second
-until it can be written again. At open, a database that cannot be used is
-:class:`StoreError`, one line saying what to do.
+Store functions take the connection first and use the DB-API subset both share
+(``?`` placeholders, rows by index or column name, ``sqlite3`` error classes); see
+:mod:`.postgres` for what is translated.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import sqlite3
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-import trio
 from trio_util import AsyncValue
 
-from .private import private_database
+from .faults import StoreError, StoreUnavailable, is_fault
 
-__all__ = ["Store", "StoreError", "StoreUnavailable", "open_store"]
-
-LOGGER = logging.getLogger("foreman.store")
+__all__ = [
+    "REPLICA",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "is_database_url",
+    "is_fault",
+    "open_store",
+]
 
 T = TypeVar("T")
 
-#: SQLite's primary result codes that mean the store, not the call, is at fault.
-FAULTS = frozenset(
-    {
-        "SQLITE_FULL",
-        "SQLITE_READONLY",
-        "SQLITE_IOERR",
-        "SQLITE_CORRUPT",
-        "SQLITE_NOTADB",
-        "SQLITE_CANTOPEN",
-        "SQLITE_BUSY",
-        "SQLITE_LOCKED",
-        "SQLITE_PERM",
-        "SQLITE_NOLFS",
-    }
-)
-#: Free bytes the data directory's file system needs before a full store is tried again.
-MIN_FREE = 256 * 1024
-#: Seconds between probes of a faulty store, and between checks that the file is still there.
-PROBE_INTERVAL = 1.0
-CHECK_INTERVAL = 5.0
+#: This process's name among the replicas: ``FOREMAN_REPLICA_ID``, else ``host-pid``.
+REPLICA = os.environ.get("FOREMAN_REPLICA_ID") or f"{socket.gethostname()}-{os.getpid()}"
 
 
-class StoreError(Exception):
-    """The store cannot be opened: the message is one line saying why and what to do."""
+class Store(Protocol):
+    """What every store offers.
 
-
-class StoreUnavailable(Exception):
-    """The store cannot do this now (disk full, read-only, locked, gone, I/O error).
-
-    Transient: foreman keeps running and :meth:`Store.watch` notices when it works again.
+    ``await store.call(fn, *args)`` runs ``fn(connection, *args)`` in a worker thread
+    and returns its result; a function that writes commits (or rolls back on error)
+    as one transaction. ``dialect`` is ``"sqlite"`` or ``"postgresql"``; ``shared`` is
+    whether other replicas may use the same database; ``location`` names it for
+    people (a path, or the URL without its password).
     """
 
+    dialect: str
+    shared: bool
+    location: str
+    problem: AsyncValue[str | None]  # None while it works (see .faults)
 
-def is_fault(exc: BaseException) -> bool:
-    """Whether ``exc`` is the store's fault (full, read-only, corrupt...) rather than the call's."""
-    if not isinstance(exc, sqlite3.DatabaseError):
-        return False
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    primary = "_".join(name.split("_")[:2])  # SQLITE_IOERR_WRITE -> SQLITE_IOERR
-    if primary in FAULTS:
-        return True
-    # errors raised before SQLite gave a code (an unreadable file, say)
-    return type(exc) in (sqlite3.DatabaseError, sqlite3.OperationalError) and not name
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
 
+    async def ping(self) -> None: ...
 
-class Store:
-    """A SQLite connection owned by one worker thread.
+    def failed(self, reason: str) -> None: ...
 
-    Use :meth:`call` for every access: ``await store.call(fn, *args)`` runs
-    ``fn(connection, *args)`` in the store's thread and returns its result; a
-    function that writes commits (or rolls back on error) as one transaction.
+    async def wait_working(self) -> None: ...
 
-    :attr:`problem` is None while the store works, else what is wrong with it
-    (``"foreman.db: database or disk is full"``).
-    """
-
-    def __init__(self, connection: sqlite3.Connection, path: str = ":memory:") -> None:
-        self._connection = connection
-        self._limiter = trio.CapacityLimiter(1)  # one thread at a time: the one writer
-        self.path = path
-        self.problem: AsyncValue[str | None] = AsyncValue(None)
-        self._identity = _identity(path)
-        self._gone = False
-
-    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(connection, *args, **kwargs)`` in the store's thread, in one transaction.
-
-        Cancellation does not interrupt a call already running (SQLite is not
-        interruptible midway); the caller returns once it is done.
-
-        Reads go on while the store is faulty; writes are refused (rolled back) until
-        :meth:`watch` has seen it work again.
-
-        Raises:
-            StoreUnavailable: the store failed (see :func:`is_fault`), is faulty and
-                the call would write, or its file is gone: nothing the call wrote is kept.
-        """
-        if self._gone:  # what would be written now would be lost at the next start
-            raise StoreUnavailable(self.problem.value)
-        faulty = self.problem.value is not None
-        try:
-            return await trio.to_thread.run_sync(
-                self._transaction,
-                lambda db: fn(db, *args, **kwargs),
-                faulty,
-                limiter=self._limiter,
-            )
-        except sqlite3.DatabaseError as exc:
-            if not is_fault(exc):
-                raise
-            self.failed(str(exc))
-            raise StoreUnavailable(self.problem.value) from exc
-
-    def failed(self, reason: str) -> None:
-        """Mark the store faulty (:meth:`watch` then probes it until it works)."""
-        problem = f"store {os.path.basename(self.path)}: {reason}"
-        if self.problem.value is None:
-            LOGGER.error("%s; writes answer 503 until it works again", problem)
-        self.problem.value = problem
-
-    async def wait_working(self) -> None:
-        """Return once the store works (at once if it does)."""
-        await self.problem.wait_value(None)
-
-    async def watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Check the database file is still there every :data:`CHECK_INTERVAL` seconds;
-        while the store is faulty, probe it (free space, a write) every
-        :data:`PROBE_INTERVAL` seconds and clear the fault once it works. Never returns."""
-        task_status.started()
-        while True:
-            if self.problem.value is None:
-                with trio.move_on_after(CHECK_INTERVAL):
-                    await self.problem.wait_value(lambda p: p is not None)
-                if self.problem.value is None and self._vanished():
-                    self._gone = True
-                    self.failed(_GONE)
-                continue
-            await trio.sleep(PROBE_INTERVAL)
-            try:
-                await trio.to_thread.run_sync(self._probe, limiter=self._limiter)
-            except (OSError, sqlite3.Error) as exc:
-                self.problem.value = f"store {os.path.basename(self.path)}: {exc}"
-            else:
-                LOGGER.warning("store %s works again", os.path.basename(self.path))
-                self._gone = False
-                self.problem.value = None
-
-    def _probe(self) -> None:
-        if self._vanished():
-            raise OSError(_GONE)
-        if self.path != ":memory:":
-            stat = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
-            if stat.f_bavail * stat.f_frsize < MIN_FREE:
-                raise OSError("database or disk is full")
-        version = self._connection.execute("PRAGMA user_version").fetchone()[0]
-        self._connection.execute(f"PRAGMA user_version = {int(version)}")  # a write
-
-    def _vanished(self) -> bool:
-        return self._identity is not None and _identity(self.path) != self._identity
-
-    def _transaction(self, fn: Callable[[sqlite3.Connection], T], faulty: bool = False) -> T:
-        with self._connection:  # commit, or roll back on an exception
-            result = fn(self._connection)
-            if faulty and self._connection.in_transaction:
-                # a write while the store is faulty: it may land (SQLite reuses its WAL
-                # file's space) but must not, or what is accepted would depend on luck
-                raise StoreUnavailable(self.problem.value)
-            return result
+    async def watch(self, *, task_status: Any = ...) -> None: ...
 
 
-_GONE = "the database file was deleted or replaced while foreman runs (restart foreman)"
-
-
-def _identity(path: str) -> tuple[int, int] | None:
-    """The (device, inode) of the file at ``path``; None for ``:memory:`` or a missing file."""
-    if path == ":memory:":
-        return None
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return (0, 0)
-    return stat.st_dev, stat.st_ino
-
-
-def _migrate(connection: sqlite3.Connection) -> int:
-    """Apply the migrations not applied yet; returns the schema version."""
-    version = connection.execute("PRAGMA user_version").fetchone()[0]
-    scripts = sorted(
-        (entry.name, entry)
-        for entry in resources.files(__package__).joinpath("migrations").iterdir()
-        if entry.name.endswith(".sql")
-    )
-    for name, entry in scripts:
-        number = int(name.split("_", 1)[0])
-        if number <= version:
-            continue
-        LOGGER.info("store: applying migration %s", name)
-        connection.executescript(
-            f"BEGIN;\n{entry.read_text()}\nPRAGMA user_version = {number};\nCOMMIT;"
-        )
-        version = number
-    return version
-
-
-def _connect(path: str) -> sqlite3.Connection:
-    private_database(path)  # 0600 in a 0700 directory, whatever the umask
-    connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    connection.execute("PRAGMA journal_mode = WAL")
-    connection.execute("PRAGMA synchronous = NORMAL")  # durable across crashes of foreman
-    connection.execute("PRAGMA busy_timeout = 5000")
-    _migrate(connection)  # foreign keys off meanwhile: a rebuilt table cascades nothing
-    connection.execute("PRAGMA foreign_keys = ON")
-    connection.isolation_level = "DEFERRED"  # from here on, `with connection` is a transaction
-    connection.row_factory = sqlite3.Row
-    return connection
-
-
-def _open(path: str) -> sqlite3.Connection:
-    """:func:`_connect` after ``PRAGMA quick_check``; every failure a :class:`StoreError`."""
-    corrupt = (
-        f"the store {path} is corrupt ({{}}): stop foreman, then restore the file from a"
-        " backup, or move it (with its -wal and -shm files) aside to start with an empty"
-        " store (users, backends and jobs are in it)"
-    )
-    try:
-        check = sqlite3.connect(path)
-        try:
-            rows = [row[0] for row in check.execute("PRAGMA quick_check(1)")]
-        finally:
-            check.close()
-        if rows != ["ok"]:
-            found = " ".join(" ".join(str(row).split()) for row in rows)  # one line
-            raise StoreError(corrupt.format(found[:300]))
-        return _connect(path)
-    except sqlite3.DatabaseError as exc:
-        name = getattr(exc, "sqlite_errorname", "") or ""
-        if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "not a database" in str(exc):
-            raise StoreError(corrupt.format(exc)) from None
-        raise StoreError(f"cannot open the store {path}: {exc}") from None
+def is_database_url(location: str) -> bool:
+    """Whether ``location`` is a PostgreSQL URL rather than a SQLite file path."""
+    return location.startswith(("postgresql://", "postgres://"))
 
 
 @asynccontextmanager
-async def open_store(path: str) -> AsyncIterator[Store]:
-    """Open (checking, creating and migrating as needed) the database at ``path``.
+async def open_store(location: str) -> AsyncIterator[Any]:
+    """Open (creating and migrating as needed) the store at ``location``: a SQLite file
+    path, or a ``postgresql://`` URL.
 
     Raises:
-        StoreError: the file cannot be opened or migrated, or is corrupt (one line,
-            with what to do).
+        StoreError: a SQLite file cannot be opened or migrated, or is corrupt (one line).
+        sqlite3.Error: the PostgreSQL database cannot be reached or migrated (its store
+            raises :mod:`sqlite3`'s classes).
     """
-    connection = await trio.to_thread.run_sync(_open, path)
-    try:
-        yield Store(connection, path)
-    finally:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(connection.close)
+    if is_database_url(location):
+        from .postgres import open_postgres  # psycopg only loads when it is used
+
+        async with open_postgres(location) as store:
+            yield store
+    else:
+        from .sqlite import open_sqlite
+
+        async with open_sqlite(location) as store:
+            yield store

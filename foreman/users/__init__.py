@@ -87,7 +87,7 @@ def create_user(db: sqlite3.Connection, name: str, role: str) -> tuple[dict[str,
         raise ValueError(f"role: one of {', '.join(ROLES)}")
     if name.lower() in RESERVED:
         raise ValueError(f"name: {name!r} is reserved")
-    if db.execute("SELECT 1 FROM users WHERE name = ? COLLATE NOCASE", (name,)).fetchone():
+    if db.execute("SELECT 1 FROM users WHERE lower(name) = lower(?)", (name,)).fetchone():
         raise ValueError(f"name: a user {name!r} exists already")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     try:
@@ -124,6 +124,14 @@ def _active(db: sqlite3.Connection) -> tuple[dict[str, User], bool]:
     return active, bool(active) or db.execute("SELECT EXISTS (SELECT 1 FROM users)").fetchone()[0]
 
 
+def _find_active(db: sqlite3.Connection, key_hash: str) -> tuple[str, str] | None:
+    """(name, role) of the active user with this key hash, or None."""
+    row = db.execute(
+        "SELECT name, role FROM users WHERE key_hash = ? AND revoked_at IS NULL", (key_hash,)
+    ).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
 def _shown(row: sqlite3.Row) -> dict[str, Any]:
     return {
         "name": row["name"],
@@ -155,7 +163,7 @@ class Users:
         self._reads = 0  # reads of the store begun
         self._seen = 0  # the number (1, 2, ...) of the latest read begun that has ended
         self._miss_lock = trio.Lock()
-        self.sessions = Sessions(self.authenticate_hash)
+        self.sessions = Sessions(self)
 
     @property
     def open(self) -> bool:
@@ -186,6 +194,25 @@ class Users:
         if self._token_hash is not None and hmac.compare_digest(key_hash, self._token_hash):
             return TOKEN_ADMIN
         return self._by_hash.get(key_hash)
+
+    @property
+    def shared(self) -> bool:
+        """Whether other replicas make users too (a shared database)."""
+        return bool(getattr(self.store, "shared", False))
+
+    async def fetch(self, authorization: bytes | None) -> User | None:
+        """:meth:`authenticate` for a key this replica has not loaded yet: asks the store
+        (several replicas: a user made on another one works here at once)."""
+        scheme, _, given = (authorization or b"").partition(b" ")
+        if scheme.lower() != b"bearer" or not given.strip():
+            return None
+        key_hash = _hash(given.strip())
+        row = await self.store.call(_find_active, key_hash)
+        if row is None:
+            return None
+        self._by_hash[key_hash] = user = User(row[0], row[1])
+        self._any = True
+        return user
 
     async def reload(self) -> None:
         """Read the active users again (after a change made through the API)."""

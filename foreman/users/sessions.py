@@ -3,8 +3,13 @@
 Signing in with an API key (a user's, or ``FOREMAN_TOKEN``) makes a session: a random
 256-bit token in the cookie ``foreman_session`` (``HttpOnly``, ``SameSite=Strict``,
 ``Path=/admin/``, ``Secure`` when served over TLS) and, server-side, the user, the
-SHA-256 of the key used and a CSRF token. Sessions live in memory only: a restart
-signs everyone out, and nothing about them is ever written to disk.
+SHA-256 of the key used and a CSRF token. With SQLite sessions live in memory only: a
+restart signs everyone out, and nothing about them is ever written to disk. With several
+replicas on one PostgreSQL (``FOREMAN_DATABASE_URL``) each session is also a row of
+``sessions`` (token and key as SHA-256, the CSRF token, its start), so that a sign-in on
+one replica opens pages on every other; a sign-out deletes the row and the others drop
+their copy when the database announces it (``foreman/replicas.py``). Flashes and a new
+user's key shown once stay on the replica that made them.
 
 Every lookup authenticates the session's key again (:meth:`Users.authenticate_hash`):
 revoking a user ends their sessions at once. A session ends after :data:`IDLE`
@@ -17,10 +22,11 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from .identity import User
+if TYPE_CHECKING:
+    from . import User, Users
 
 __all__ = ["COOKIE", "IDLE", "LIFETIME", "Session", "Sessions", "cookie_value", "same_secret"]
 
@@ -84,26 +90,28 @@ def cookie_value(header: bytes | str | None, name: str = COOKIE) -> str | None:
 
 
 class Sessions:
-    """The signed-in browsers of one foreman, by token (kept hashed).
+    """The signed-in browsers of one foreman, by token (kept hashed)."""
 
-    Args:
-        authenticate_hash: the active user of a key's SHA-256 (hex), or None
-            (:meth:`foreman.users.Users.authenticate_hash`).
-    """
-
-    def __init__(self, authenticate_hash: Callable[[str], User | None]) -> None:
-        self.authenticate_hash = authenticate_hash
+    def __init__(self, users: Users) -> None:
+        self.users = users
         self._by_token: dict[str, Session] = {}
 
-    def sign_in(self, key: str) -> tuple[str, Session] | None:
+    @property
+    def _shared(self) -> bool:
+        return bool(getattr(self.users.store, "shared", False))
+
+    async def sign_in(self, key: str) -> tuple[str, Session] | None:
         """A new session for API ``key``: (its token for the cookie, the session); None
         when ``key`` is no active key. While foreman is open (no key needed), any key,
-        the empty one too, signs in as ``anonymous``."""
+        the empty one too, signs in as ``anonymous``. Shared: stored before it returns."""
         key_hash = hashlib.sha256(key.encode()).hexdigest()
-        user = self.authenticate_hash(key_hash)
+        user = self.users.authenticate_hash(key_hash)
         if user is None:
             return None
-        return self._open(Session(user, key_hash))
+        token, session = self._open(Session(user, key_hash))
+        if self._shared:
+            await self.users.store.call(_save, session, time.time() - LIFETIME)
+        return token, session
 
     def _open(self, session: Session) -> tuple[str, Session]:
         while len(self._by_token) >= MAX_SESSIONS:
@@ -123,15 +131,35 @@ class Sessions:
         if session is None:
             return None
         now = time.time()
-        user = self.authenticate_hash(session.key_hash)
+        user = self.users.authenticate_hash(session.key_hash)
         if user is None or now - session.seen > IDLE or now - session.created > LIFETIME:
             del self._by_token[token_hash]
             return None
         session.user, session.seen = user, now
         return session
 
-    def sign_out(self, session: Session) -> None:
-        self._by_token.pop(session.token_hash, None)
+    async def find(self, token: str | None) -> Session | None:
+        """:meth:`lookup`, and on a shared database a session another replica opened."""
+        session = self.lookup(token)
+        if session is not None or not token or not self._shared:
+            return session
+        row = await self.users.store.call(_load, _hash(token))
+        user = None if row is None else self.users.authenticate_hash(row["key_hash"])
+        if row is None or user is None:
+            return None
+        self._by_token[row["token_hash"]] = Session(
+            user, row["key_hash"], row["csrf"], row["created_at"], token_hash=row["token_hash"]
+        )  # seen now: each replica keeps its own idle clock
+        return self.lookup(token)
+
+    async def sign_out(self, session: Session) -> None:
+        self.drop(session.token_hash)
+        if self._shared:
+            await self.users.store.call(_delete, session.token_hash)
+
+    def drop(self, token_hash: str) -> None:
+        """Forget a session here (signed out, on this replica or another)."""
+        self._by_token.pop(token_hash, None)
 
     def __len__(self) -> int:
         return len(self._by_token)
@@ -139,3 +167,22 @@ class Sessions:
 
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+# --- the shared rows (store functions, run in the store's threads) -----------------------
+
+
+def _save(db: Any, session: Session, expired: float) -> None:
+    db.execute("DELETE FROM sessions WHERE created_at < ?", (expired,))
+    db.execute(
+        "INSERT INTO sessions (token_hash, key_hash, csrf, created_at) VALUES (?, ?, ?, ?)",
+        (session.token_hash, session.key_hash, session.csrf, session.created),
+    )
+
+
+def _load(db: Any, token_hash: str) -> Any:
+    return db.execute("SELECT * FROM sessions WHERE token_hash = ?", (token_hash,)).fetchone()
+
+
+def _delete(db: Any, token_hash: str) -> None:
+    db.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))

@@ -234,7 +234,7 @@ async def _no_session() -> Any:
         return {"error": "signed out"}, 401
     sessions = services().users.sessions
     if services().users.open and request.method == "GET":  # no key needed: go on
-        opened = sessions.sign_in("")
+        opened = await sessions.sign_in("")
         assert opened is not None
         return signed_in(redirect(request.path, 303), opened[0])
     if request.method != "GET":

@@ -47,22 +47,22 @@ async def login() -> Any:
         raise BadForm
     users = services().users
     key = form.get("key", "").strip()
-    opened = users.sessions.sign_in(key)
+    opened = await users.sessions.sign_in(key)
     if opened is None and await users.refreshed_for(key):
-        opened = users.sessions.sign_in(key)
+        opened = await users.sessions.sign_in(key)
     if opened is None:
         error = "That key is not valid (or it was revoked)."
         return await login_page(form.get("next", ""), error, 401)
     old = session_of()
     if old is not None:
-        users.sessions.sign_out(old)
+        await users.sessions.sign_out(old)
     return signed_in(redirect(local(form.get("next")), 303), opened[0])
 
 
 @pages.post("/admin/logout")
 @page()
 async def logout(session: Session) -> Any:
-    services().users.sessions.sign_out(session)
+    await services().users.sessions.sign_out(session)
     response = redirect("/admin/login", 303)
     response.delete_cookie(COOKIE, path="/admin/")
     return response

@@ -48,8 +48,8 @@ async def user_add(session: Session) -> Any:
     await users.reload()
     response = redirect("/admin/users", 303)
     if first:
-        users.sessions.sign_out(session)
-        token, session = users.sessions.sign_in(key) or (None, session)
+        await users.sessions.sign_out(session)
+        token, session = (await users.sessions.sign_in(key)) or (None, session)
         assert token is not None, "a key just made signs in"
         signed_in(response, token)
         session.flash(f"foreman is closed now: you are signed in as {made['name']}.")
