@@ -83,7 +83,8 @@ def test_sixty_chats_round_robin_one_at_a_time_in_arrival_order(
         httpx.post(f"{target}/_standin/freeze")
         threads = [threading.Thread(target=chat, args=(bases[0], "first"))]
         threads[0].start()
-        until(lambda: httpx.get(f"{bases[0]}/healthz", headers=AUTH).json()["chats"]["in_flight"], 10)
+        health = f"{bases[0]}/healthz"
+        until(lambda: httpx.get(health, headers=AUTH).json()["chats"]["in_flight"], 10)
         for n in range(9):
             threads.append(threading.Thread(target=chat, args=(bases[n % 3], f"in order {n}")))
             threads[-1].start()
