@@ -150,20 +150,6 @@ def _identity(path: str) -> tuple[int, int] | None:
     return stat.st_dev, stat.st_ino
 
 
-_GONE = "the database file was deleted or replaced while foreman runs (restart foreman)"
-
-
-def _identity(path: str) -> tuple[int, int] | None:
-    """The (device, inode) of the file at ``path``; None for ``:memory:`` or a missing file."""
-    if path == ":memory:":
-        return None
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return (0, 0)
-    return stat.st_dev, stat.st_ino
-
-
 def _migrate(connection: sqlite3.Connection) -> int:
     """Apply the migrations not applied yet; returns the schema version."""
     version = connection.execute("PRAGMA user_version").fetchone()[0]
