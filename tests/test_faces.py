@@ -278,6 +278,13 @@ async def test_claude_speaks_messages_natively_and_refuses_openais_face(
         ids = [entry["id"] for entry in listed["data"]]
         assert listed["object"] == "list" and "llama3.2:latest" in ids
         assert f"claude/{model}" in ids
+        # one of them by name, as the list shows it; a name not listed is OpenAI's 404
+        one = await fm.client.get(f"/v1/models/claude/{model}")
+        assert one.status_code == 200, one.text
+        assert one.json() == next(e for e in listed["data"] if e["id"] == f"claude/{model}")
+        missing = await fm.client.get("/v1/models/claude/nope")
+        assert missing.status_code == 404
+        assert missing.json()["error"]["type"] == "not_found_error"
 
 
 async def test_messages_fall_back_to_claude_while_ollama_is_down(

@@ -13,7 +13,8 @@ the percent-decoded path (:func:`~foreman.dataplane.faces.route_key`):
 * ``GET /api/tags``: relayed; while the target is unreachable or slow, the
   last inventory is served instead. ``GET /v1/models``: relayed, or foreman's own
   list when the user can reach more than the builtin backend.
-* ``/``, every other ``/api/*`` path and ``/v1/models/{model}``: relayed as is.
+* ``GET /v1/models/{model}``: relayed, or found among foreman's own list (as above).
+* ``/`` and every other ``/api/*`` path: relayed as is.
 * A path with dot segments (``/api/./chat``) or doubled slashes gets gin's
   ``404 page not found``, as from Ollama, and is never relayed: what foreman
   routes is exactly what the target receives. So does anything outside ``/``,
@@ -46,7 +47,14 @@ from ..users import USER_SCOPE_KEY
 from . import openai as openai_face
 from .bodies import drain
 from .disconnects import WATCH_AFTER, Disconnects
-from .errors import CannotEmbed, GateFull, TargetError, TargetUnreachable, WrongFace
+from .errors import (
+    CannotEmbed,
+    GateFull,
+    ModelNotFound,
+    TargetError,
+    TargetUnreachable,
+    WrongFace,
+)
 from .exchange import Exchange
 from .faces import ANTHROPIC, EMBEDS, NATIVE, OPENAI, face_of, is_gated, route_key
 from .intake import ClientGone, read_body, stream_body, with_model
@@ -108,6 +116,8 @@ class DataPlane:
             handler = self._tags
         elif key == "/v1/models" and method == "GET":
             handler = self._models
+        elif key.startswith("/v1/models/") and method == "GET":
+            handler = self._model
         else:
             handler = self._passthrough
         await handler(exchange, scope, receive, send, extra_headers, key)
@@ -332,6 +342,25 @@ class DataPlane:
                 await drain(receive)
                 headers = [(b"content-type", b"application/json"), *extra]
                 await respond(send, 200, openai_face.models_body(entries), headers=headers)
+                return
+        await self._passthrough(exchange, scope, receive, send, extra, key)
+
+    async def _model(
+        self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any, key: str
+    ) -> None:
+        """``GET /v1/models/{model}``: relayed; or, for a user who reaches more than the
+        builtin backend, the model of that name among what ``GET /v1/models`` lists them
+        (an alias and ``backend/model`` too), else OpenAI's 404."""
+        if self.gw.backends is not None:
+            entries = reachable_entries(self.gw.backends, _user(scope))
+            if entries is not None:
+                await drain(receive)
+                name = scope["path"].split("/", 3)[3]  # as sent: /v1/models/{name}
+                body = openai_face.model_body(entries, name)
+                if body is None:
+                    raise ModelNotFound(name)
+                headers = [(b"content-type", b"application/json"), *extra]
+                await respond(send, 200, body, headers=headers)
                 return
         await self._passthrough(exchange, scope, receive, send, extra, key)
 

@@ -76,18 +76,29 @@ def tokens(answer: Any) -> tuple[int, int] | None:
 
 def models_body(entries: list[dict[str, Any]]) -> bytes:
     """``GET /v1/models`` for ``/api/tags`` entries (OpenAI's list shape, one per name)."""
-    data = []
-    for entry in entries:
-        name = entry.get("model") or entry.get("name") or ""
-        data.append(
-            {
-                "id": name,
-                "object": "model",
-                "created": _unix(entry.get("modified_at")),
-                "owned_by": _owner(name, entry),
-            }
-        )
+    data = [model_object(entry) for entry in entries]
     return dumps({"object": "list", "data": data or None}) + b"\n"
+
+
+def model_body(entries: list[dict[str, Any]], name: str) -> bytes | None:
+    """``GET /v1/models/{name}``: the entry named ``name`` in OpenAI's model shape, or
+    None when no entry has that name."""
+    for entry in entries:
+        if (entry.get("model") or entry.get("name")) == name:
+            return dumps(model_object(entry)) + b"\n"
+    return None
+
+
+def model_object(entry: dict[str, Any]) -> dict[str, Any]:
+    """One ``/api/tags`` entry as OpenAI's model object (``id``, ``object``, ``created``,
+    ``owned_by``), as Ollama's ``/v1/models`` builds it."""
+    name = entry.get("model") or entry.get("name") or ""
+    return {
+        "id": name,
+        "object": "model",
+        "created": _unix(entry.get("modified_at")),
+        "owned_by": _owner(name, entry),
+    }
 
 
 def _owner(name: str, entry: dict[str, Any]) -> str:
