@@ -24,7 +24,7 @@ from foreman.backends.registry import (
     record_models,
     update_backend,
 )
-from foreman.jobs import records
+from foreman.jobs import deliveries, records
 from foreman.store import open_store
 from foreman.store.migrations import scripts, to_postgres
 from foreman.users import _active, create_user, list_users, revoke_user
@@ -192,7 +192,7 @@ async def test_jobs_claimed_once_moved_and_their_deliveries_queued(store: Any) -
     await store.call(records.add_artifact, "j1", "response.json", "application/json", 4, "b")
     assert [a["size"] for a in await store.call(records.artifacts_of, "j1")] == [4]
     await store.call(records.transition, "j1", "succeeded")
-    due = await store.call(records.due_deliveries, 1e12, 10)
+    due = await store.call(deliveries.due_deliveries, 1e12, 10)
     assert [d["job_id"] for d in due] == ["j1"]  # the oldest of its job only: "queued"
     assert await store.call(records.purge_finished, 1e12) == ["b"]
 

@@ -3,7 +3,8 @@
 Each function takes the connection first (see :meth:`foreman.store.Store.call`) and
 runs inside one transaction. A state change and its webhook delivery are written
 in the same transaction (:func:`transition`), so a delivery is never lost or made
-up by a crash. Times are Unix seconds.
+up by a crash; the queries that send and settle deliveries are in
+:mod:`foreman.jobs.deliveries`. Times are Unix seconds.
 """
 
 from __future__ import annotations
@@ -24,11 +25,9 @@ __all__ = [
     "artifacts_of",
     "claim_next",
     "count_queued",
-    "due_deliveries",
     "get_job",
     "insert_jobs",
     "list_jobs",
-    "mark_delivery",
     "not_running",
     "peek_next",
     "position_of",
@@ -45,7 +44,7 @@ FINISHED = ("succeeded", "failed", "cancelled")
 JANITOR_LOCK = 0x666D2D6A616E6974
 
 
-def _shared(db: Any) -> bool:
+def shared(db: Any) -> bool:
     """Whether ``db`` is PostgreSQL, where other replicas write too: rows are locked."""
     return getattr(db, "dialect", "sqlite") == "postgresql"
 
@@ -132,7 +131,7 @@ def insert_jobs(
 def get_job(db: sqlite3.Connection, job_id: str, *, lock: bool = False) -> Job | None:
     """The job, or None; ``lock``: on PostgreSQL, its row stays locked until the commit
     (SQLite has one writer anyway)."""
-    suffix = " FOR UPDATE" if lock and _shared(db) else ""
+    suffix = " FOR UPDATE" if lock and shared(db) else ""
     row = db.execute(f"SELECT * FROM jobs WHERE id = ?{suffix}", (job_id,)).fetchone()
     return None if row is None else Job.from_row(row)
 
@@ -226,7 +225,7 @@ def claim_next(
     take one job; ``runner`` (a replica's id) holds it for ``lease`` seconds, renewed by
     :func:`renew_leases`.
     """
-    if _shared(db):
+    if shared(db):
         marks = ", ".join("?" for _ in endpoints)
         row = db.execute(
             f"SELECT * FROM jobs WHERE state = 'queued' AND endpoint IN ({marks})"
@@ -325,7 +324,7 @@ def recover_interrupted(
     if expired_before is not None:
         query += " AND (lease_until IS NULL OR lease_until < ?)"
         args = (expired_before,)
-    if _shared(db):
+    if shared(db):
         query += " FOR UPDATE SKIP LOCKED"
     for job_id, attempts in db.execute(query, args).fetchall():
         if attempts >= max_attempts:
@@ -373,97 +372,12 @@ def artifact_content(db: sqlite3.Connection, job_id: str, name: str) -> bytes | 
     return None if row is None or row[0] is None else bytes(row[0])
 
 
-def webhook_summary(db: sqlite3.Connection, job_id: str) -> dict[str, Any]:
-    """``{"deliveries": delivered count, "last_status": status of the last attempt,
-    "last_error": why it failed when no status says it}``."""
-    delivered = db.execute(
-        "SELECT COUNT(*) FROM deliveries WHERE job_id = ? AND delivered_at IS NOT NULL",
-        (job_id,),
-    ).fetchone()[0]
-    last = db.execute(
-        "SELECT last_status, last_error FROM deliveries WHERE job_id = ? AND attempts > 0"
-        " ORDER BY seq DESC LIMIT 1",
-        (job_id,),
-    ).fetchone()
-    if last is None:
-        return {"deliveries": delivered, "last_status": None, "last_error": None}
-    return {"deliveries": delivered, "last_status": last[0], "last_error": last[1]}
-
-
-#: SQL: delivery ``d`` is the oldest one of its job not delivered yet.
-_OLDEST_PENDING = (
-    "seq = (SELECT MIN(seq) FROM deliveries WHERE job_id = d.job_id AND delivered_at IS NULL)"
-)
-
-
-def due_deliveries(
-    db: sqlite3.Connection, now: float, limit: int, claim_for: float | None = None
-) -> list[dict[str, Any]]:
-    """Deliveries to attempt now: for each job only its oldest one not delivered yet,
-    so that a job's webhooks arrive in order.
-
-    ``claim_for`` (several replicas): the deliveries returned are this caller's for that
-    many seconds (their ``next_at`` moves on; rows another replica is claiming are
-    skipped), so that one replica delivers each; :func:`mark_delivery` then settles them.
-    """
-    suffix = " FOR UPDATE SKIP LOCKED" if _shared(db) else ""
-    rows = [
-        dict(row)
-        for row in db.execute(
-            "SELECT * FROM deliveries AS d WHERE delivered_at IS NULL AND next_at <= ?"
-            f" AND {_OLDEST_PENDING} ORDER BY next_at LIMIT ?{suffix}",
-            (now, limit),
-        )
-    ]
-    if claim_for is not None:
-        for row in rows:
-            db.execute(
-                "UPDATE deliveries SET next_at = ? WHERE seq = ?", (now + claim_for, row["seq"])
-            )
-    return rows
-
-
-def next_delivery_at(db: sqlite3.Connection) -> float | None:
-    """When the next delivery falls due (seconds since the epoch), None if none is pending.
-
-    Only each job's oldest pending delivery counts: the ones behind it wait for it.
-    """
-    row = db.execute(
-        f"SELECT MIN(next_at) FROM deliveries AS d WHERE delivered_at IS NULL AND {_OLDEST_PENDING}"
-    ).fetchone()
-    return row[0]
-
-
-def mark_delivery(
-    db: sqlite3.Connection,
-    seq: int,
-    status: int | None,
-    delivered: bool,
-    next_at: float,
-    error: str | None = None,
-) -> None:
-    """Record one attempt of delivery ``seq``: its status (None: no answer), why it
-    failed when no status says it, and when to try again (``inf``: never)."""
-    if delivered:
-        db.execute(
-            "UPDATE deliveries SET attempts = attempts + 1, last_status = ?, delivered_at = ?,"
-            " last_error = NULL WHERE seq = ?",
-            (status, time.time(), seq),
-        )
-    else:
-        db.execute(
-            "UPDATE deliveries SET attempts = attempts + 1, last_status = ?, next_at = ?,"
-            " last_error = ? WHERE seq = ?",
-            (status, next_at, error, seq),
-        )
-
-
 def purge_finished(db: sqlite3.Connection, before: float) -> list[str]:
     """Delete jobs finished before ``before`` (with their artifact and delivery rows);
     returns their artifact files' paths, for the caller to delete. On PostgreSQL one
     replica at a time: the others find the janitor's lock taken and do nothing."""
     if (
-        _shared(db)
+        shared(db)
         and not db.execute("SELECT pg_try_advisory_xact_lock(?)", (JANITOR_LOCK,)).fetchone()[0]
     ):
         return []

@@ -34,7 +34,7 @@ from ..dataplane.errors import ModelNotFound
 from ..dataplane.jsonwire import dumps, rfc3339
 from ..dataplane.names import is_cloud, normalize
 from ..users import USER_SCOPE_KEY, User
-from . import records
+from . import deliveries, records
 from .records import FINISHED, Job
 from .service import Jobs
 
@@ -55,7 +55,11 @@ def job_routes(jobs: Jobs) -> Blueprint:
     async def shape(job: Job) -> dict[str, Any]:
         def read(db: Any) -> tuple[int | None, list[dict[str, Any]], dict[str, Any]]:
             position = records.position_of(db, job) if job.state == "queued" else None
-            return position, records.artifacts_of(db, job.id), records.webhook_summary(db, job.id)
+            return (
+                position,
+                records.artifacts_of(db, job.id),
+                deliveries.webhook_summary(db, job.id),
+            )
 
         position, artifacts, webhook = await jobs.store.call(read)
         out: dict[str, Any] = {

@@ -1,4 +1,5 @@
-"""The job queue's tasks: the batch worker, the embed worker, webhooks and the janitor.
+"""The job queue's tasks: the batch worker, the embed worker, and the janitor; the
+webhook sender is in :mod:`foreman.jobs.webhooks`.
 
 The shape (``docs/adr/0010-the-queue.md``)::
 
@@ -15,14 +16,13 @@ shutdown (the job then goes back to ``queued`` when foreman starts again).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import math
 import os
 import secrets
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httpx2
@@ -32,7 +32,6 @@ from ..backends.ollama.inventory import Inventory
 from ..backends.ollama.target import Target
 from ..dataplane.errors import TargetError, TargetStatus
 from ..dataplane.gate import Gate
-from ..outbound import AddressPolicy, PolicyBackend, policed_transport
 from ..settings import Settings
 from ..store import REPLICA, Store, StoreUnavailable
 from ..store.private import write_private
@@ -41,6 +40,7 @@ from . import records
 from .assemble import StreamError, assemble
 from .records import Job
 from .replicas import LEASE, LOOK_AGAIN, keep_leases
+from .webhooks import send_webhooks
 
 if TYPE_CHECKING:
     from ..users import User
@@ -51,10 +51,6 @@ LOGGER = logging.getLogger("foreman.jobs")
 
 CHATS = ("chat", "generate")
 EMBEDS = ("embed",)
-#: Seconds between webhook attempts: doubling from 1 up to this, and attempts at most.
-WEBHOOK_MAX_BACKOFF = 300.0
-WEBHOOK_MAX_ATTEMPTS = 20
-WEBHOOK_TIMEOUT = 10.0
 
 
 class Jobs:
@@ -90,8 +86,8 @@ class Jobs:
         #: jobs ended by this process, by state (``/metrics``)
         self.finished = {"succeeded": 0, "failed": 0, "cancelled": 0}
         self._changed = trio.Event()  # the queue changed: workers look again
-        self._deliveries = trio.Event()  # a delivery is due: the sender looks again
-        self._webhook_transport = webhook_transport
+        self.delivery_due = trio.Event()  # set when a delivery is due (foreman.jobs.webhooks)
+        self.webhook_transport = webhook_transport
         self._epoch = time.time() - trio.current_time()  # see now(); built inside trio
         self._nursery: trio.Nursery | None = None
 
@@ -172,7 +168,7 @@ class Jobs:
             for name, task in (
                 ("the chat job worker", self._chat_worker),
                 ("the embed job worker", self._embed_worker),
-                ("the webhook sender", self._send_webhooks),
+                ("the webhook sender", partial(send_webhooks, self)),
                 ("the job janitor", self._janitor),
             ):
                 nursery.start_soon(supervised, name, task, self.store)
@@ -200,8 +196,8 @@ class Jobs:
         self._changed.set()
         self._changed = trio.Event()
         if deliveries:
-            self._deliveries.set()
-            self._deliveries = trio.Event()
+            self.delivery_due.set()
+            self.delivery_due = trio.Event()
 
     async def _wait_for(self, endpoints: tuple[str, ...]) -> Job:
         """The next queued job of these endpoints, once there is one, the target is up and
@@ -371,77 +367,6 @@ class Jobs:
 
         await trio.to_thread.run_sync(write_private, path, data)  # 0600, whatever the umask
         await self.store.call(records.add_artifact, job.id, name, content_type, len(data), relative)
-
-    # --- webhooks ----------------------------------------------------------------------
-
-    async def _send_webhooks(self) -> None:
-        """Deliver state webhooks: due ones now, failed ones again with back-off; forever."""
-        policed = self._webhook_transport or policed_transport(
-            PolicyBackend(AddressPolicy.of(self.settings))
-        )  # an ordinary user's webhook goes through the outbound address policy
-        options: dict[str, Any] = {
-            "timeout": WEBHOOK_TIMEOUT,
-            "follow_redirects": False,
-            "trust_env": False,
-        }
-        async with (
-            httpx2.AsyncClient(transport=self._webhook_transport, **options) as client,
-            httpx2.AsyncClient(transport=policed, **options) as users_client,
-        ):
-            while True:
-                wake = self._deliveries
-                claim = WEBHOOK_TIMEOUT + 5.0 if self.shared else None  # one replica each
-                due = await self.store.call(records.due_deliveries, self.now(), 50, claim)
-                if due:  # one job's deliveries go one at a time, in order; jobs in parallel
-                    async with trio.open_nursery() as batch:
-                        for delivery in due:
-                            sender = users_client if delivery.get("policed") else client
-                            batch.start_soon(self._deliver, sender, delivery)
-                    continue
-                upcoming = await self.store.call(records.next_delivery_at)
-                # a millisecond late, so that the retry is surely due when we look again
-                delay = math.inf if upcoming is None else max(0.0, upcoming - self.now()) + 0.001
-                if self.shared:  # another replica's deliveries wake nobody here
-                    delay = min(delay, LOOK_AGAIN)
-                with trio.move_on_after(delay):  # a retry falls due, or a new delivery comes
-                    await wake.wait()
-
-    async def _deliver(self, client: httpx2.AsyncClient, delivery: dict[str, Any]) -> None:
-        """Attempt one delivery and record the attempt on its row.
-
-        Whatever the row holds (a URL stored before it was checked, say), a failure is
-        recorded on that delivery and the sender goes on: an answer that is not 2xx or
-        no answer is tried again with back-off; a URL the client cannot use at all is
-        given up at once.
-        """
-        headers = {"content-type": "application/json", "user-agent": "foreman"}
-        if self.settings.webhook_secret:
-            digest = hmac.new(
-                self.settings.webhook_secret.encode(), delivery["body"], hashlib.sha256
-            ).hexdigest()
-            headers["x-foreman-signature"] = f"sha256={digest}"
-        status: int | None = None
-        error: str | None = None
-        usable = True
-        attempts = delivery["attempts"] + 1
-        url, job_id = delivery["url"], delivery["job_id"]
-        try:
-            response = await client.post(url, content=delivery["body"], headers=headers)
-            status = response.status_code
-        except httpx2.HTTPError as exc:
-            error = str(exc) or type(exc).__name__
-            LOGGER.info("webhook %.200r for job %s: %s", url, job_id, error)
-        except Exception as exc:  # noqa: BLE001  (InvalidURL, UnicodeError: nothing to retry)
-            error, usable = f"cannot be sent: {exc}"[:500], False
-            LOGGER.warning("webhook for job %s %s; given up", job_id, error)
-        delivered = status is not None and 200 <= status < 300
-        backoff = min(2.0 ** (attempts - 1), WEBHOOK_MAX_BACKOFF)
-        next_at = self.now() + backoff if usable and attempts < WEBHOOK_MAX_ATTEMPTS else math.inf
-        if not delivered and usable and attempts >= WEBHOOK_MAX_ATTEMPTS:
-            LOGGER.warning("webhook for job %s given up after %d attempts", job_id, attempts)
-        await self.store.call(
-            records.mark_delivery, delivery["seq"], status, delivered, next_at, error
-        )
 
     # --- retention ---------------------------------------------------------------------
 
