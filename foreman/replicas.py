@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from .backends import registry
+from .backends import choices
 from .gateway import Gateway
 
 __all__ = ["follow_replicas"]
@@ -86,6 +86,6 @@ async def _apply(gw: Gateway, payloads: list[str]) -> None:
             elif table in ("backends", "backend_models") and gw.backends and key.isdigit():
                 await gw.backends.changed(int(key))
             elif table == "preferences" and gw.backends is not None:
-                gw.backends.preferences = await gw.backends.store.call(registry.all_preferences)
+                gw.backends.preferences = await gw.backends.store.call(choices.all_preferences)
         except sqlite3.Error as exc:
             LOGGER.warning("replicas: cannot reload %s (%s)", payload, exc)

@@ -11,17 +11,19 @@ from typing import Any
 
 import pytest
 
-from foreman.backends.registry import (
-    FieldError,
+from foreman.backends.choices import (
     Preferences,
-    Sealer,
-    ensure_builtin,
     get_preferences,
-    insert_backend,
-    list_backends,
     list_models,
     put_preferences,
     record_models,
+)
+from foreman.backends.registry import (
+    FieldError,
+    Sealer,
+    ensure_builtin,
+    insert_backend,
+    list_backends,
     update_backend,
 )
 from foreman.jobs import deliveries, records

@@ -36,11 +36,12 @@ from ..outbound import AddressPolicy, PolicyBackend, Resolver, policed_transport
 from ..outbound import server_key as outbound_server_key
 from ..settings import Settings
 from ..store import Store
-from . import registry
+from . import choices, registry
+from .choices import Preferences
 from .ollama.inventory import Inventory
 from .ollama.residency import Residency
 from .ollama.target import open_target
-from .registry import BackendRecord, Preferences, Sealer
+from .registry import BackendRecord, Sealer
 from .runtime import ApiBackend, OllamaBackend, Status
 
 __all__ = ["ApiBackend", "Backend", "Backends", "OllamaBackend", "Status"]
@@ -119,7 +120,7 @@ class Backends:
         Supports ``await nursery.start(backends.run)``: ``started()`` comes once every
         backend's tasks are started (not once they are connected: that is their status).
         """
-        self.preferences = await self.store.call(registry.all_preferences)
+        self.preferences = await self.store.call(choices.all_preferences)
         self._gates[await self.server_key(self.builtin.target.url)] = self.builtin.gate
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -287,7 +288,7 @@ class Backends:
         """Store what a discovery found (a store error only costs this record)."""
         try:
             self.selected[backend_id] = await self.store.call(
-                registry.record_models, backend_id, models, time.time()
+                choices.record_models, backend_id, models, time.time()
             )
         except Exception as exc:  # sqlite3.Error, or the backend was deleted meanwhile
             LOGGER.warning("backend %d: cannot record its models: %s", backend_id, exc)

@@ -22,7 +22,7 @@ from ..dataplane.errors import ForemanError, TargetError
 from ..dataplane.jsonwire import rfc3339
 from ..outbound import short_reason
 from ..users import User
-from . import Backends, registry
+from . import Backends, choices, registry
 from .registry import BackendRecord, FieldError, Limits
 
 __all__ = ["PAGE_ROWS", "CheckFailed", "Forbidden", "Inactive", "Manager", "NotFound"]
@@ -119,7 +119,7 @@ class Manager:
         return record
 
     async def models(self, user: User, backend_id: int, *, refresh: bool) -> list[dict[str, Any]]:
-        """The backend's models by name (:func:`~.registry.list_models`); with
+        """The backend's models by name (:func:`~.choices.list_models`); with
         ``refresh``, discovered again first. ``available`` is false for every model
         while the backend is not connected.
 
@@ -134,7 +134,7 @@ class Manager:
             except TargetError as exc:
                 raise CheckFailed(f"backend {record.name!r}: {short_reason(exc)}") from exc
             await self.backends.record(backend_id, found)
-        return await self.store.call(registry.list_models, backend_id, self._seen_since(backend_id))
+        return await self.store.call(choices.list_models, backend_id, self._seen_since(backend_id))
 
     def _seen_since(self, backend_id: int) -> float:
         """Since when a model must have been seen to be ``available``: the last successful
@@ -238,7 +238,7 @@ class Manager:
         if model is None or model == "":
             raise FieldError("model", "required: the name of one of the backend's models")
         if not isinstance(model, str) or not await self.store.call(
-            registry.select_model, backend_id, model
+            choices.select_model, backend_id, model
         ):
             raise FieldError("model", f"not a model of backend {record.name!r}")
         self.backends.selected[backend_id] = model
@@ -253,7 +253,7 @@ class Manager:
                 may route to).
         """
         visible = {b.record.id for b in self.backends.visible(user.name).values()}
-        chosen = registry.check_preferences(fields, visible, self.limits)
-        await self.store.call(registry.put_preferences, user.name, chosen)
+        chosen = choices.check_preferences(fields, visible, self.limits)
+        await self.store.call(choices.put_preferences, user.name, chosen)
         self.backends.preferences[user.name] = chosen
         return chosen.shown()

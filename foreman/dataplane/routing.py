@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..backends import Backend, Backends
-from ..backends.registry import Preferences
+from ..backends.choices import Preferences
 from .jsonwire import dumps
 
 __all__ = ["Route", "fallback", "resolve"]
