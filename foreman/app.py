@@ -41,6 +41,7 @@ from .access import PREFLIGHT_HEADERS, Access, listens_on_loopback
 from .connections import trim_memory
 from .control.metrics import route_label
 from .control.routes import create_control_app, is_control, is_page
+from .dataplane.answers import respond, retry_after
 from .dataplane.bodies import (
     DRAIN_TIMEOUT,
     BodyGuard,
@@ -63,7 +64,7 @@ from .dataplane.faces import (
     stream_error,
 )
 from .dataplane.jsonwire import JSON_CONTENT_TYPE, error_body
-from .dataplane.native import ClientGone, DataPlane, respond, retry_after
+from .dataplane.native import ClientGone, DataPlane
 from .gateway import Gateway
 from .users import SESSION_SCOPE_KEY, USER_SCOPE_KEY
 from .users.sessions import cookie_value

@@ -14,6 +14,7 @@ the percent-decoded path (:func:`~foreman.dataplane.faces.route_key`):
   last inventory is served instead. ``GET /v1/models``: relayed, or foreman's own
   list when the user can reach more than the builtin backend.
 * ``GET /v1/models/{model}``: relayed, or found among foreman's own list (as above).
+  These three listing routes are in :mod:`.catalog`.
 * ``/`` and every other ``/api/*`` path: relayed as is.
 * A path with dot segments (``/api/./chat``) or doubled slashes gets gin's
   ``404 page not found``, as from Ollama, and is never relayed: what foreman
@@ -35,31 +36,23 @@ the gate.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
 from ..backends import OllamaBackend
 from ..gateway import Gateway
-from ..users import USER_SCOPE_KEY
+from . import catalog
 from . import openai as openai_face
-from .bodies import drain
+from .answers import respond, user_name
 from .disconnects import WATCH_AFTER, Disconnects
-from .errors import (
-    CannotEmbed,
-    GateFull,
-    ModelNotFound,
-    TargetError,
-    TargetUnreachable,
-    WrongFace,
-)
+from .errors import CannotEmbed, TargetError, TargetUnreachable, WrongFace
 from .exchange import Exchange
 from .faces import ANTHROPIC, EMBEDS, NATIVE, OPENAI, face_of, is_gated, route_key
 from .intake import ClientGone, read_body, stream_body, with_model
-from .jsonwire import JSON_CONTENT_TYPE, request_fields
-from .listing import reachable_entries, reachable_models
+from .jsonwire import request_fields
 from .names import check_printable, is_cloud, normalize
 from .passthrough import relay_api
 from .relay import NDJSON, relay
@@ -69,8 +62,6 @@ from .routing import Route, fallback, resolve
 __all__ = ["WATCH_AFTER", "ClientGone", "DataPlane", "Disconnects", "route_key"]
 
 LOGGER = logging.getLogger("foreman.dataplane.native")
-
-_JSON = [(b"content-type", JSON_CONTENT_TYPE.encode())]
 
 #: Request headers passed on to the target. Never Host or Origin: Ollama bound to
 #: loopback answers 403 to a foreign Host or Origin (foreman checks them itself).
@@ -113,13 +104,13 @@ class DataPlane:
         elif key in EMBEDS and method == "POST":
             handler = self._embed
         elif key == "/api/tags" and method == "GET":
-            handler = self._tags
+            handler = partial(catalog.tags, self)
         elif key == "/v1/models" and method == "GET":
-            handler = self._models
+            handler = partial(catalog.models, self)
         elif key.startswith("/v1/models/") and method == "GET":
-            handler = self._model
+            handler = partial(catalog.model, self)
         else:
-            handler = self._passthrough
+            handler = self.passthrough
         await handler(exchange, scope, receive, send, extra_headers, key)
 
     # --- routes ---------------------------------------------------------------------
@@ -166,7 +157,7 @@ class DataPlane:
                 and not exchange.response_started
                 and self.gw.backends
             ):
-                alternative = fallback(self.gw.backends, _user(scope), route)
+                alternative = fallback(self.gw.backends, user_name(scope), route)
             if alternative is None:
                 raise
             LOGGER.info("%s is unreachable: falling back to %s", backend.name, alternative.label)
@@ -232,7 +223,7 @@ class DataPlane:
         async with self.disconnects.watching(receive, exchange):
             async with backend.gate.hold(len(body)) as waited:
                 exchange.gate_wait = waited
-                request = self._request(backend, scope, body)
+                request = self.upstream_request(backend, scope, body)
                 del body  # the request holds it now, and only for as long as it is sent
                 await self._relay(backend, request, send, exchange, timeout, extra)
 
@@ -290,7 +281,7 @@ class DataPlane:
             if route.backend.type != "ollama":
                 raise CannotEmbed(route.backend.name, route.backend.type)
             backend = route.backend
-        request = self._request(backend, scope, body)
+        request = self.upstream_request(backend, scope, body)
         del body
         backend.embeds_in_flight += 1
         try:
@@ -301,72 +292,10 @@ class DataPlane:
         finally:
             backend.embeds_in_flight -= 1
 
-    async def _tags(
+    async def passthrough(
         self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any, key: str
     ) -> None:
-        gw = self.gw
-        if gw.backends is not None:
-            listing = reachable_models(gw.backends, _user(scope))
-            if listing is not None:  # more than the builtin backend: foreman's own list
-                await drain(receive)
-                await respond(send, 200, listing, headers=_JSON + extra)
-                return
-        inventory = gw.inventory
-        if not inventory.degraded.value or inventory.body is None:
-            body = await read_body(scope, receive, self.settings.max_body)
-            request = self._request(gw.builtin, scope, body)
-            try:
-                status, headers, body = await gw.target.fetch(
-                    request, total_timeout=self.settings.control_timeout
-                )
-            except TargetError as exc:
-                inventory.kick()
-                if inventory.body is None:
-                    raise
-                LOGGER.info("answering /api/tags from the last inventory: %s", exc)
-            else:
-                await respond(send, status, body, headers=headers + extra)
-                return
-        else:
-            inventory.kick()
-        assert inventory.body is not None
-        await respond(send, 200, inventory.body, headers=_JSON + extra)
-
-    async def _models(
-        self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any, key: str
-    ) -> None:
-        """``GET /v1/models``: relayed, or what the user can reach in OpenAI's list shape."""
-        if self.gw.backends is not None:
-            entries = reachable_entries(self.gw.backends, _user(scope))
-            if entries is not None:
-                await drain(receive)
-                headers = [(b"content-type", b"application/json"), *extra]
-                await respond(send, 200, openai_face.models_body(entries), headers=headers)
-                return
-        await self._passthrough(exchange, scope, receive, send, extra, key)
-
-    async def _model(
-        self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any, key: str
-    ) -> None:
-        """``GET /v1/models/{model}``: relayed; or, for a user who reaches more than the
-        builtin backend, the model of that name among what ``GET /v1/models`` lists them
-        (an alias and ``backend/model`` too), else OpenAI's 404."""
-        if self.gw.backends is not None:
-            entries = reachable_entries(self.gw.backends, _user(scope))
-            if entries is not None:
-                await drain(receive)
-                name = scope["path"].split("/", 3)[3]  # as sent: /v1/models/{name}
-                body = openai_face.model_body(entries, name)
-                if body is None:
-                    raise ModelNotFound(name)
-                headers = [(b"content-type", b"application/json"), *extra]
-                await respond(send, 200, body, headers=headers)
-                return
-        await self._passthrough(exchange, scope, receive, send, extra, key)
-
-    async def _passthrough(
-        self, exchange: Exchange, scope: Any, receive: Any, send: Any, extra: Any, key: str
-    ) -> None:
+        """Relay the request as is to the builtin backend (a large upload streamed)."""
         builtin = self.gw.builtin
         first = await receive()
         if first["type"] == "http.disconnect":
@@ -374,7 +303,7 @@ class DataPlane:
         content: bytes | AsyncIterator[bytes] = first.get("body", b"")
         if first.get("more_body", False):  # a large upload: streamed, never held whole
             content = stream_body(first["body"], receive)
-        request = self._request(builtin, scope, content, keep_length=True)
+        request = self.upstream_request(builtin, scope, content, keep_length=True)
         timeout = self.settings.idle_timeout
         if isinstance(content, bytes):
             async with self.disconnects.watching(receive, exchange):
@@ -409,9 +338,11 @@ class DataPlane:
         if exchange.outcome == "error" or inventory.degraded.value:
             inventory.kick()  # it failed mid-stream, or the target is back
 
-    def _request(
+    def upstream_request(
         self, backend: OllamaBackend, scope: Any, content: Any, *, keep_length: bool = False
     ) -> Any:
+        """The request for ``backend``'s target: the client's method, path (encoded
+        again), query and :data:`FORWARDED` headers, and ``content``."""
         wanted = FORWARDED | {b"content-length"} if keep_length else FORWARDED
         headers = [(k, v) for k, v in scope["headers"] if k.lower() in wanted]
         return backend.target.request(
@@ -428,7 +359,7 @@ class DataPlane:
         backends = self.gw.backends
         if backends is None or scope["method"] != "POST":
             return None
-        return resolve(backends, _user(scope), model, chat=chat)
+        return resolve(backends, user_name(scope), model, chat=chat)
 
     @staticmethod
     def _routed(exchange: Exchange, route: Route, extra: Any) -> list[tuple[bytes, bytes]]:
@@ -440,36 +371,3 @@ class DataPlane:
         exchange.echo = route.echo
         headers = [(k, v) for k, v in extra if k != b"x-foreman-backend"]
         return [*headers, (b"x-foreman-backend", route.label.encode())]
-
-
-def _user(scope: Any) -> str:
-    user = scope.get(USER_SCOPE_KEY)
-    return user.name if user is not None else "anonymous"
-
-
-async def respond(
-    send: Any,
-    status: int,
-    body: bytes,
-    *,
-    headers: list[tuple[bytes, bytes]],
-) -> None:
-    """Send a whole answer (with its ``Content-Length``)."""
-    has_length = any(k.lower() == b"content-length" for k, _ in headers)
-    if not has_length:
-        headers = [*headers, (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-def retry_after(
-    exc: Exception, poll_interval: float, busy_too: bool = False
-) -> list[tuple[bytes, bytes]]:
-    """``Retry-After`` for a 503 while the target is unreachable (seconds, at most 30);
-    with ``busy_too`` (the OpenAI and Anthropic faces, whose SDKs honour it) also
-    for a full gate (1 s)."""
-    if isinstance(exc, TargetUnreachable):
-        return [(b"retry-after", str(math.ceil(min(poll_interval, 30))).encode())]
-    if busy_too and isinstance(exc, GateFull):
-        return [(b"retry-after", b"1")]
-    return []
