@@ -37,6 +37,8 @@ Try, in another terminal:
   curl -N {url}/api/chat{auth} \\
     -d '{{"model":"llama3.2","messages":[{{"role":"user","content":"why is the sky blue?"}}]}}'
   curl {url}/api/tags{auth}
+  curl {url}/v1/chat/completions{auth} \\
+    -d '{{"model":"llama3.2","messages":[{{"role":"user","content":"hello"}}]}}'
   curl {url}/healthz
 Settings pages, in a browser: {url}/admin/
 Stop with Ctrl-C."""
