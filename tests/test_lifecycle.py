@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 import httpx2 as httpx
 import pytest
@@ -175,7 +176,7 @@ def test_demo_takes_only_the_options_it_uses() -> None:
     assert "--ollama-url" not in result.stdout and "--poll-interval" not in result.stdout
 
 
-def test_the_demo_prints_its_hints_once_it_listens_and_they_work() -> None:
+def test_the_demo_prints_its_hints_once_it_listens_and_they_work(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -189,6 +190,8 @@ def test_the_demo_prints_its_hints_once_it_listens_and_they_work() -> None:
             f"127.0.0.1:{port}",
             "--token",
             "t0k",
+            "--data-dir",
+            str(tmp_path),  # never the user's own data directory
         ],
         stderr=subprocess.PIPE,
         text=True,
