@@ -295,3 +295,44 @@ async def test_the_postgresql_backend_names_migration_keeps_keys_and_ids(pg_clus
         db.execute("DELETE FROM backends WHERE id = 1")  # the foreign key still acts
         row = db.execute("SELECT default_backend_id FROM preferences").fetchone()
         assert row is not None and row[0] is None
+
+
+async def test_replicas_starting_together_on_a_new_database_share_one_builtin_backend(
+    pg_cluster: Any, tmp_path: Any
+) -> None:
+    """Two replicas' ensure_builtin at once: the second's insert waits on the first's
+    uncommitted row, then takes that row instead of failing on the unique name."""
+    import threading
+
+    import trio
+
+    url, sealer = pg_cluster.new_database(), Sealer("shared", str(tmp_path))
+    inserted, release = threading.Event(), threading.Event()
+
+    def first(db: Any) -> Any:
+        record = ensure_builtin(db, sealer, "http://127.0.0.1:11434")
+        inserted.set()
+        release.wait(30)  # the transaction stays open until the second one waits on it
+        return record
+
+    def waiting(db: Any) -> int:
+        return db.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        ).fetchone()[0]
+
+    records: dict[str, Any] = {}
+    async with open_store(url) as a, open_store(url) as b, open_store(url) as watcher:
+
+        async def call(name: str, store: Any, fn: Any, *args: Any) -> None:
+            records[name] = await store.call(fn, *args)
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call, "a", a, first)
+                await trio.to_thread.run_sync(inserted.wait)
+                nursery.start_soon(call, "b", b, ensure_builtin, sealer, "http://127.0.0.1:11434")
+                while await watcher.call(waiting) == 0:  # noqa: ASYNC110 (polls the database)
+                    await trio.sleep(0.02)
+                release.set()
+        assert records["a"].id == records["b"].id
+        assert [r.name for r in await watcher.call(list_backends, sealer)] == ["ollama"]

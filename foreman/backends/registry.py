@@ -132,12 +132,18 @@ def ensure_builtin(db: sqlite3.Connection, sealer: Sealer, endpoint: str) -> Bac
     if row is None:
         taken = db.execute("SELECT 1 FROM backends WHERE name = ?", (BUILTIN_NAME,)).fetchone()
         is_default = not db.execute("SELECT 1 FROM backends WHERE is_default = 1").fetchone()
-        cursor = db.execute(
+        # Replicas starting together on one new database race to this insert: the
+        # loser's conflicts on the name, does nothing, and reads the winner's row.
+        inserted = db.execute(
             "INSERT INTO backends (name, type, endpoint, is_default, builtin, created_at,"
-            " updated_at) VALUES (?, 'ollama', ?, ?, 1, ?, ?) RETURNING id",
+            " updated_at) VALUES (?, 'ollama', ?, ?, 1, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
             (BUILTIN_NAME + ("-builtin" if taken else ""), endpoint, is_default, now, now),
-        )
-        backend_id = cursor.fetchone()[0]
+        ).fetchone()
+        if inserted is None:
+            inserted = db.execute("SELECT id FROM backends WHERE builtin = 1").fetchone()
+        if inserted is None:
+            raise RuntimeError(f"a backend is already named {BUILTIN_NAME}-builtin")
+        backend_id = inserted[0]
     else:
         backend_id = row["id"]
         db.execute(
