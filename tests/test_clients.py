@@ -119,7 +119,9 @@ def test_a_client_that_stops_reading_frees_the_gate_within_the_client_timeout(
         )
         waited = time.monotonic() - begun
         assert second.status_code == 200, second.text
-        assert waited < timeout + 1.0, f"the second chat waited {waited:.2f}s"
+        # Held, the stuck chat never ends (its writes block the stand-in too), and the
+        # second would wait out its own timeout; a busy machine may add a few seconds.
+        assert waited < timeout + 10, f"the second chat waited {waited:.2f}s"
         stats = _stats(target)
         assert stats["max_chats_in_flight"] == 1  # the gate held: never two at once
         assert stats["chats_in_flight"] == 0  # the stuck one's generation was aborted
@@ -154,7 +156,7 @@ def test_a_body_that_does_not_arrive_in_time_is_408(tmp_path: Path) -> None:
             assert _status(data) == 408, data
             assert b"connection: close" in data.lower()
             assert b"FOREMAN_BODY_TIMEOUT" in data
-            assert 1.4 < time.monotonic() - begun < 4
+            assert 1.4 < time.monotonic() - begun < 8  # not early; late only on a busy machine
 
         body = json.dumps(chat_body()).encode()
         with _connect(url) as sock:  # 5 bytes a second: each one progress, the whole late
@@ -171,7 +173,7 @@ def test_a_body_that_does_not_arrive_in_time_is_408(tmp_path: Path) -> None:
                     break
                 time.sleep(0.2)
         assert _status(answer) == 408, answer
-        assert 1.4 < time.monotonic() - begun < 4
+        assert 1.4 < time.monotonic() - begun < 8  # not early; late only on a busy machine
         assert _stats(target)["chats_total"] == 0
 
 
@@ -191,7 +193,7 @@ def test_a_refused_request_is_answered_without_waiting_for_its_body(tmp_path: Pa
             data = _answer(sock, 10)
             assert _status(data) == status, data
             sock.close()
-            assert time.monotonic() - begun < 3  # the short drain, not FOREMAN_BODY_TIMEOUT
+            assert time.monotonic() - begun < 10  # the short drain, not FOREMAN_BODY_TIMEOUT (30 s)
 
 
 def _at_most_1024_fds() -> None:
@@ -232,7 +234,7 @@ def test_1100_body_less_connections_on_1024_descriptors_do_not_stop_new_clients(
             tags = httpx.get(f"{url}/api/tags", timeout=body_timeout + 10)
             waited = time.monotonic() - begun
             assert tags.status_code == 200
-            assert waited < body_timeout + 2, f"/api/tags took {waited:.2f}s"
+            assert waited < body_timeout + 8, f"/api/tags took {waited:.2f}s"
         finally:
             for sock in sockets:
                 sock.close()

@@ -8,6 +8,7 @@ gone and fallback on, Claude Code is answered by the Claude stand-in.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -44,10 +45,23 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
         yield target, url
 
 
+#: The SDK clients a test made, closed after it (their pools would leak sockets to the
+#: garbage collector, whose ResourceWarning fails whichever test it lands in).
+OPENED: list[openai.OpenAI | anthropic.Anthropic] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while OPENED:
+        OPENED.pop().close()
+
+
 def openai_pair(served: tuple[str, str]) -> tuple[openai.OpenAI, openai.OpenAI]:
     target, url = served
     through = openai.OpenAI(base_url=url + "/v1", api_key=TOKEN, max_retries=0)
     direct = openai.OpenAI(base_url=target + "/v1", api_key="unused", max_retries=0)
+    OPENED.extend((through, direct))
     return through, direct
 
 
@@ -55,6 +69,7 @@ def anthropic_pair(served: tuple[str, str]) -> tuple[anthropic.Anthropic, anthro
     target, url = served
     through = anthropic.Anthropic(base_url=url, api_key=TOKEN, max_retries=0)
     direct = anthropic.Anthropic(base_url=target, api_key="unused", max_retries=0)
+    OPENED.extend((through, direct))
     return through, direct
 
 
@@ -156,21 +171,25 @@ def test_sdk_errors_come_in_the_faces_shape(served: tuple[str, str]) -> None:
 
 
 def cli(name: str) -> Path:
-    """The ``claude`` or ``codex`` command, installed into ``build/npm`` if need be."""
+    """The ``claude`` or ``codex`` command, installed into ``build/npm`` if need be (one
+    install at a time: the tests run in several processes)."""
     command = NPM_DIR / "node_modules" / ".bin" / name
-    if command.exists():
-        return command
-    npm = shutil.which("npm")
-    if npm is None or shutil.which("node") is None:
-        pytest.skip(
-            f"npm and node are missing: cannot install {PACKAGES[name]} (apt-get nodejs npm)"
+    NPM_DIR.mkdir(parents=True, exist_ok=True)
+    with open(NPM_DIR / ".install-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if command.exists():
+            return command
+        npm = shutil.which("npm")
+        if npm is None or shutil.which("node") is None:
+            pytest.skip(
+                f"npm and node are missing: cannot install {PACKAGES[name]} (apt-get nodejs npm)"
+            )
+        installed = subprocess.run(
+            [npm, "install", "--prefix", str(NPM_DIR), PACKAGES[name]],
+            capture_output=True,
+            timeout=600,
+            check=False,
         )
-    installed = subprocess.run(
-        [npm, "install", "--prefix", str(NPM_DIR), PACKAGES[name]],
-        capture_output=True,
-        timeout=600,
-        check=False,
-    )
     if installed.returncode != 0 or not command.exists():
         pytest.skip(f"npm could not install {PACKAGES[name]}: {installed.stderr[-500:]!r}")
     return command

@@ -353,6 +353,20 @@ async def test_a_target_that_vanishes_mid_run_requeues_without_spending_an_attem
         assert receiver.states(job["id"]) == ["queued", "running", "queued", "running", "succeeded"]
 
 
+async def test_a_job_running_when_foreman_stops_runs_again_after_the_restart(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    standin = StandIn(token_rate=1.0)  # a long answer: still running at the stop
+    async with open_foreman(nursery, standin) as fm:
+        data_dir = fm.gw.settings.data_dir
+        job = await submit(fm)
+        await wait_state(fm, job["id"], "running")
+    async with open_foreman(nursery, standin, data_dir=data_dir) as fm:
+        done = await wait_state(fm, job["id"], "succeeded", "failed", "cancelled")
+        assert done["state"] == "succeeded" and done["attempts"] == 1
+        assert standin.chats_total == 2  # the cut one, and the whole one
+
+
 async def test_a_target_error_fails_the_job_with_the_targets_error(
     fm: Foreman, autojump_clock: trio.abc.Clock
 ) -> None:

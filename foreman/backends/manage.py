@@ -130,10 +130,9 @@ class Manager:
         backend = self.backends.running.get(backend_id)
         if refresh and backend is not None:
             try:
-                found = await backend.check()
+                await backend.check(self.backends.record)
             except TargetError as exc:
                 raise CheckFailed(f"backend {record.name!r}: {short_reason(exc)}") from exc
-            await self.backends.record(backend_id, found)
         return await self.store.call(choices.list_models, backend_id, self._seen_since(backend_id))
 
     def _seen_since(self, backend_id: int) -> float:
@@ -219,11 +218,10 @@ class Manager:
         if backend is None:
             raise Inactive(f"backend {record.name!r} is not active")
         try:
-            models = await backend.check()
+            models = await backend.check(self.backends.record)
         except TargetError as exc:  # a short, fixed reason: never what the backend answered
             error = short_reason(exc)
             return {"ok": False, "status": self.status(backend_id), "models": [], "error": error}
-        await self.backends.record(backend_id, models)
         names = sorted(name for name, _ in models)
         return {"ok": True, "status": self.status(backend_id), "models": names, "error": None}
 

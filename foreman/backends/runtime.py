@@ -158,8 +158,9 @@ class OllamaBackend:
         except (ValueError, KeyError, TypeError, AttributeError):
             return []
 
-    async def check(self) -> list[tuple[str, int | None]]:
-        """Poll ``/api/tags`` now (shared with the poller); returns the models.
+    async def check(self, record: Recorder) -> list[tuple[str, int | None]]:
+        """Poll ``/api/tags`` now (shared with the poller), ``record`` the models found and
+        return them.
 
         Raises:
             TargetError: the poll failed.
@@ -167,7 +168,9 @@ class OllamaBackend:
         await self.inventory.refresh()
         if self.inventory.degraded.value and self.inventory.last_error is not None:
             raise self.inventory.last_error
-        return self.discovered()
+        models = self.discovered()
+        await record(self.record.id, models)
+        return models
 
     async def record_discoveries(self, record: Recorder) -> None:
         """After every successful poll, store the models it found; never returns."""
@@ -200,8 +203,10 @@ class ApiBackend:
     def healthy(self) -> bool:
         return self.status.healthy(time.time(), self.interval)
 
-    async def check(self) -> list[tuple[str, int | None]]:
-        """``GET /v1/models`` now, all of it within :data:`CHECK_TIMEOUT`; updates the status.
+    async def check(self, record: Recorder) -> list[tuple[str, int | None]]:
+        """``GET /v1/models`` now, all of it within :data:`CHECK_TIMEOUT`; ``record`` the
+        models found, then update the status (so that a backend shown ``connected`` has its
+        selected model for routing).
 
         Returns ``[(model id, size in bytes or None)]``; entries without a string id are
         dropped. An answer the SDK cannot read counts as a broken backend, never as a
@@ -227,6 +232,7 @@ class ApiBackend:
         except Exception as exc:  # an SDK that chokes on a hostile answer
             error = TargetBroken(self.name, f"an unreadable model list ({exc!r})", kind=kind)
         else:
+            await record(self.record.id, models)
             if self.status.state != "connected":
                 LOGGER.info("backend %s connected: %d models", self.name, len(models))
             self.status.succeeded(len(models))
@@ -241,7 +247,7 @@ class ApiBackend:
         """Check every ``interval`` seconds and store the models found; never returns."""
         while True:
             try:
-                await record(self.record.id, await self.check())
+                await self.check(record)
             except TargetError:
                 pass  # the status says it
             await trio.sleep(self.interval)

@@ -264,12 +264,13 @@ class Jobs:
         """Run one claimed job to its next state.
 
         A job the store or the disk failed (its artifact or its new state could not be
-        written) goes back to the queue, its attempt not spent; a new state that cannot
-        be written now is written once the store works again, without holding the gate.
+        written), or that foreman stopped under, goes back to the queue, its attempt not
+        spent; a new state that cannot be written now is written once the store works
+        again, without holding the gate.
         """
         scope, finished = trio.CancelScope(), trio.Event()
         self.running[job.id] = (scope, finished)
-        outcome: tuple[str, dict[str, Any]] = ("cancelled", {})
+        outcome: tuple[str, dict[str, Any]] | None = None
         try:
             with scope:
                 outcome = await self._execute(job)
@@ -283,6 +284,8 @@ class Jobs:
             outcome = ("failed", {"error": f"foreman: internal error: {exc}"})
         finally:
             del self.running[job.id]
+            if outcome is None:  # cancelled: by its user, or by foreman stopping (requeued)
+                outcome = ("cancelled", {}) if scope.cancel_called else ("queued", {})
             state, changes = outcome
             if state == "queued":  # the target vanished: try again, attempt not spent
                 changes = {"attempts": job.attempts - 1, "started_at": None, **changes}
