@@ -3,6 +3,5 @@
 what the last two share (their server shell: faults, statistics, streaming, ASGI).
 
 They are test oracles: they share code only with each other, none with the foreman modules
-they test, and each
-behaves as the real server does on the wire.
+they test, and each behaves as the real server does on the wire.
 """
