@@ -26,39 +26,19 @@ class AnthropicStandIn(CloudStandIn):
 
     Args:
         api_key: the one key accepted (as ``x-api-key`` or ``Authorization: Bearer``).
-        models: the model ids it knows, newest first, as ``GET /v1/models`` lists them.
+        models: the model ids it knows, newest first, as ``GET /v1/models`` lists them
+            (default :data:`DEFAULT_MODELS`).
         reply: the text of every text reply, streamed one word per delta.
         tool_preamble: text sent before a ``tool_use`` block ("" for none).
 
-    Faults (set them as attributes, or over ``POST /_standin/faults``):
-        overloaded, rate_limited, delay, die_after, fail_midstream (see the module
-        docstring); and ``reachable``: False makes :meth:`transport` refuse
-        connections (``httpx2.ConnectError``), as a host that is down does.
-
-    Statistics (``/_standin/`` requests are not counted):
-        requests: every request, in order, as a dict of ``method``, ``path``,
-            ``query``, ``headers`` (lower-cased names) and ``body`` (the parsed JSON,
-            or None if the body is empty or not JSON).
-        counts: ``"POST /v1/messages"`` -> number of requests.
-        errors: error type (``"overloaded_error"``...) -> number of error answers,
-            in-stream errors included.
-        in_flight, max_in_flight, generations_total: ``POST /v1/messages`` requests
-            past authentication, each counted until its response ended or its
-            client went away.
-        streams_total: those that asked for a stream.
+    Faults and statistics are :class:`~foreman.standins.cloud.CloudStandIn`'s: the
+    generations counted in flight are ``POST /v1/messages`` requests, ``errors`` counts
+    error answers by type (``"overloaded_error"``...).
     """
 
+    DEFAULT_MODELS = DEFAULT_MODELS
+    DEFAULT_REPLY = DEFAULT_REPLY
     ID_HEADER = b"request-id"
-
-    def __init__(
-        self,
-        *,
-        api_key: str = "sk-test",
-        models: list[str] | tuple[str, ...] = DEFAULT_MODELS,
-        reply: str = DEFAULT_REPLY,
-        tool_preamble: str = "",
-    ) -> None:
-        super().__init__(api_key=api_key, models=models, reply=reply, tool_preamble=tool_preamble)
 
     # --- Anthropic's answers --------------------------------------------------------------
 

@@ -22,30 +22,14 @@ error. Nothing here is foreman's: the stand-ins are the oracles foreman is teste
 
 from __future__ import annotations
 
-from .pieces import (
-    FAULTS,
-    Aborted,
-    ApiError,
-    Reply,
-    Request,
-    cut,
-    json_text,
-    random_id,
-    sample_value,
-    words,
-)
-from .standin import CloudStandIn
-
-__all__ = [
-    "FAULTS",
-    "Aborted",
-    "ApiError",
-    "CloudStandIn",
-    "Reply",
-    "Request",
-    "cut",
-    "json_text",
-    "random_id",
-    "sample_value",
-    "words",
-]
+from .pieces import FAULTS as FAULTS
+from .pieces import Aborted as Aborted
+from .pieces import ApiError as ApiError
+from .pieces import Reply as Reply
+from .pieces import Request as Request
+from .pieces import cut as cut
+from .pieces import json_text as json_text
+from .pieces import random_id as random_id
+from .pieces import sample_value as sample_value
+from .pieces import words as words
+from .standin import CloudStandIn as CloudStandIn

@@ -25,23 +25,35 @@ class CloudStandIn:
     """The shell of a cloud API's stand-in (subclassed by each API; see the module docstring).
 
     Args:
-        api_key: the one key accepted.
-        models: the model ids it knows, as ``GET /v1/models`` lists them.
-        reply: the text of every text reply, streamed one word per delta.
+        api_key: the one key accepted (``sk-test``).
+        models: the model ids it knows, as ``GET /v1/models`` lists them
+            (:attr:`DEFAULT_MODELS` if None).
+        reply: the text of every text reply, streamed one word per delta
+            (:attr:`DEFAULT_REPLY` if None).
         tool_preamble: text sent before a tool call ("" for none).
 
-    Faults (attributes, or ``POST /_standin/faults``): see :data:`FAULTS`, and
-    ``reachable``: False makes :meth:`transport` refuse connections
-    (``httpx2.ConnectError``), as a host that is down does.
+    Faults (set them as attributes, or over ``POST /_standin/faults``):
+        overloaded, rate_limited, delay, die_after, fail_midstream (see :data:`FAULTS`
+        and each API's package docstring); and ``reachable``: False makes
+        :meth:`transport` refuse connections (``httpx2.ConnectError``), as a host that
+        is down does.
 
-    Statistics (``/_standin/`` requests are not counted): ``requests`` (every request,
-    in order, as a dict of ``method``, ``path``, ``query``, ``headers`` and ``body``),
-    ``counts`` (``"METHOD path"`` -> requests), ``errors`` (:attr:`ApiError.tally` ->
-    error answers, in-stream errors included), ``in_flight``, ``max_in_flight``,
-    ``generations_total`` (generation requests past authentication, each counted until
-    its response ended or its client went away) and ``streams_total``.
+    Statistics (``/_standin/`` requests are not counted):
+        requests: every request, in order, as a dict of ``method``, ``path``,
+            ``query``, ``headers`` (lower-cased names) and ``body`` (the parsed JSON,
+            or None if the body is empty or not JSON).
+        counts: ``"METHOD path"`` (``"POST /v1/messages"``) -> number of requests.
+        errors: :attr:`ApiError.tally` -> number of error answers, in-stream errors
+            included.
+        in_flight, max_in_flight, generations_total: generation requests past
+            authentication, each counted until its response ended or its client went
+            away.
+        streams_total: those that asked for a stream.
     """
 
+    #: The model ids and the reply of a stand-in made without ``models`` or ``reply``.
+    DEFAULT_MODELS: tuple[str, ...] = ()
+    DEFAULT_REPLY: str = ""
     #: The response header that carries the request id.
     ID_HEADER: bytes = b"request-id"
     #: Headers every JSON answer to an API request carries after the request id.
@@ -52,14 +64,14 @@ class CloudStandIn:
     def __init__(
         self,
         *,
-        api_key: str,
-        models: list[str] | tuple[str, ...],
-        reply: str,
-        tool_preamble: str,
+        api_key: str = "sk-test",
+        models: list[str] | tuple[str, ...] | None = None,
+        reply: str | None = None,
+        tool_preamble: str = "",
     ) -> None:
         self.api_key = api_key
-        self.models = list(models)
-        self.reply = reply
+        self.models = list(self.DEFAULT_MODELS if models is None else models)
+        self.reply = self.DEFAULT_REPLY if reply is None else reply
         self.tool_preamble = tool_preamble
         self.reachable = True
         self.overloaded: int = 0

@@ -33,41 +33,21 @@ class OpenAIStandIn(CloudStandIn):
     Args:
         api_key: the one key accepted (as ``Authorization: Bearer``).
         models: the model ids it knows, as ``GET /v1/models`` lists them; those
-            containing ``embedding`` are embedding models.
+            containing ``embedding`` are embedding models (default :data:`DEFAULT_MODELS`).
         reply: the content of every text reply, streamed one word per delta.
         tool_preamble: content sent before a tool call ("" for none, as usual).
 
-    Faults (set them as attributes, or over ``POST /_standin/faults``):
-        overloaded, rate_limited, delay, die_after, fail_midstream (see the module
-        docstring); and ``reachable``: False makes :meth:`transport` refuse
-        connections (``httpx2.ConnectError``), as a host that is down does.
-
-    Statistics (``/_standin/`` requests are not counted):
-        requests: every request, in order, as a dict of ``method``, ``path``,
-            ``query``, ``headers`` (lower-cased names) and ``body`` (the parsed JSON,
-            or None if the body is empty or not JSON).
-        counts: ``"POST /v1/chat/completions"`` -> number of requests.
-        errors: error code or type (``"rate_limit_exceeded"``, ``"server_error"``...)
-            -> number of error answers, in-stream errors included.
-        in_flight, max_in_flight, generations_total: ``POST /v1/chat/completions``
-            requests past authentication, each counted until its response ended or its
-            client went away.
-        streams_total: those that asked for a stream.
+    Faults and statistics are :class:`~foreman.standins.cloud.CloudStandIn`'s: the
+    generations counted in flight are ``POST /v1/chat/completions`` requests, ``errors``
+    counts error answers by code, or type if none (``"rate_limit_exceeded"``,
+    ``"server_error"``...).
     """
 
+    DEFAULT_MODELS = DEFAULT_MODELS
+    DEFAULT_REPLY = DEFAULT_REPLY
     ID_HEADER = b"x-request-id"
     JSON_HEADERS = ((b"openai-version", b"2020-10-01"),)
     STREAM_HEADERS = ((b"openai-processing-ms", b"1"),)
-
-    def __init__(
-        self,
-        *,
-        api_key: str = "sk-test",
-        models: list[str] | tuple[str, ...] = DEFAULT_MODELS,
-        reply: str = DEFAULT_REPLY,
-        tool_preamble: str = "",
-    ) -> None:
-        super().__init__(api_key=api_key, models=models, reply=reply, tool_preamble=tool_preamble)
 
     # --- OpenAI's answers -----------------------------------------------------------------
 
