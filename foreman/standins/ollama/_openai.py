@@ -63,6 +63,21 @@ def _options(body: dict[str, Any], tokens_key: str) -> dict[str, Any]:
     return options
 
 
+def _native(body: dict[str, Any], name: str, value: Any, extra: str) -> dict[str, Any]:
+    """The native request of a chat (``name`` "messages", ``extra`` "tools") or a
+    completion ("prompt", "suffix"): the model, ``value``, the stream flag, the options
+    and the body's ``extra`` field if it is set, in that order."""
+    native = {
+        "model": body.get("model") or "",
+        name: value,
+        "stream": body.get("stream") is True,
+        "options": _options(body, "max_tokens"),
+    }
+    if body.get(extra):
+        native[extra] = body[extra]
+    return native
+
+
 def _usage(line: dict[str, Any]) -> dict[str, Any]:
     return usage(line, "prompt_tokens", "completion_tokens")
 
@@ -195,18 +210,12 @@ async def chat_completions(standin: StandIn) -> Response:
     messages = body.get("messages") or []
     if not isinstance(messages, list) or not messages:
         return abort(new_error, 400, "[] is too short - 'messages'")
-    native: dict[str, Any] = {
-        "model": body.get("model") or "",
-        "messages": [
-            {"role": m.get("role", ""), "content": openai_text(m.get("content"))}
-            for m in messages
-            if isinstance(m, dict)
-        ],
-        "stream": body.get("stream") is True,
-        "options": _options(body, "max_tokens"),
-    }
-    if body.get("tools"):
-        native["tools"] = body["tools"]
+    said = [
+        {"role": m.get("role", ""), "content": openai_text(m.get("content"))}
+        for m in messages
+        if isinstance(m, dict)
+    ]
+    native = _native(body, "messages", said, "tools")
     writer = _ChatWriter(body)
     return await run_writer("chat", native, standin=standin, error=new_error, writer=writer)
 
@@ -214,14 +223,8 @@ async def chat_completions(standin: StandIn) -> Response:
 async def completions(standin: StandIn) -> Response:
     """``CompletionsMiddleware`` + GenerateHandler."""
     body = await request_body()
-    native: dict[str, Any] = {
-        "model": body.get("model") or "",
-        "prompt": body.get("prompt") if isinstance(body.get("prompt"), str) else "",
-        "stream": body.get("stream") is True,
-        "options": _options(body, "max_tokens"),
-    }
-    if body.get("suffix"):
-        native["suffix"] = body["suffix"]
+    prompt = body.get("prompt") if isinstance(body.get("prompt"), str) else ""
+    native = _native(body, "prompt", prompt, "suffix")
     writer = _CompleteWriter(body)
     return await run_writer("generate", native, standin=standin, error=new_error, writer=writer)
 
