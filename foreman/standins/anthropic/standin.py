@@ -61,8 +61,8 @@ class AnthropicStandIn(CloudStandIn):
         elif path == "/v1/messages/count_tokens" and method == "POST":
             validate(body, version=version, count_only=True)
             self._model(body["model"])
-            answer = {"input_tokens": input_tokens(body)}
-            await self._send(send, 200, answer, request.id)
+            counted = {"input_tokens": input_tokens(body)}
+            await self._send(send, 200, counted, request.id)
         elif path == "/v1/models" and method == "GET":
             await self._send(send, 200, self._list_models(request.query), request.id)
         elif path.startswith("/v1/models/") and method == "GET":
