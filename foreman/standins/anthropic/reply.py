@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .validation import _random_id, _words
+from ..cloud import cut, random_id, sample_value, words
 
 # --- the reply ----------------------------------------------------------------------------
 
@@ -30,31 +30,15 @@ def _texts(content: Any) -> Iterator[str]:
 
 def input_tokens(body: dict[str, Any]) -> int:
     """Words of the system text and of every text in the messages, plus 1 per image."""
-    count = sum(_words(t) for t in _texts(body.get("system")))
+    count = sum(words(t) for t in _texts(body.get("system")))
     for message in body["messages"]:
-        count += sum(_words(t) for t in _texts(message["content"]))
+        count += sum(words(t) for t in _texts(message["content"]))
         blocks = message["content"] if isinstance(message["content"], list) else []
         for block in blocks:
             inner = block.get("content") if block.get("type") == "tool_result" else None
             nested = inner if isinstance(inner, list) else []
             count += sum(1 for b in [block, *nested] if b.get("type") == "image")
     return count
-
-
-def sample_input(schema: Any) -> Any:
-    """A small value that fits a JSON schema (see the module docstring)."""
-    if not isinstance(schema, dict):
-        return None
-    if isinstance(schema.get("enum"), list) and schema["enum"]:
-        return schema["enum"][0]
-    kind = schema.get("type")
-    if kind == "object" or "properties" in schema:
-        properties = schema.get("properties") or {}
-        names = schema.get("required") or list(properties)
-        return {name: sample_input(properties.get(name)) for name in names}
-    return {"string": "Paris", "integer": 1, "number": 1, "boolean": True, "array": []}.get(
-        kind if isinstance(kind, str) else "", None
-    )
 
 
 @dataclass
@@ -82,17 +66,6 @@ class Plan:
     stop_sequence: str | None
     input_tokens: int
     output_tokens: int
-
-
-def cut(pieces: list[str], length: int) -> list[str]:
-    """The leading ``pieces`` that spell the first ``length`` characters, without empty ones."""
-    out = []
-    for piece in pieces:
-        if length <= 0:
-            break
-        out.append(piece[:length])
-        length -= len(piece)
-    return [p for p in out if p]
 
 
 def _text(reply: str, max_tokens: int, stops: list[str]) -> tuple[list[str], int, str, str | None]:
@@ -137,13 +110,13 @@ def plan(body: dict[str, Any], reply: str, tool_preamble: str) -> Plan:
     blocks = []
     if tool_preamble:
         blocks.append(Block("text", re.findall(r"\s*\S+", tool_preamble)))
-    arguments = sample_input(tool["input_schema"])
+    arguments = sample_value(tool["input_schema"])
     text = json.dumps(arguments)
     blocks.append(
         Block(
             "tool_use",
             [text[i : i + 6] for i in range(0, len(text), 6)],
-            id=_random_id("toolu_01"),
+            id=random_id("toolu_01"),
             name=tool["name"],
             input=arguments,
         )

@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import secrets
-import string
 from typing import Any
+
+from ..cloud import ApiError as CloudError
 
 #: The anthropic SDK (2.12) warns (``DeprecationWarning``) when it sends ``claude-sonnet-4-5``;
 #: under ``filterwarnings = error`` drive the stand-in through the SDK with another model.
@@ -16,14 +16,6 @@ DEFAULT_REPLY = "Hello! This is the Claude stand-in, answering in a few short wo
 SAMPLING_REMOVED = "2026-10-21"  # the first API version that rejects temperature/top_p/top_k
 _API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}$")  # the SDK sends its own, e.g. 2026-10-21
 MODEL_CREATED_AT = "2025-09-29T00:00:00Z"
-
-FAULTS: dict[str, Any] = {
-    "overloaded": 0,
-    "rate_limited": 0,
-    "delay": 0.0,
-    "die_after": None,
-    "fail_midstream": False,
-}
 
 _TOP_LEVEL = frozenset(
     "model messages max_tokens system temperature top_p top_k stop_sequences stream tools "
@@ -42,36 +34,32 @@ _BLOCK_TYPES = (
 )
 _MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
-_ALPHABET = string.ascii_letters + string.digits
 
 
-class ApiError(Exception):
-    """An error answer: HTTP ``status`` with Anthropic's ``{"type": "error", ...}`` body."""
+class ApiError(CloudError):
+    """An error answer: HTTP ``status`` with Anthropic's ``{"type": "error", ...}`` body,
+    ``kind`` its ``error.type`` (``invalid_request_error``, ``overloaded_error``...)."""
 
     def __init__(
         self, status: int, kind: str, message: str, headers: dict[str, str] | None = None
     ) -> None:
-        super().__init__(message)
-        self.status = status
+        super().__init__(status, message, headers)
         self.kind = kind
-        self.message = message
-        self.headers = headers or {}
 
+    @property
+    def tally(self) -> str:
+        return self.kind
 
-class _Aborted(Exception):
-    """Raised to break the connection (the ``die_after`` fault)."""
+    def body(self, request_id: str) -> dict[str, Any]:
+        return {
+            "type": "error",
+            "error": {"type": self.kind, "message": self.message},
+            "request_id": request_id,
+        }
 
 
 def _invalid(message: str) -> ApiError:
     return ApiError(400, "invalid_request_error", message)
-
-
-def _random_id(prefix: str, length: int = 22) -> str:
-    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(length))
-
-
-def _words(text: str) -> int:
-    return len(text.split())
 
 
 def _sniff(data: bytes) -> str | None:

@@ -20,10 +20,10 @@ import json
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from quart import Response, request
+from quart import Response
 
-from ._compat import abort, bind, guarded, run_native, text_of
-from ._wire import RequestError, dumps
+from ._compat import NO_CACHE, abort, guarded, request_body, run_writer, text_of
+from ._wire import dumps
 
 if TYPE_CHECKING:
     from quart_trio import QuartTrio
@@ -212,10 +212,7 @@ def _native(body: dict[str, Any]) -> dict[str, Any]:
 
 async def messages(standin: StandIn) -> Response:
     """``AnthropicMessagesMiddleware`` + ChatHandler."""
-    try:
-        body = bind(await request.get_data())
-    except RequestError as exc:
-        return abort(new_error, 400, exc.message)
+    body = await request_body()
     if not body.get("model"):
         return abort(new_error, 400, "model is required")
     max_tokens = body.get("max_tokens")
@@ -225,14 +222,8 @@ async def messages(standin: StandIn) -> Response:
         return abort(new_error, 400, "messages is required")
     native = _native(body)
     converter = _Converter(body["model"], _estimate(body))
-    return await run_native(
-        "chat",
-        native,
-        standin=standin,
-        error=new_error,
-        stream=converter.event if native["stream"] else None,
-        whole=converter.whole,
-        headers=[("Cache-Control", "no-cache")],
+    return await run_writer(
+        "chat", native, standin=standin, error=new_error, writer=converter, headers=NO_CACHE
     )
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from quart import Response, request
 
@@ -32,15 +32,20 @@ __all__ = [
     "new_error",
     "openai_text",
     "JSON_PLAIN",
+    "NO_CACHE",
     "SSE",
     "EventBody",
+    "Writer",
     "abort",
     "bind",
     "go_marshal",
     "guarded",
+    "request_body",
     "run_native",
+    "run_writer",
     "text_of",
     "unix",
+    "usage",
     "written_error",
 ]
 
@@ -48,6 +53,8 @@ SSE: Final = "text/event-stream"
 JSON_PLAIN: Final = "application/json"
 """What a writer's ``writeError`` and ``writeResponse`` set (gin's c.JSON adds the charset)."""
 _GIN_JSON: Final = "application/json; charset=utf-8"
+#: What the Anthropic and Responses middlewares set on a stream.
+NO_CACHE: Final = (("Cache-Control", "no-cache"),)
 
 #: One native object in, the SSE bytes it becomes out (b"" for none).
 Convert = Callable[[dict[str, Any]], bytes]
@@ -104,15 +111,34 @@ def bind(raw: bytes) -> dict[str, Any]:
     return value
 
 
+async def request_body() -> dict[str, Any]:
+    """:func:`bind` of the request's body (RequestError, which :func:`guarded` answers)."""
+    return bind(await request.get_data())
+
+
 async def guarded(
     answer: Awaitable[Response], error: Callable[[int, str], dict[str, Any]]
 ) -> Response:
-    """``answer``, or a 400 for a request whose fields have the wrong JSON types (Go's
-    decoder refuses those when it binds; the rewrites here meet them later)."""
+    """``answer``; a body :func:`bind` refused as gin aborts it (400, the face's error);
+    or a 400 for a request whose fields have the wrong JSON types (Go's decoder refuses
+    those when it binds; the rewrites here meet them later)."""
     try:
         return await answer
+    except RequestError as exc:
+        return abort(error, exc.status, exc.message)
     except (AttributeError, TypeError, KeyError, ValueError) as exc:
         return abort(error, 400, f"json: cannot unmarshal: {exc}")
+
+
+def usage(line: dict[str, Any], prompt: str, completion: str) -> dict[str, Any]:
+    """A native final line's token counts under a face's names, with their total:
+    ``{prompt: prompt_eval_count, completion: eval_count, "total_tokens": sum}``."""
+    prompt_count, completion_count = line.get("prompt_eval_count", 0), line.get("eval_count", 0)
+    return {
+        prompt: prompt_count,
+        completion: completion_count,
+        "total_tokens": prompt_count + completion_count,
+    }
 
 
 class EventBody:
@@ -182,6 +208,41 @@ async def run_native(
             message = data.decode("utf-8", "replace")
         return written_error(error, response.status_code, message)
     return Response(dumps(whole(json.loads(data))) + b"\n", 200, content_type=JSON_PLAIN)
+
+
+class Writer(Protocol):
+    """A face's writer: how it rewrites a native answer, streamed or whole."""
+
+    def event(self, line: dict[str, Any]) -> bytes:
+        """One native line of a stream as the SSE bytes it becomes (b"" for none)."""
+        ...
+
+    def whole(self, final: dict[str, Any]) -> dict[str, Any]:
+        """The one native object of a ``stream: false`` answer as the face's object."""
+        ...
+
+
+async def run_writer(
+    kind: str,
+    native: dict[str, Any],
+    *,
+    standin: Any,
+    error: Callable[[int, str], dict[str, Any]],
+    writer: Writer,
+    headers: Iterable[tuple[str, str]] = (),
+) -> Response:
+    """:func:`run_native` with ``writer``'s ``event`` when ``native["stream"]`` is true,
+    its ``whole`` otherwise."""
+    stream = writer.event if native["stream"] else None
+    return await run_native(
+        kind,
+        native,
+        standin=standin,
+        error=error,
+        stream=stream,
+        whole=writer.whole,
+        headers=headers,
+    )
 
 
 def written_error(

@@ -21,12 +21,23 @@ import struct
 import time
 from typing import TYPE_CHECKING, Any
 
-from quart import Response, request
+from quart import Response
 
-from ._compat import JSON_PLAIN, abort, bind, guarded, new_error, openai_text, run_native, unix
+from ._compat import (
+    JSON_PLAIN,
+    abort,
+    guarded,
+    new_error,
+    openai_text,
+    request_body,
+    run_native,
+    run_writer,
+    unix,
+    usage,
+)
 from ._models import parse_name
 from ._responses import responses
-from ._wire import RequestError, dumps
+from ._wire import dumps
 
 if TYPE_CHECKING:
     from quart_trio import QuartTrio
@@ -52,21 +63,43 @@ def _options(body: dict[str, Any], tokens_key: str) -> dict[str, Any]:
     return options
 
 
-def _usage(line: dict[str, Any]) -> dict[str, int]:
-    prompt, completion = line.get("prompt_eval_count", 0), line.get("eval_count", 0)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
+def _native(body: dict[str, Any], name: str, value: Any, extra: str) -> dict[str, Any]:
+    """The native request of a chat (``name`` "messages", ``extra`` "tools") or a
+    completion ("prompt", "suffix"): the model, ``value``, the stream flag, the options
+    and the body's ``extra`` field if it is set, in that order."""
+    native = {
+        "model": body.get("model") or "",
+        name: value,
+        "stream": body.get("stream") is True,
+        "options": _options(body, "max_tokens"),
     }
+    if body.get(extra):
+        native[extra] = body[extra]
+    return native
 
 
-class _ChatWriter:
+def _usage(line: dict[str, Any]) -> dict[str, Any]:
+    return usage(line, "prompt_tokens", "completion_tokens")
+
+
+class _Writer:
+    """What both writers of ``/v1/chat/completions`` and ``/v1/completions`` keep: their
+    id (``PREFIX`` and a number under 999, as Ollama's) and ``stream_options.include_usage``."""
+
+    PREFIX = ""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.id = f"{self.PREFIX}{random.randrange(999)}"
+        self.include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+
+class _ChatWriter(_Writer):
     """``ChatWriter``: native chat lines to ``chat.completion.chunk`` events."""
 
-    def __init__(self, include_usage: bool) -> None:
-        self.id = f"chatcmpl-{random.randrange(999)}"
-        self.include_usage = include_usage
+    PREFIX = "chatcmpl-"
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(body)
         self.created: int | None = None
         self.first_sent = self.tool_call_sent = False
 
@@ -125,12 +158,10 @@ class _ChatWriter:
         }
 
 
-class _CompleteWriter:
+class _CompleteWriter(_Writer):
     """``CompleteWriter``: native generate lines to ``text_completion`` events."""
 
-    def __init__(self, include_usage: bool) -> None:
-        self.id = f"cmpl-{random.randrange(999)}"
-        self.include_usage = include_usage
+    PREFIX = "cmpl-"
 
     def _chunk(self, line: dict[str, Any], created: int) -> dict[str, Any]:
         return {
@@ -175,69 +206,32 @@ class _CompleteWriter:
 
 async def chat_completions(standin: StandIn) -> Response:
     """``ChatMiddleware`` + ChatHandler."""
-    try:
-        body = bind(await request.get_data())
-    except RequestError as exc:
-        return abort(new_error, 400, exc.message)
+    body = await request_body()
     messages = body.get("messages") or []
     if not isinstance(messages, list) or not messages:
         return abort(new_error, 400, "[] is too short - 'messages'")
-    native: dict[str, Any] = {
-        "model": body.get("model") or "",
-        "messages": [
-            {"role": m.get("role", ""), "content": openai_text(m.get("content"))}
-            for m in messages
-            if isinstance(m, dict)
-        ],
-        "stream": body.get("stream") is True,
-        "options": _options(body, "max_tokens"),
-    }
-    if body.get("tools"):
-        native["tools"] = body["tools"]
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    writer = _ChatWriter(include_usage)
-    return await run_native(
-        "chat",
-        native,
-        standin=standin,
-        error=new_error,
-        stream=writer.event if native["stream"] else None,
-        whole=writer.whole,
-    )
+    said = [
+        {"role": m.get("role", ""), "content": openai_text(m.get("content"))}
+        for m in messages
+        if isinstance(m, dict)
+    ]
+    native = _native(body, "messages", said, "tools")
+    writer = _ChatWriter(body)
+    return await run_writer("chat", native, standin=standin, error=new_error, writer=writer)
 
 
 async def completions(standin: StandIn) -> Response:
     """``CompletionsMiddleware`` + GenerateHandler."""
-    try:
-        body = bind(await request.get_data())
-    except RequestError as exc:
-        return abort(new_error, 400, exc.message)
-    native: dict[str, Any] = {
-        "model": body.get("model") or "",
-        "prompt": body.get("prompt") if isinstance(body.get("prompt"), str) else "",
-        "stream": body.get("stream") is True,
-        "options": _options(body, "max_tokens"),
-    }
-    if body.get("suffix"):
-        native["suffix"] = body["suffix"]
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    writer = _CompleteWriter(include_usage)
-    return await run_native(
-        "generate",
-        native,
-        standin=standin,
-        error=new_error,
-        stream=writer.event if native["stream"] else None,
-        whole=writer.whole,
-    )
+    body = await request_body()
+    prompt = body.get("prompt") if isinstance(body.get("prompt"), str) else ""
+    native = _native(body, "prompt", prompt, "suffix")
+    writer = _CompleteWriter(body)
+    return await run_writer("generate", native, standin=standin, error=new_error, writer=writer)
 
 
 async def embeddings(standin: StandIn) -> Response:
     """``EmbeddingsMiddleware`` + EmbedHandler."""
-    try:
-        body = bind(await request.get_data())
-    except RequestError as exc:
-        return abort(new_error, 400, exc.message)
+    body = await request_body()
     encoding = body.get("encoding_format") or ""
     if encoding and encoding.lower() not in ("float", "base64"):
         return abort(

@@ -16,10 +16,18 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
-from quart import Response, request
+from quart import Response
 
-from ._compat import abort, bind, go_marshal, new_error, openai_text, run_native, unix
-from ._wire import RequestError
+from ._compat import (
+    NO_CACHE,
+    go_marshal,
+    new_error,
+    openai_text,
+    request_body,
+    run_writer,
+    unix,
+    usage,
+)
 
 if TYPE_CHECKING:
     from ._standin import StandIn
@@ -224,11 +232,8 @@ def _go_float(value: Any) -> Any:
 
 
 def _usage(line: dict[str, Any]) -> dict[str, Any]:
-    prompt, completion = line.get("prompt_eval_count", 0), line.get("eval_count", 0)
     return {
-        "input_tokens": prompt,
-        "output_tokens": completion,
-        "total_tokens": prompt + completion,
+        **usage(line, "input_tokens", "output_tokens"),
         "input_tokens_details": {"cached_tokens": 0},
         "output_tokens_details": {"reasoning_tokens": 0},
     }
@@ -236,27 +241,22 @@ def _usage(line: dict[str, Any]) -> dict[str, Any]:
 
 async def responses(standin: StandIn) -> Response:
     """``ResponsesMiddleware`` + ChatHandler."""
-    try:
-        body = bind(await request.get_data())
-    except RequestError as exc:
-        return abort(new_error, 400, exc.message)
-    streaming = body.get("stream") is True
+    body = await request_body()
     native: dict[str, Any] = {
         "model": body.get("model") or "",
         "messages": _messages(body),
-        "stream": streaming,
+        "stream": body.get("stream") is True,
     }
     if body.get("max_output_tokens") is not None:
         native["options"] = {"num_predict": body["max_output_tokens"]}
     if body.get("tools"):
         native["tools"] = body["tools"]
     converter = _Converter(body)
-    return await run_native(
+    return await run_writer(
         "chat",
         native,
         standin=standin,
         error=new_error,
-        stream=converter.event if streaming else None,
-        whole=converter.whole,
-        headers=[("Cache-Control", "no-cache")],
+        writer=converter,
+        headers=NO_CACHE,
     )

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .validation import SYSTEM_FINGERPRINT, _random_id, _words
+from ..cloud import cut, random_id, sample_value, words
+from .validation import SYSTEM_FINGERPRINT
 
 # --- the reply ----------------------------------------------------------------------------
 
@@ -30,26 +31,10 @@ def prompt_tokens(body: dict[str, Any]) -> int:
     """Words of every message's text, plus 1 per image part."""
     count = 0
     for message in body["messages"]:
-        count += sum(_words(t) for t in _texts(message))
+        count += sum(words(t) for t in _texts(message))
         parts = message["content"] if isinstance(message.get("content"), list) else []
         count += sum(1 for p in parts if p.get("type") == "image_url")
     return count
-
-
-def sample_arguments(schema: Any) -> Any:
-    """A small value that fits a JSON schema (see the module docstring)."""
-    if not isinstance(schema, dict):
-        return None
-    if isinstance(schema.get("enum"), list) and schema["enum"]:
-        return schema["enum"][0]
-    kind = schema.get("type")
-    if kind == "object" or "properties" in schema:
-        properties = schema.get("properties") or {}
-        names = schema.get("required") or list(properties)
-        return {name: sample_arguments(properties.get(name)) for name in names}
-    return {"string": "Paris", "integer": 1, "number": 1, "boolean": True, "array": []}.get(
-        kind if isinstance(kind, str) else "", None
-    )
 
 
 @dataclass
@@ -79,17 +64,6 @@ class Plan:
         }
 
 
-def cut(pieces: list[str], length: int) -> list[str]:
-    """The leading ``pieces`` that spell the first ``length`` characters, without empty ones."""
-    out = []
-    for piece in pieces:
-        if length <= 0:
-            break
-        out.append(piece[:length])
-        length -= len(piece)
-    return [p for p in out if p]
-
-
 def _tool_to_call(body: dict[str, Any]) -> dict[str, Any] | None:
     tools = [t["function"] for t in body.get("tools") or []]
     choice = body.get("tool_choice", "auto")
@@ -109,7 +83,7 @@ def plan(body: dict[str, Any], reply: str, tool_preamble: str) -> Plan:
     tokens = prompt_tokens(body)
     tool = _tool_to_call(body)
     if tool is not None:
-        text = json.dumps(sample_arguments(tool.get("parameters")), separators=(",", ":"))
+        text = json.dumps(sample_value(tool.get("parameters")), separators=(",", ":"))
         preamble = re.findall(r"\s*\S+", tool_preamble)
         arguments = [text[i : i + 6] for i in range(0, len(text), 6)]
         return Plan(
@@ -117,7 +91,7 @@ def plan(body: dict[str, Any], reply: str, tool_preamble: str) -> Plan:
             "tool_calls",
             tokens,
             len(preamble) + len(arguments),
-            call_id=_random_id("call_", 24),
+            call_id=random_id("call_", 24),
             call_name=tool["name"],
             arguments=arguments,
         )

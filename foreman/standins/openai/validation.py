@@ -5,22 +5,14 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import secrets
-import string
 from typing import Any
+
+from ..cloud import ApiError as CloudError
 
 DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "text-embedding-3-small")
 DEFAULT_REPLY = "Hello! This is the OpenAI stand-in, answering in a few short words."
 MODEL_CREATED = 1721172741
 SYSTEM_FINGERPRINT = "fp_standin01"
-
-FAULTS: dict[str, Any] = {
-    "overloaded": 0,
-    "rate_limited": 0,
-    "delay": 0.0,
-    "die_after": None,
-    "fail_midstream": False,
-}
 
 _ARGUMENTS = frozenset(
     "model messages audio frequency_penalty function_call functions logit_bias logprobs "
@@ -33,11 +25,11 @@ _ROLES = ("system", "assistant", "user", "function", "tool", "developer")
 _PART_TYPES = ("text", "image_url", "input_audio", "refusal", "audio", "file")
 _DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,(.*)$", re.DOTALL)
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-_ALPHABET = string.ascii_letters + string.digits
 
 
-class ApiError(Exception):
-    """An error answer: HTTP ``status`` with OpenAI's ``{"error": {...}}`` body."""
+class ApiError(CloudError):
+    """An error answer: HTTP ``status`` with OpenAI's ``{"error": {"message", "type",
+    "param", "code"}}`` body."""
 
     def __init__(
         self,
@@ -49,15 +41,16 @@ class ApiError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+        super().__init__(status, message, headers)
         self.kind = kind
         self.param = param
         self.code = code
-        self.headers = headers or {}
 
-    def body(self) -> dict[str, Any]:
+    @property
+    def tally(self) -> str:
+        return self.code or self.kind
+
+    def body(self, request_id: str = "") -> dict[str, Any]:
         return {
             "error": {
                 "message": self.message,
@@ -68,20 +61,8 @@ class ApiError(Exception):
         }
 
 
-class _Aborted(Exception):
-    """Raised to break the connection (the ``die_after`` fault)."""
-
-
 def _invalid(message: str, param: str | None = None, code: str | None = None) -> ApiError:
     return ApiError(400, message, param=param, code=code)
-
-
-def _random_id(prefix: str, length: int) -> str:
-    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(length))
-
-
-def _words(text: str) -> int:
-    return len(text.split())
 
 
 def _type_name(value: Any) -> str:

@@ -1,21 +1,19 @@
-"""Small ASGI helpers of the OpenAI stand-in: bodies, disconnects, lifespan, sending."""
+"""Small raw-ASGI helpers of the cloud stand-ins: bodies, disconnects, lifespan, frames."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
+__all__ = ["lifespan", "read_body", "send_frame", "unless_disconnected"]
+
+
 # --- ASGI helpers -------------------------------------------------------------------------
 
 
-def _json(body: Any) -> str:
-    return json.dumps(body, separators=(",", ":"))
-
-
-async def _read_body(receive: Any) -> bytes:
+async def read_body(receive: Any) -> bytes:
     chunks = []
     while True:
         event = await receive()
@@ -27,7 +25,7 @@ async def _read_body(receive: Any) -> bytes:
     return b"".join(chunks)
 
 
-async def _unless_disconnected(receive: Any, work: Callable[[], Awaitable[None]]) -> bool:
+async def unless_disconnected(receive: Any, work: Callable[[], Awaitable[None]]) -> bool:
     """Run ``work`` unless the client hangs up first; returns False if it did.
 
     Raw ASGI apps are not cancelled on a disconnect (hypercorn drops later sends),
@@ -49,7 +47,7 @@ async def _unless_disconnected(receive: Any, work: Callable[[], Awaitable[None]]
     return not gone
 
 
-async def _lifespan(receive: Any, send: Any) -> None:
+async def lifespan(receive: Any, send: Any) -> None:
     while True:
         event = await receive()
         if event["type"] == "lifespan.startup":
@@ -59,21 +57,6 @@ async def _lifespan(receive: Any, send: Any) -> None:
             return
 
 
-async def _send(
-    send: Any, status: int, body: Any, request_id: str, extra: dict[str, str] | None = None
-) -> None:
-    payload = _json(body).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(payload)).encode()),
-    ]
-    if request_id:
-        headers += [(b"x-request-id", request_id.encode()), (b"openai-version", b"2020-10-01")]
-    headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload, "more_body": False})
-
-
-async def _send_data(send: Any, data: str) -> None:
-    chunk = f"data: {data}\n\n".encode()
-    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+async def send_frame(send: Any, frame: str) -> None:
+    """One more piece of a streamed body (``more_body``)."""
+    await send({"type": "http.response.body", "body": frame.encode(), "more_body": True})
