@@ -233,7 +233,6 @@ class AnthropicBackend(SdkBackend):
     type = "anthropic"
     #: The SDK's own default (foreman does not let ``ANTHROPIC_BASE_URL`` decide).
     default_url = "https://api.anthropic.com"
-    kind = KIND
     errors = ERRORS
     classify_error = staticmethod(classify)
     events = _Events

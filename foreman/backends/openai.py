@@ -196,7 +196,6 @@ class OpenAIBackend(SdkBackend):
     type = "openai"
     #: The SDK's own default (foreman does not let ``OPENAI_BASE_URL`` decide).
     default_url = "https://api.openai.com/v1"
-    kind = KIND
     errors = ERRORS
     classify_error = staticmethod(classify)
     events = _Events

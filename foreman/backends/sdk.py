@@ -97,7 +97,7 @@ class SdkBackend:
     ``max_retries=0`` (foreman decides about retries and fallback), over its own
     :class:`httpx2.AsyncClient` (:attr:`http`, also used for :meth:`send_native`).
 
-    A subclass sets :attr:`type`, :attr:`kind`, :attr:`default_url`, :attr:`errors`,
+    A subclass sets :attr:`type`, :attr:`default_url`, :attr:`errors`,
     :attr:`classify_error` and :attr:`events`, and provides :meth:`_open_client`,
     :meth:`_key_header`, :meth:`_list_models` and :meth:`_create`.
 
@@ -113,8 +113,6 @@ class SdkBackend:
 
     #: The backend's type in the store (``anthropic``, ``openai``).
     type: ClassVar[str]
-    #: What the backend is, in error messages (``anthropic backend``).
-    kind: ClassVar[str]
     #: The SDK's own default base URL (foreman never lets the environment decide).
     default_url: ClassVar[str]
     #: The exceptions :meth:`classify` knows; anything else is a bug and propagates.
