@@ -200,10 +200,15 @@ class OpenAIBackend(SdkBackend):
     classify_error = staticmethod(classify)
     events = _Events
 
+    @property
+    def _headers(self) -> dict[str, Any]:
+        """Each call's extra headers: without a key, no ``Authorization`` (the SDK checks
+        per call)."""
+        return {} if self._key else {"Authorization": openai.omit}
+
     def _open_client(self, limits: httpx2.Timeout) -> openai.AsyncOpenAI:
         # Without a key: a placeholder stops the SDK from reading OPENAI_API_KEY (or
-        # refusing to start), and each call omits the header (the SDK checks per call).
-        self._headers = {} if self._key else {"Authorization": openai.omit}
+        # refusing to start); each call omits the header (_headers).
         return openai.AsyncOpenAI(
             api_key=self._key or "unused",
             base_url=self.base_url,

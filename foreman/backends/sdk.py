@@ -59,8 +59,8 @@ def classify_sdk(
     ``sdk.APITimeoutError`` are told apart by the httpx2 exception they wrap
     (``ConnectError``/``ConnectTimeout``: :class:`TargetUnreachable`; a read timeout:
     :class:`TargetTimeout`; a broken connection: :class:`TargetBroken`, as
-    :func:`foreman.dataplane.errors.classify` decides), or, wrapping none, are
-    :class:`TargetTimeout` and :class:`TargetUnreachable`; ``sdk.APIStatusError`` goes
+    :func:`foreman.dataplane.errors.classify` decides; wrapping none: :class:`TargetTimeout`
+    for a timeout, :class:`TargetUnreachable` otherwise); ``sdk.APIStatusError`` goes
     by its ``status_code`` (:func:`~foreman.backends.translate.status_error`), an error
     inside the stream (:class:`~foreman.backends.translate.StreamError`) by the status it
     stands for, when it names one; a bare httpx2 error (a failure while the stream is
