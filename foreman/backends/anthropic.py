@@ -237,14 +237,11 @@ class AnthropicBackend(SdkBackend):
     classify_error = staticmethod(classify)
     events = _Events
 
-    def _open_client(self, limits: httpx2.Timeout) -> anthropic.AsyncAnthropic:
+    def _open_client(self, options: dict[str, Any]) -> anthropic.AsyncAnthropic:
         return anthropic.AsyncAnthropic(
             api_key=self._key or "",
-            base_url=self.base_url,
-            max_retries=0,
-            timeout=limits,
             default_headers=None if self._key else {"Authorization": anthropic.omit},
-            http_client=self.http,
+            **options,
         )
 
     def _key_header(self, key: str) -> tuple[bytes, bytes]:

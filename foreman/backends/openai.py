@@ -206,16 +206,10 @@ class OpenAIBackend(SdkBackend):
         per call)."""
         return {} if self._key else {"Authorization": openai.omit}
 
-    def _open_client(self, limits: httpx2.Timeout) -> openai.AsyncOpenAI:
+    def _open_client(self, options: dict[str, Any]) -> openai.AsyncOpenAI:
         # Without a key: a placeholder stops the SDK from reading OPENAI_API_KEY (or
         # refusing to start); each call omits the header (_headers).
-        return openai.AsyncOpenAI(
-            api_key=self._key or "unused",
-            base_url=self.base_url,
-            max_retries=0,
-            timeout=limits,
-            http_client=self.http,
-        )
+        return openai.AsyncOpenAI(api_key=self._key or "unused", **options)
 
     def _key_header(self, key: str) -> tuple[bytes, bytes]:
         return (b"authorization", b"Bearer " + key.encode())

@@ -140,13 +140,16 @@ class SdkBackend:
         self.base_url = endpoint or self.default_url
         self._base = self.base_url.rstrip("/")
         self._key = api_key
-        self._client = self._open_client(limits)
+        # Either SDK's client: no retries of its own (foreman decides about retries and
+        # fallback), foreman's limits, over self.http.
+        options = {"base_url": self.base_url, "max_retries": 0, "timeout": limits}
+        self._client = self._open_client({**options, "http_client": self.http})
 
     # --- what a subclass provides ---------------------------------------------------------
 
-    def _open_client(self, limits: httpx2.Timeout) -> Any:
-        """The SDK's async client for :attr:`base_url` and the key over :attr:`http`,
-        with ``max_retries=0`` and ``limits``."""
+    def _open_client(self, options: dict[str, Any]) -> Any:
+        """The SDK's async client, opened with ``options`` (``base_url``,
+        ``max_retries=0``, ``timeout``, ``http_client``) and the key."""
         raise NotImplementedError
 
     def _key_header(self, key: str) -> tuple[bytes, bytes]:
