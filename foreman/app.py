@@ -210,9 +210,7 @@ class App:
                 if face_of(route_key(path)) == ANTHROPIC:
                     authorization = b"Bearer " + headers.api_key
             user = self.users.authenticate(authorization)
-            if user is None and authorization and self.users.shared:  # made on another replica?
-                user = await self.users.fetch(authorization)
-            elif user is None and authorization:  # a key made a moment ago?
+            if user is None and authorization:  # a key made a moment ago (here or elsewhere)?
                 user = await self.users.authenticate_fresh(authorization)
             if user is None and path.startswith("/admin/api/"):  # the pages' own calls
                 session = await self.sessions.find(cookie_value(headers.cookie))

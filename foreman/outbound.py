@@ -221,25 +221,25 @@ class PolicyBackend(httpcore2.AsyncNetworkBackend):
 
 
 def policed_transport(
-    network: httpcore2.AsyncNetworkBackend,
-    *,
-    max_connections: int = 100,
-    max_keepalive_connections: int = 20,
-    keepalive_expiry: float = 5.0,
-    socket_options: Iterable[Any] | None = None,
+    network: httpcore2.AsyncNetworkBackend, **options: Any
 ) -> httpx2.AsyncHTTPTransport:
-    """An :class:`httpx2.AsyncHTTPTransport` whose connection pool connects through
-    ``network`` (a :class:`PolicyBackend`); proxy variables from the environment are
-    ignored (a proxy would connect for foreman, past the policy)."""
-    transport = httpx2.AsyncHTTPTransport(trust_env=False)
-    transport._pool = httpcore2.AsyncConnectionPool(  # httpx2 takes no network backend itself
-        ssl_context=httpx2.create_ssl_context(trust_env=False),
-        max_connections=max_connections,
-        max_keepalive_connections=max_keepalive_connections,
-        keepalive_expiry=keepalive_expiry,
-        socket_options=socket_options,
-        network_backend=network,
-    )
+    """httpx2's own :class:`httpx2.AsyncHTTPTransport` whose connection pool connects
+    through ``network`` (a :class:`PolicyBackend`; tests pass others) instead of trio's
+    sockets. The one place foreman hands httpx2 a network backend: its transport takes
+    none, so it goes to the pool it made (httpcore2's ``AsyncConnectionPool``, before any
+    connection exists).
+
+    Proxy variables from the environment are always ignored (a proxy would connect for
+    foreman, past the policy).
+
+    Args:
+        network: httpcore2's ``AsyncNetworkBackend`` that opens every connection.
+        options: more :class:`httpx2.AsyncHTTPTransport` arguments (``limits``,
+            ``socket_options``, ``verify``, ...); httpx2's defaults otherwise (100
+            connections, 20 kept alive for 5 s).
+    """
+    transport = httpx2.AsyncHTTPTransport(**{**options, "trust_env": False})
+    transport._pool._network_backend = network  # type: ignore[attr-defined]
     return transport
 
 

@@ -154,3 +154,37 @@ async def fm(nursery: trio.Nursery, standin: StandIn) -> AsyncIterator[Foreman]:
 
 def chat_body(model: str = "llama3.2", text: str = "hello there", **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
+
+
+async def reads_for_unknown_keys(fm: Foreman, count: int = 20) -> tuple[int, int]:
+    """Send ``count`` requests with one unknown ``fm_`` key at once (each must get 401), then
+    one with a key that is not foreman's (401 too). Returns how many reads of the users the
+    flood began, and how many the last request began."""
+    users = fm.gw.users
+    assert users is not None
+    reads = 0
+    reload = users.reload
+
+    async def counted() -> None:
+        nonlocal reads
+        reads += 1
+        await reload()
+
+    users.reload = counted  # type: ignore[method-assign]
+    codes = []
+
+    async def wrong() -> None:
+        bad = {"authorization": "Bearer fm_not-a-key-at-all"}
+        codes.append((await fm.client.get("/api/tags", headers=bad)).status_code)
+
+    try:
+        async with trio.open_nursery() as flood:
+            for _ in range(count):
+                flood.start_soon(wrong)
+        assert codes == [401] * count
+        flooded = reads
+        other = await fm.client.get("/api/tags", headers={"authorization": "Bearer nope"})
+        assert other.status_code == 401
+        return flooded, reads - flooded
+    finally:
+        users.reload = reload  # type: ignore[method-assign]

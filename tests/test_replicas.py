@@ -16,7 +16,7 @@ from foreman.jobs import records
 from foreman.jobs.replicas import RENEW
 from foreman.standins.ollama import StandIn
 
-from .conftest import Foreman, chat_body, open_foreman
+from .conftest import Foreman, chat_body, open_foreman, reads_for_unknown_keys
 from .test_jobs import Receiver
 
 
@@ -176,6 +176,18 @@ async def test_users_keys_sessions_and_backends_hold_on_every_replica(
             with trio.fail_after(1.0):
                 while (await b.client.get("/admin/", headers=cookie)).status_code == 200:  # noqa: ASYNC110
                     await trio.sleep(0.02)
+
+
+async def test_unknown_keys_on_a_shared_database_cost_one_read_of_the_store(
+    nursery: trio.Nursery, standin: StandIn, url: str
+) -> None:
+    from .test_admin_pages import ADMIN_KEY
+
+    async with replicas(nursery, standin, url, 1, token=ADMIN_KEY) as ((fm,), _):
+        assert fm.gw.users is not None and fm.gw.users.shared
+        flooded, not_ours = await reads_for_unknown_keys(fm)
+        assert 1 <= flooded <= 2  # (2: the 5 s refresh may fall within the flood)
+        assert not_ours == 0  # not a foreman key: no read
 
 
 async def test_health_shows_the_database_and_readyz_follows_it(

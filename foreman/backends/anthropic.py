@@ -31,42 +31,28 @@ status the API documents for it.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from functools import partial
-from typing import Any, Literal
+from collections.abc import AsyncIterable
+from typing import Any
 
 import anthropic
 import httpx2
 
-from ..dataplane.errors import (
-    ModelNotFound,
-    TargetBroken,
-    TargetError,
-    TargetTimeout,
-    TargetUnreachable,
-)
-from ..dataplane.errors import classify as classify_transport
+from ..dataplane.errors import ModelNotFound, TargetError
+from .sdk import SdkBackend, classify_sdk
 from .translate import (
     Delta,
     Finish,
     IncompleteStream,
     Message,
-    Reply,
     Request,
     StreamError,
     ToolCall,
-    load_answer,
     media_type,
-    parse_request,
-    respond,
-    status_error,
 )
 
 __all__ = ["AnthropicBackend", "classify"]
 
 KIND = "anthropic backend"
-#: The SDK's own default (foreman does not let ``ANTHROPIC_BASE_URL`` decide).
-DEFAULT_URL = "https://api.anthropic.com"
 #: ``max_tokens`` when the client sets no ``num_predict``: Claude needs one.
 DEFAULT_MAX_TOKENS = 4096
 #: The exceptions :func:`classify` knows; anything else is a bug and propagates.
@@ -89,130 +75,21 @@ ERROR_TYPE_STATUS = {
 def classify(exc: Exception, name: str, model: str | None = None) -> TargetError | ModelNotFound:
     """foreman's error for what the ``anthropic`` SDK (or httpx2 under it) raised.
 
-    By type, never by text: :class:`anthropic.APIConnectionError` and its subclass
-    :class:`anthropic.APITimeoutError` are told apart by the httpx2 exception they
-    wrap (``ConnectError``/``ConnectTimeout``: :class:`TargetUnreachable`; a read
-    timeout: :class:`TargetTimeout`); :class:`anthropic.APIStatusError` goes by its
-    ``status_code`` (:func:`~foreman.backends.translate.status_error`; 529
-    "overloaded" is :class:`TargetBusy`); an ``event: error`` inside the stream
-    (:class:`~foreman.backends.translate.StreamError`) by the status the API documents
-    for its ``error.type``. A bare httpx2 error (a failure while the stream is read)
-    goes through :func:`foreman.dataplane.errors.classify`. Anything else is :class:`TargetBroken`.
+    :func:`foreman.backends.sdk.classify_sdk` with Anthropic's SDK: an
+    :class:`anthropic.APIStatusError` names the API's own ``error.message`` (529
+    "overloaded" is :class:`TargetBusy`); an ``event: error`` inside the stream goes by
+    the status the API documents for its ``error.type`` (:data:`ERROR_TYPE_STATUS`).
 
     Args:
         model: the backend's model id for an inference call, so that 404 becomes
             :class:`ModelNotFound`; None for foreman's own calls (404 is then
             :class:`TargetStatus`).
     """
-    if isinstance(exc, anthropic.APIStatusError):
-        return status_error(name, KIND, exc.status_code, exc.api_message or exc.message, model)
-    if isinstance(exc, StreamError):
-        return status_error(name, KIND, exc.status or 500, exc.message, model)
-    if isinstance(exc, anthropic.APIConnectionError):
-        if isinstance(exc.__cause__, httpx2.HTTPError):
-            return classify_transport(exc.__cause__, name, kind=KIND)
-        if isinstance(exc, anthropic.APITimeoutError):
-            return TargetTimeout(name, "APITimeoutError", kind=KIND)
-        return TargetUnreachable(name, exc.message, kind=KIND)
-    if isinstance(exc, httpx2.HTTPError):
-        return classify_transport(exc, name, kind=KIND)
-    return TargetBroken(name, str(exc) or type(exc).__name__, kind=KIND)
+    return classify_sdk(exc, name, model, sdk=anthropic, kind=KIND, message=_api_message)
 
 
-class AnthropicBackend:
-    """A Claude endpoint that answers Ollama's chat and generate requests.
-
-    One :class:`anthropic.AsyncAnthropic` client per backend, with ``max_retries=0``
-    (foreman decides about retries and fallback) over its own
-    :class:`httpx2.AsyncClient`. With no ``api_key`` the SDK sends no credentials at
-    all (it does not go looking in the environment or in profile files).
-
-    Args:
-        name: the backend's name in foreman, used in error messages.
-        endpoint: the API's base URL; None for ``https://api.anthropic.com``.
-        transport: replaces the network (tests).
-        timeout: seconds the API may stay silent (read, write, pool).
-        connect_timeout: seconds to make a connection.
-    """
-
-    type = "anthropic"
-
-    def __init__(
-        self,
-        name: str,
-        endpoint: str | None,
-        api_key: str | None,
-        *,
-        transport: httpx2.AsyncBaseTransport | None = None,
-        timeout: float = 600.0,
-        connect_timeout: float = 5.0,
-    ) -> None:
-        self.name = name
-        limits = httpx2.Timeout(timeout, connect=connect_timeout)
-        self.http = httpx2.AsyncClient(transport=transport, timeout=limits)
-        self._base = (endpoint or DEFAULT_URL).rstrip("/")
-        self._key = api_key
-        self._client = anthropic.AsyncAnthropic(
-            api_key=api_key or "",
-            base_url=endpoint or DEFAULT_URL,
-            max_retries=0,
-            timeout=limits,
-            default_headers=None if api_key else {"Authorization": anthropic.omit},
-            http_client=self.http,
-        )
-
-    async def send_native(
-        self, path: str, body: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> httpx2.Response:
-        """POST ``body`` to the API as it is (no translation) and return the streamed answer.
-
-        ``path`` is the API's own (``/v1/messages``); the backend's key goes in ``x-api-key``.
-        The caller closes the response. Raises :class:`httpx2.HTTPError` when no answer came.
-        """
-        headers = list(headers)
-        if self._key:
-            headers.append((b"x-api-key", self._key.encode()))
-        request = self.http.build_request("POST", self._base + path, content=body, headers=headers)
-        return await self.http.send(request, stream=True)
-
-    async def aclose(self) -> None:
-        """Close the client and its connections."""
-        await self._client.close()
-
-    async def models(self, *, timeout: float = 5.0) -> list[tuple[str, int | None]]:  # noqa: ASYNC109
-        """The models the API lists (``GET /v1/models``, every page): ``[(id, None)]``.
-
-        Claude's API gives no sizes. Raises :class:`~foreman.dataplane.errors.TargetError`.
-        """
-        try:
-            return [
-                (m.id, None) async for m in self._client.models.list(limit=1000, timeout=timeout)
-            ]
-        except ERRORS as exc:
-            raise classify(exc, self.name) from exc
-
-    async def answer(
-        self, endpoint: Literal["chat", "generate"], fields: dict[str, Any], model: str
-    ) -> tuple[str, AsyncIterator[bytes]]:
-        """Answer an Ollama request with Claude ``model``, in Ollama's shape.
-
-        See :func:`foreman.backends.translate.respond` for what comes back and when it
-        raises; the module docstring for what is translated and what is ignored.
-
-        Raises:
-            TargetError: before the first delta (see :func:`classify`); also
-                :class:`~foreman.dataplane.errors.ModelNotFound` for a 404.
-        """
-        request = parse_request(endpoint, fields)
-        if request.load_only:
-            return load_answer(request)
-        reply = Reply(request)
-        fail = partial(classify, name=self.name, model=model)
-        try:
-            stream = await self._client.messages.create(**_params(request, model), stream=True)
-        except ERRORS as exc:
-            raise fail(exc) from exc
-        return await respond(reply, stream, _Events(), fail, ERRORS)
+def _api_message(exc: anthropic.APIStatusError) -> str:
+    return exc.api_message or exc.message
 
 
 def _params(request: Request, model: str) -> dict[str, Any]:
@@ -338,3 +215,40 @@ _USAGE = (
     "cache_read_input_tokens",
     "output_tokens",
 )
+
+
+class AnthropicBackend(SdkBackend):
+    """A Claude endpoint that answers Ollama's chat and generate requests
+    (:class:`~foreman.backends.sdk.SdkBackend` over :class:`anthropic.AsyncAnthropic`).
+
+    With no ``api_key`` the SDK sends no credentials at all (it does not go looking in
+    the environment or in profile files). Native requests carry the key in
+    ``x-api-key``; ``path`` is the API's own (``/v1/messages``). Claude's model list
+    gives no sizes.
+
+    Arguments as :class:`~foreman.backends.sdk.SdkBackend`'s;
+    ``endpoint``: the API's base URL; None for ``https://api.anthropic.com``.
+    """
+
+    type = "anthropic"
+    #: The SDK's own default (foreman does not let ``ANTHROPIC_BASE_URL`` decide).
+    default_url = "https://api.anthropic.com"
+    errors = ERRORS
+    classify_error = staticmethod(classify)
+    events = _Events
+
+    def _open_client(self, options: dict[str, Any]) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(
+            api_key=self._key or "",
+            default_headers=None if self._key else {"Authorization": anthropic.omit},
+            **options,
+        )
+
+    def _key_header(self, key: str) -> tuple[bytes, bytes]:
+        return (b"x-api-key", key.encode())
+
+    def _list_models(self, timeout: float) -> AsyncIterable[Any]:  # noqa: ASYNC109
+        return self._client.models.list(limit=1000, timeout=timeout)
+
+    async def _create(self, request: Request, model: str) -> Any:
+        return await self._client.messages.create(**_params(request, model), stream=True)

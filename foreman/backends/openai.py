@@ -31,42 +31,28 @@ iterator).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from functools import partial
-from typing import Any, Literal
+from collections.abc import AsyncIterable
+from typing import Any
 
 import httpx2
 import openai
 
-from ..dataplane.errors import (
-    ModelNotFound,
-    TargetBroken,
-    TargetError,
-    TargetTimeout,
-    TargetUnreachable,
-)
-from ..dataplane.errors import classify as classify_transport
+from ..dataplane.errors import ModelNotFound, TargetError
+from .sdk import SdkBackend, classify_sdk
 from .translate import (
     Delta,
     Finish,
     IncompleteStream,
     Message,
-    Reply,
     Request,
     StreamError,
     ToolCall,
     data_url,
-    load_answer,
-    parse_request,
-    respond,
-    status_error,
 )
 
 __all__ = ["OpenAIBackend", "classify"]
 
 KIND = "openai backend"
-#: The SDK's own default (foreman does not let ``OPENAI_BASE_URL`` decide).
-DEFAULT_URL = "https://api.openai.com/v1"
 #: The exceptions :func:`classify` knows; anything else is a bug and propagates.
 ERRORS = (openai.OpenAIError, httpx2.HTTPError, ValueError)
 
@@ -74,142 +60,22 @@ ERRORS = (openai.OpenAIError, httpx2.HTTPError, ValueError)
 def classify(exc: Exception, name: str, model: str | None = None) -> TargetError | ModelNotFound:
     """foreman's error for what the ``openai`` SDK (or httpx2 under it) raised.
 
-    By type, never by text: :class:`openai.APIConnectionError` and its subclass
-    :class:`openai.APITimeoutError` (raised also while a stream is read) are told
-    apart by the httpx2 exception they wrap (``ConnectError``/``ConnectTimeout``:
-    :class:`TargetUnreachable`; a read timeout: :class:`TargetTimeout`; a broken
-    connection: :class:`TargetBroken`); :class:`openai.APIStatusError` goes by its
-    ``status_code`` (:func:`~foreman.backends.translate.status_error`), an error
-    object inside the stream (:class:`~foreman.backends.translate.StreamError`) by its
-    ``code`` when that is an HTTP status (vLLM's habit); a bare httpx2 error (a
-    failure while the stream is read) goes through :func:`foreman.dataplane.errors.classify`.
-    Anything else is :class:`TargetBroken`.
+    :func:`foreman.backends.sdk.classify_sdk` with OpenAI's SDK (whose
+    :class:`openai.APITimeoutError` is raised also while a stream is read): an
+    :class:`openai.APIStatusError` names the body's ``message`` when it is a string; an
+    error object inside the stream goes by its ``code`` when that is an HTTP status
+    (vLLM's habit), and is :class:`TargetBroken` otherwise.
 
     Args:
         model: the backend's model id for an inference call, so that 404 becomes
             :class:`ModelNotFound`; None for foreman's own calls.
     """
-    if isinstance(exc, openai.APIStatusError):
-        body = exc.body if isinstance(exc.body, dict) else {}
-        message = body.get("message") if isinstance(body.get("message"), str) else exc.message
-        return status_error(name, KIND, exc.status_code, message, model)
-    if isinstance(exc, StreamError) and exc.status is not None:
-        return status_error(name, KIND, exc.status, exc.message, model)
-    if isinstance(exc, openai.APIConnectionError):
-        if isinstance(exc.__cause__, httpx2.HTTPError):
-            return classify_transport(exc.__cause__, name, kind=KIND)
-        if isinstance(exc, openai.APITimeoutError):
-            return TargetTimeout(name, "APITimeoutError", kind=KIND)
-        return TargetUnreachable(name, exc.message, kind=KIND)
-    if isinstance(exc, httpx2.HTTPError):
-        return classify_transport(exc, name, kind=KIND)
-    return TargetBroken(name, str(exc) or type(exc).__name__, kind=KIND)
+    return classify_sdk(exc, name, model, sdk=openai, kind=KIND, message=_api_message)
 
 
-class OpenAIBackend:
-    """An OpenAI-compatible server that answers Ollama's chat and generate requests.
-
-    One :class:`openai.AsyncOpenAI` client per backend, with ``max_retries=0``
-    (foreman decides about retries and fallback) over its own
-    :class:`httpx2.AsyncClient`. With no ``api_key`` no ``Authorization`` header is
-    sent (local servers need none; the SDK would otherwise refuse to start).
-
-    Args:
-        name: the backend's name in foreman, used in error messages.
-        endpoint: the API's base URL, ``/v1`` included; None for OpenAI's own.
-        transport: replaces the network (tests).
-        timeout: seconds the server may stay silent (read, write, pool).
-        connect_timeout: seconds to make a connection.
-    """
-
-    type = "openai"
-
-    def __init__(
-        self,
-        name: str,
-        endpoint: str | None,
-        api_key: str | None,
-        *,
-        transport: httpx2.AsyncBaseTransport | None = None,
-        timeout: float = 600.0,
-        connect_timeout: float = 5.0,
-    ) -> None:
-        self.name = name
-        limits = httpx2.Timeout(timeout, connect=connect_timeout)
-        self.http = httpx2.AsyncClient(transport=transport, timeout=limits)
-        self._base = (endpoint or DEFAULT_URL).rstrip("/")
-        self._key = api_key
-        # Without a key: a placeholder stops the SDK from reading OPENAI_API_KEY (or
-        # refusing to start), and each call omits the header (the SDK checks per call).
-        self._headers = {} if api_key else {"Authorization": openai.omit}
-        self._client = openai.AsyncOpenAI(
-            api_key=api_key or "unused",
-            base_url=endpoint or DEFAULT_URL,
-            max_retries=0,
-            timeout=limits,
-            http_client=self.http,
-        )
-
-    async def send_native(
-        self, path: str, body: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> httpx2.Response:
-        """POST ``body`` to the API as it is (no translation) and return the streamed answer.
-
-        ``path`` is relative to the base URL, which ends in ``/v1`` (``/chat/completions``);
-        the backend's key goes in ``Authorization: Bearer``.
-        The caller closes the response. Raises :class:`httpx2.HTTPError` when no answer came.
-        """
-        headers = list(headers)
-        if self._key:
-            headers.append((b"authorization", b"Bearer " + self._key.encode()))
-        request = self.http.build_request("POST", self._base + path, content=body, headers=headers)
-        return await self.http.send(request, stream=True)
-
-    async def aclose(self) -> None:
-        """Close the client and its connections."""
-        await self._client.close()
-
-    async def models(self, *, timeout: float = 5.0) -> list[tuple[str, int | None]]:  # noqa: ASYNC109
-        """The models the server lists (``GET /v1/models``): ``[(id, size or None)]``.
-
-        OpenAI gives no sizes; a server that adds an integer ``size`` has it passed
-        on. Raises :class:`~foreman.dataplane.errors.TargetError`.
-        """
-        try:
-            pages = self._client.models.list(timeout=timeout, extra_headers=self._headers)
-            return [(m.id, _size(m)) async for m in pages]
-        except ERRORS as exc:
-            raise classify(exc, self.name) from exc
-
-    async def answer(
-        self, endpoint: Literal["chat", "generate"], fields: dict[str, Any], model: str
-    ) -> tuple[str, AsyncIterator[bytes]]:
-        """Answer an Ollama request with the server's ``model``, in Ollama's shape.
-
-        See :func:`foreman.backends.translate.respond` for what comes back and when it
-        raises; the module docstring for what is translated and what is ignored.
-
-        Raises:
-            TargetError: before the first delta (see :func:`classify`); also
-                :class:`~foreman.dataplane.errors.ModelNotFound` for a 404.
-        """
-        request = parse_request(endpoint, fields)
-        if request.load_only:
-            return load_answer(request)
-        reply = Reply(request)
-        fail = partial(classify, name=self.name, model=model)
-        try:
-            stream = await self._client.chat.completions.create(
-                **_params(request, model), extra_headers=self._headers
-            )
-        except ERRORS as exc:
-            raise fail(exc) from exc
-        return await respond(reply, stream, _Events(), fail, ERRORS)
-
-
-def _size(model: Any) -> int | None:
-    size = getattr(model, "size", None)
-    return size if isinstance(size, int) and not isinstance(size, bool) else None
+def _api_message(exc: openai.APIStatusError) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    return body.get("message") if isinstance(body.get("message"), str) else exc.message
 
 
 def _params(request: Request, model: str) -> dict[str, Any]:
@@ -311,3 +177,51 @@ class _Events:
             raise IncompleteStream
         length = self._finish_reason == "length"
         return Finish("length" if length else "stop", *self._usage)
+
+
+class OpenAIBackend(SdkBackend):
+    """An OpenAI-compatible server that answers Ollama's chat and generate requests
+    (:class:`~foreman.backends.sdk.SdkBackend` over :class:`openai.AsyncOpenAI`).
+
+    With no ``api_key`` no ``Authorization`` header is sent (local servers need none;
+    the SDK would otherwise refuse to start). Native requests carry the key in
+    ``Authorization: Bearer``; ``path`` is relative to the base URL, which ends in
+    ``/v1`` (``/chat/completions``). OpenAI's model list gives no sizes; a server that
+    adds an integer ``size`` has it passed on.
+
+    Arguments as :class:`~foreman.backends.sdk.SdkBackend`'s;
+    ``endpoint``: the API's base URL, ``/v1`` included; None for OpenAI's own.
+    """
+
+    type = "openai"
+    #: The SDK's own default (foreman does not let ``OPENAI_BASE_URL`` decide).
+    default_url = "https://api.openai.com/v1"
+    errors = ERRORS
+    classify_error = staticmethod(classify)
+    events = _Events
+
+    @property
+    def _headers(self) -> dict[str, Any]:
+        """Each call's extra headers: without a key, no ``Authorization`` (the SDK checks
+        per call)."""
+        return {} if self._key else {"Authorization": openai.omit}
+
+    def _open_client(self, options: dict[str, Any]) -> openai.AsyncOpenAI:
+        # Without a key: a placeholder stops the SDK from reading OPENAI_API_KEY (or
+        # refusing to start); each call omits the header (_headers).
+        return openai.AsyncOpenAI(api_key=self._key or "unused", **options)
+
+    def _key_header(self, key: str) -> tuple[bytes, bytes]:
+        return (b"authorization", b"Bearer " + key.encode())
+
+    def _list_models(self, timeout: float) -> AsyncIterable[Any]:  # noqa: ASYNC109
+        return self._client.models.list(timeout=timeout, extra_headers=self._headers)
+
+    def _size(self, model: Any) -> int | None:
+        size = getattr(model, "size", None)
+        return size if isinstance(size, int) and not isinstance(size, bool) else None
+
+    async def _create(self, request: Request, model: str) -> Any:
+        return await self._client.chat.completions.create(
+            **_params(request, model), extra_headers=self._headers
+        )

@@ -10,8 +10,8 @@ The request path never touches the store: :class:`Users` keeps the active keys i
 memory and reloads them every :data:`REFRESH` seconds (so a key revoked by ``foreman
 users`` from another process is refused within that time), and at once after a change
 made through ``/admin/api/users``. A key it does not know (``fm_...``) makes it read
-the store once more before the answer is 401 (:meth:`Users.refreshed_for`): a key
-just made by ``foreman users add`` works at once.
+the store once more before the answer is 401 (:meth:`Users.authenticate_fresh`): a key
+just made by ``foreman users add``, or on another replica, works at once.
 """
 
 from __future__ import annotations
@@ -124,14 +124,6 @@ def _active(db: sqlite3.Connection) -> tuple[dict[str, User], bool]:
     return active, bool(active) or db.execute("SELECT EXISTS (SELECT 1 FROM users)").fetchone()[0]
 
 
-def _find_active(db: sqlite3.Connection, key_hash: str) -> tuple[str, str] | None:
-    """(name, role) of the active user with this key hash, or None."""
-    row = db.execute(
-        "SELECT name, role FROM users WHERE key_hash = ? AND revoked_at IS NULL", (key_hash,)
-    ).fetchone()
-    return None if row is None else (row[0], row[1])
-
-
 def _shown(row: sqlite3.Row) -> dict[str, Any]:
     return {
         "name": row["name"],
@@ -200,20 +192,6 @@ class Users:
         """Whether other replicas make users too (a shared database)."""
         return bool(getattr(self.store, "shared", False))
 
-    async def fetch(self, authorization: bytes | None) -> User | None:
-        """:meth:`authenticate` for a key this replica has not loaded yet: asks the store
-        (several replicas: a user made on another one works here at once)."""
-        scheme, _, given = (authorization or b"").partition(b" ")
-        if scheme.lower() != b"bearer" or not given.strip():
-            return None
-        key_hash = _hash(given.strip())
-        row = await self.store.call(_find_active, key_hash)
-        if row is None:
-            return None
-        self._by_hash[key_hash] = user = User(row[0], row[1])
-        self._any = True
-        return user
-
     async def reload(self) -> None:
         """Read the active users again (after a change made through the API)."""
         self._reads += 1
@@ -243,7 +221,12 @@ class Users:
 
     async def authenticate_fresh(self, authorization: bytes | None) -> User | None:
         """:meth:`authenticate`, reading the store once more for an unknown ``fm_`` key
-        (:meth:`refreshed_for`) before the answer is None."""
+        (:meth:`refreshed_for`) before the answer is None: a key just made by ``foreman
+        users add``, or on another replica of a shared database, works at once.
+
+        Raises:
+            sqlite3.Error, StoreUnavailable: the store could not be read.
+        """
         user = self.authenticate(authorization)
         if user is not None:
             return user

@@ -96,10 +96,6 @@ class Sessions:
         self.users = users
         self._by_token: dict[str, Session] = {}
 
-    @property
-    def _shared(self) -> bool:
-        return bool(getattr(self.users.store, "shared", False))
-
     async def sign_in(self, key: str) -> tuple[str, Session] | None:
         """A new session for API ``key``: (its token for the cookie, the session); None
         when ``key`` is no active key. While foreman is open (no key needed), any key,
@@ -109,7 +105,7 @@ class Sessions:
         if user is None:
             return None
         token, session = self._open(Session(user, key_hash))
-        if self._shared:
+        if self.users.shared:
             await self.users.store.call(_save, session, time.time() - LIFETIME)
         return token, session
 
@@ -141,7 +137,7 @@ class Sessions:
     async def find(self, token: str | None) -> Session | None:
         """:meth:`lookup`, and on a shared database a session another replica opened."""
         session = self.lookup(token)
-        if session is not None or not token or not self._shared:
+        if session is not None or not token or not self.users.shared:
             return session
         row = await self.users.store.call(_load, _hash(token))
         user = None if row is None else self.users.authenticate_hash(row["key_hash"])
@@ -154,7 +150,7 @@ class Sessions:
 
     async def sign_out(self, session: Session) -> None:
         self.drop(session.token_hash)
-        if self._shared:
+        if self.users.shared:
             await self.users.store.call(_delete, session.token_hash)
 
     def drop(self, token_hash: str) -> None:

@@ -25,6 +25,7 @@ import httpx2
 import trio
 
 from ...dataplane.errors import TargetStatus, TargetTimeout, classify
+from ...outbound import policed_transport
 from ...settings import Settings
 
 if TYPE_CHECKING:
@@ -319,7 +320,8 @@ def target_transport(
 
     Args:
         network_backend: the sockets to use (httpcore2's ``AsyncNetworkBackend``), e.g.
-            one that refuses some addresses; default trio's.
+            one that refuses some addresses, handed over by
+            :func:`foreman.outbound.policed_transport`; default trio's.
         options: more :class:`httpx2.AsyncHTTPTransport` arguments (``verify``, ``cert``,
             ``local_address``, ...).
     """
@@ -329,10 +331,9 @@ def target_transport(
         "socket_options": _keepalive_options(),
         **options,
     }
-    transport = httpx2.AsyncHTTPTransport(**options)
-    if network_backend is not None:  # httpx2's transport takes none; its pool does
-        transport._pool._network_backend = network_backend  # type: ignore[attr-defined]
-    return transport
+    if network_backend is not None:
+        return policed_transport(network_backend, **options)
+    return httpx2.AsyncHTTPTransport(**options)
 
 
 @asynccontextmanager
