@@ -356,7 +356,7 @@ async def test_a_target_that_vanishes_mid_run_requeues_without_spending_an_attem
 async def test_a_job_running_when_foreman_stops_runs_again_after_the_restart(
     nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:
-    standin = StandIn(token_rate=1.0)  # a long answer: still running at the stop
+    standin = StandIn(token_rate=2.0)  # a long answer (3 s): still running at the stop
     async with open_foreman(nursery, standin) as fm:
         data_dir = fm.gw.settings.data_dir
         job = await submit(fm)
