@@ -60,6 +60,38 @@ async def test_a_routed_answer_names_the_model_as_the_client_asked_for_it(
         assert added["name"] == "second"
 
 
+async def test_the_openai_and_anthropic_faces_echo_the_name_asked_for_too(
+    nursery: trio.Nursery, standin: StandIn, autojump_clock: Any
+) -> None:
+    async with with_second(nursery, standin) as (fm, second):
+        await add_connected(fm)
+        prefs = {"aliases": {"code": "second/qwen2.5-coder:32b"}}
+        assert (await fm.client.put("/admin/api/preferences", json=prefs)).status_code == 200
+        messages = [{"role": "user", "content": "hello there"}]
+        for path, extra in (
+            ("/v1/chat/completions", {}),
+            ("/v1/completions", {"prompt": "hello there"}),
+            ("/v1/messages", {"max_tokens": 16}),
+        ):
+            body = {"model": "code", "messages": messages, **extra}
+            if path == "/v1/completions":
+                del body["messages"]
+            whole = await fm.client.post(path, json=body)
+            assert whole.status_code == 200, (path, whole.text)
+            assert whole.json()["model"] == "code", path
+            assert int(whole.headers["content-length"]) == len(whole.content)
+            streamed = await fm.client.post(path, json={**body, "stream": True})
+            models = [
+                event.get("model") or event.get("message", {}).get("model")
+                for line in streamed.text.splitlines()
+                if line.startswith("data: {")
+                for event in [json.loads(line[6:])]
+            ]
+            named = {m for m in models if m}
+            assert named == {"code"}, (path, named)
+        assert second.chats_total == 6 and standin.chats_total == 0
+
+
 async def test_a_bare_name_that_is_a_model_of_the_default_backend_stays_that_model(
     nursery: trio.Nursery, standin: StandIn, autojump_clock: Any
 ) -> None:

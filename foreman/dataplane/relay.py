@@ -30,7 +30,7 @@ import trio
 from ..backends.ollama.target import RELAYED_HEADERS, Target
 from .errors import TargetError
 from .exchange import Exchange
-from .faces import EventTokens, stream_error
+from .faces import NATIVE, EventTokens, stream_error
 from .jsonwire import error_body
 
 __all__ = ["NDJSON", "SSE", "relay", "relay_events", "rename"]
@@ -83,10 +83,12 @@ async def relay(
             # A small answer of known size (most of Ollama's JSON): read whole, so that
             # a body that breaks still gets a real status, then sent in one go.
             body = await target.read(response)
-            if exchange.echo is not None and body.startswith(exchange.echo[0]):
-                body = rename(body, exchange.echo)
-                headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
-                start["headers"] = [*headers, (b"content-length", str(len(body)).encode())]
+            if exchange.echo is not None:
+                renamed = rename(body, exchange.echo, anywhere=exchange.face != NATIVE)
+                if renamed != body:
+                    body = renamed
+                    headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+                    start["headers"] = [*headers, (b"content-length", str(len(body)).encode())]
             if exchange.count_tokens:
                 exchange.final_line = body
             await send(start)
@@ -97,7 +99,9 @@ async def relay(
             exchange.outcome = await _relay_lines(target, response, send, exchange)
         elif content_type.startswith(SSE):
             await send(start)
-            exchange.outcome = await relay_events(target.chunks(response), send, exchange)
+            exchange.outcome = await relay_events(
+                target.chunks(response), send, exchange, echo=exchange.echo
+            )
         else:
             await send(start)
             await _relay_body(target, response, send)
@@ -118,15 +122,22 @@ async def _relay_body(target: Target, response: httpx2.Response, send: Send) -> 
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def relay_events(chunks: AsyncIterator[bytes], send: Send, exchange: Exchange) -> str:
+async def relay_events(
+    chunks: AsyncIterator[bytes],
+    send: Send,
+    exchange: Exchange,
+    *,
+    echo: tuple[bytes, bytes] | None = None,
+) -> str:
     """Pass a Server-Sent Events stream through; returns ``done`` or ``error``.
 
     Each read's complete events (up to the last blank line) go out at once, bytes
-    untouched, so an event reaches the client as soon as the target finished it; a
-    partial event waits for its end (at most :data:`WHOLE_BODY_LIMIT` bytes). If the
-    target fails, the partial event is dropped and the face's own error event
-    (:func:`foreman.dataplane.faces.stream_error`) ends the stream. Token counts go
-    to ``exchange.tokens`` (:class:`~foreman.dataplane.faces.EventTokens`).
+    untouched (but for ``echo``: see :func:`rename`), so an event reaches the client as
+    soon as the target finished it; a partial event waits for its end (at most
+    :data:`WHOLE_BODY_LIMIT` bytes). If the target fails, the partial event is dropped
+    and the face's own error event (:func:`foreman.dataplane.faces.stream_error`) ends
+    the stream. Token counts go to ``exchange.tokens``
+    (:class:`~foreman.dataplane.faces.EventTokens`).
     """
     pending = b""
     outcome = "done"
@@ -141,10 +152,12 @@ async def relay_events(chunks: AsyncIterator[bytes], send: Send, exchange: Excha
                     continue
                 end = len(pending) if end < 0 else end + 2
                 events, pending = pending[:end], pending[end:]
+                if echo is not None:
+                    events = rename(events, echo, anywhere=True)
                 if counter is not None:
                     counter.feed(events)
                 await send({"type": "http.response.body", "body": events, "more_body": True})
-        last = pending
+        last = pending if echo is None else rename(pending, echo, anywhere=True)
     except TargetError as exc:
         LOGGER.warning("event stream from the target ended early: %s", exc)
         last, outcome = stream_error(exchange.face, exchange.key, str(exc)), "error"
@@ -248,12 +261,19 @@ class _Piled:
         return piece
 
 
-def rename(lines: bytes, echo: tuple[bytes, bytes]) -> bytes:
+def rename(lines: bytes, echo: tuple[bytes, bytes], *, anywhere: bool = False) -> bytes:
     """Whole JSON lines (or one JSON body) with each line's leading ``echo[0]`` (Ollama's
     ``{"model":"<name it was sent>",``) made ``echo[1]``: a routed request's answer
     names the model as the client asked for it, as Ollama echoes a request's ``model``.
-    Only a line's start is looked at: a newline byte never occurs inside a JSON line."""
+    Only a line's start is looked at: a newline byte never occurs inside a JSON line.
+
+    With ``anywhere`` (the OpenAI and Anthropic faces, whose answers and events put
+    ``model`` after other fields, or inside ``message``), every ``"model":"<name it was
+    sent>"`` is renamed: that byte sequence only occurs as a JSON member (inside a JSON
+    string its quotes would be escaped)."""
     old, new = echo
+    if anywhere:
+        return lines.replace(old[1:-1], new[1:-1])
     if not lines.startswith(old) and b"\n" + old not in lines:
         return lines
     return (b"\n" + lines).replace(b"\n" + old, b"\n" + new)[1:]
