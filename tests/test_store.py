@@ -297,42 +297,75 @@ async def test_the_postgresql_backend_names_migration_keeps_keys_and_ids(pg_clus
         assert row is not None and row[0] is None
 
 
-async def test_replicas_starting_together_on_a_new_database_share_one_builtin_backend(
-    pg_cluster: Any, tmp_path: Any
-) -> None:
-    """Two replicas' ensure_builtin at once: the second's insert waits on the first's
-    uncommitted row, then takes that row instead of failing on the unique name."""
+async def overlapping(url: str, first: Any, second: Any) -> tuple[Any, Any]:
+    """``first`` and ``second`` (store functions) as two replicas' calls on ``url``:
+    ``first`` does its work, then its transaction stays open until ``second`` waits on
+    a lock it holds (or ends without waiting); returns both results."""
     import threading
 
     import trio
 
-    url, sealer = pg_cluster.new_database(), Sealer("shared", str(tmp_path))
-    inserted, release = threading.Event(), threading.Event()
+    done, release = threading.Event(), threading.Event()
 
-    def first(db: Any) -> Any:
-        record = ensure_builtin(db, sealer, "http://127.0.0.1:11434")
-        inserted.set()
-        release.wait(30)  # the transaction stays open until the second one waits on it
-        return record
+    def held(db: Any) -> Any:
+        result = first(db)
+        done.set()
+        release.wait(30)
+        return result
 
     def waiting(db: Any) -> int:
         return db.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
         ).fetchone()[0]
 
-    records: dict[str, Any] = {}
+    results: list[Any] = [None, None]
     async with open_store(url) as a, open_store(url) as b, open_store(url) as watcher:
 
-        async def call(name: str, store: Any, fn: Any, *args: Any) -> None:
-            records[name] = await store.call(fn, *args)
+        async def call(n: int, store: Any, fn: Any, ended: trio.Event) -> None:
+            results[n] = await store.call(fn)
+            ended.set()
 
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(call, "a", a, first)
-                await trio.to_thread.run_sync(inserted.wait)
-                nursery.start_soon(call, "b", b, ensure_builtin, sealer, "http://127.0.0.1:11434")
-                while await watcher.call(waiting) == 0:  # noqa: ASYNC110 (polls the database)
+                nursery.start_soon(call, 0, a, held, trio.Event())
+                await trio.to_thread.run_sync(done.wait)
+                second_ended = trio.Event()
+                nursery.start_soon(call, 1, b, second, second_ended)
+                while not second_ended.is_set() and await watcher.call(waiting) == 0:  # noqa: ASYNC110
                     await trio.sleep(0.02)
                 release.set()
-        assert records["a"].id == records["b"].id
-        assert [r.name for r in await watcher.call(list_backends, sealer)] == ["ollama"]
+    return results[0], results[1]
+
+
+async def test_replicas_starting_together_on_a_new_database_share_one_builtin_backend(
+    pg_cluster: Any, tmp_path: Any
+) -> None:
+    """Two replicas' ensure_builtin at once: the second's insert waits on the first's
+    uncommitted row, then takes that row instead of failing on the unique name."""
+    url, sealer = pg_cluster.new_database(), Sealer("shared", str(tmp_path))
+
+    def builtin(db: Any) -> Any:
+        return ensure_builtin(db, sealer, "http://127.0.0.1:11434")
+
+    first, second = await overlapping(url, builtin, builtin)
+    assert first.id == second.id
+    async with open_store(url) as store:
+        assert [r.name for r in await store.call(list_backends, sealer)] == ["ollama"]
+
+
+async def test_replicas_submitting_at_once_never_pass_max_jobs_together(
+    pg_cluster: Any,
+) -> None:
+    """FOREMAN_MAX_JOBS = 1 and one job submitted on each of two replicas at once: the
+    second counts the first's job (it waits for that submission to commit) and is refused."""
+    url = pg_cluster.new_database()
+
+    def submit(job_id: str) -> Any:
+        job = {"id": job_id, "endpoint": "chat", "request": b"{}", "model": "m"}
+        job |= {"priority": "batch", "metadata": {}, "webhook_url": None, "base_url": "x"}
+        return lambda db: records.insert_jobs(db, [job], 1)
+
+    first, second = await overlapping(url, submit("j1"), submit("j2"))
+    assert first is not None and second is None
+    async with open_store(url) as store:
+        assert await store.call(records.count_queued) == 1

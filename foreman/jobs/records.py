@@ -42,6 +42,8 @@ FINISHED = ("succeeded", "failed", "cancelled")
 
 #: pg_try_advisory_xact_lock key of the janitor: one replica purges at a time.
 JANITOR_LOCK = 0x666D2D6A616E6974
+#: pg_advisory_xact_lock key of submissions: replicas count the queue one at a time.
+SUBMIT_LOCK = 0x666D2D7375626D69
 
 
 def shared(db: Any) -> bool:
@@ -96,8 +98,11 @@ def insert_jobs(
 
     Each of ``jobs`` is ``{"id", "endpoint", "request": bytes, "model", "priority",
     "metadata": dict, "webhook_url", "base_url"}`` and, optionally, ``"owner"`` (a user's
-    name) and ``"owner_is_admin"``.
+    name) and ``"owner_is_admin"``. On PostgreSQL, submissions of every replica take
+    turns (a transaction-level advisory lock), so that two cannot both pass the count.
     """
+    if shared(db):
+        db.execute("SELECT pg_advisory_xact_lock(?)", (SUBMIT_LOCK,))
     if count_queued(db) + len(jobs) > max_jobs:
         return None
     now = time.time()
