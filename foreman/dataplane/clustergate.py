@@ -25,6 +25,7 @@ The same interface as :class:`~foreman.dataplane.gate.Gate` (``hold(body_bytes, 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import sqlite3
@@ -278,51 +279,32 @@ class ClusterGates:
             self.pool.putconn(connection)
             return None if mine else False
         except BaseException:
+            connection.close()  # it may hold the lock now: closing frees it
             self.pool.putconn(connection)
             raise
 
-    def release(self, holding: Holding, gate: ClusterGate) -> bool:
-        """Free the slot and tell the other replicas; False when the hold's session was
-        lost or fails, in which case its connection is closed (which frees the lock all
-        the same) and its ticket is left for :meth:`leave`."""
-        connection = holding.connection
-        if holding.lost:  # never unlock on it: its session may be gone, or hang
-            connection.close()
-        else:
-            try:
-                connection.execute("DELETE FROM gate_tickets WHERE seq = %s", (holding.seq,))
-                connection.execute(
-                    "SELECT pg_advisory_unlock(%s), pg_notify(%s, %s)",
-                    (gate.key, CHANNEL, gate.name),
-                )
-            except psycopg.Error as exc:
-                LOGGER.warning("gate %s: release failed (%s); closing its session", gate.name, exc)
-                connection.close()
-        self.pool.putconn(connection)
-        return not connection.closed
-
     async def let_go(self, gate: ClusterGate, holding: Holding) -> None:
-        """End a hold (:meth:`release` in a worker thread); a ticket it leaves is dropped
-        from the gates' own nursery, so that a database that hangs never holds this up."""
-        if not await trio.to_thread.run_sync(self.release, holding, gate):
+        """End a hold (:func:`~.gatewatch.release`, in a worker thread); a held ticket it
+        leaves behind is dropped by :meth:`forget`."""
+        release = partial(gatewatch.release, self.pool, holding, gate.key, CHANNEL, gate.name)
+        if not await trio.to_thread.run_sync(release):
             self.forget([holding.seq])
 
     def forget(self, tickets: list[int]) -> None:
-        """Drop these held tickets, from the gates' own nursery (best effort: one left
-        behind costs its next holder :data:`LOST_AFTER` seconds or nothing)."""
-        self._nursery.start_soon(self._forget, tickets)
-
-    async def _forget(self, tickets: list[int]) -> None:
-        try:
-            drop = partial(gatewatch.drop, self.pool, tickets)
-            await trio.to_thread.run_sync(drop, abandon_on_cancel=True)
-        except psycopg.Error as exc:
-            LOGGER.info("gate: could not drop the held tickets %s (%s)", tickets, exc)
+        """Drop these held tickets from the gates' own nursery, so that a database that
+        hangs holds no chat up (best effort: one left behind costs its next holder at most
+        RECHECK + LOST_AFTER seconds)."""
+        with contextlib.suppress(RuntimeError):  # the nursery is closed: foreman stops
+            self._nursery.start_soon(gatewatch.drop, self.pool, tickets)
 
     def watch(self, gate: ClusterGate, holding: Holding) -> None:
         """Start the watchdog of ``holding`` (:func:`~.gatewatch.watch`)."""
         alive = partial(gatewatch.session_alive, self.pool, holding.session)
-        self._nursery.start_soon(gatewatch.watch, holding, gate.name, alive, RECHECK, LOST_AFTER)
+        try:
+            dog = partial(gatewatch.watch, holding, gate.name, alive, RECHECK, LOST_AFTER)
+            self._nursery.start_soon(dog)
+        except RuntimeError:  # the nursery is closed: foreman stops, and no chat runs unwatched
+            holding.lose("foreman is stopping")
 
     async def leave(self, gate: ClusterGate, seq: int) -> None:
         """Give a place up (cancelled, refused or lost); retried later if the store fails."""
@@ -371,6 +353,7 @@ class ClusterGates:
                 task_status.started(self.new)
                 await self._keep_listening(listener)
         finally:
+            self.listening = False
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.pool.close)
 

@@ -1,10 +1,14 @@
-"""The watchdog on a replica that holds a cluster gate's slot (ADR 21).
+"""The replica that holds a cluster gate's slot (ADR 21): its watchdog, and its ticket.
 
 The slot is a session-level advisory lock on the holder's own connection; PostgreSQL frees
 it when that session ends, even while the holder, cut off from the database, still streams
 its chat. So while it holds the slot, the holder asks every second, through *another*
 connection, whether the holding session still exists; when the answer is "gone", or no
 answer comes in time, it has lost the slot and ends its chat (it fails closed).
+
+The holder's ticket stays, marked held, until it lets the slot go: one that a holder who
+lost the slot leaves behind tells the next holder to wait (:func:`wait_out`) until that
+chat has ended, since PostgreSQL may free the lock of a killed session at once.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ __all__ = [
     "Holding",
     "drop",
     "mark_held",
+    "release",
     "session_alive",
     "still_running",
     "wait_out",
@@ -132,6 +137,19 @@ async def wait_out(running: Callable[[], bool], every: float, at_most: float) ->
             await trio.sleep(every)
 
 
+async def drop(pool: psycopg_pool.ConnectionPool, tickets: list[int]) -> None:
+    """Delete these held tickets, in a worker thread abandoned if cancelled (best effort)."""
+
+    def delete() -> None:
+        with pool.connection(timeout=LOST_AFTER) as connection:
+            connection.execute("DELETE FROM gate_tickets WHERE seq = ANY(%s)", (tickets,))
+
+    try:
+        await trio.to_thread.run_sync(delete, abandon_on_cancel=True)
+    except psycopg.Error as exc:
+        LOGGER.info("gate: could not drop the held tickets %s (%s)", tickets, exc)
+
+
 # --- in worker threads --------------------------------------------------------------------
 
 
@@ -175,7 +193,23 @@ def still_running(pool: psycopg_pool.ConnectionPool, tickets: list[int]) -> bool
         ).fetchone()[0]
 
 
-def drop(pool: psycopg_pool.ConnectionPool, tickets: list[int]) -> None:
-    """Delete these (held) tickets."""
-    with pool.connection(timeout=LOST_AFTER) as connection:
-        connection.execute("DELETE FROM gate_tickets WHERE seq = ANY(%s)", (tickets,))
+def release(
+    pool: psycopg_pool.ConnectionPool, holding: Holding, key: int, channel: str, name: str
+) -> bool:
+    """Free the slot (advisory lock ``key``) of gate ``name`` and notify ``channel``; False
+    when the hold was lost or the release fails: its connection is then closed (which frees
+    the lock all the same) and its held ticket left behind (see :func:`drop`)."""
+    connection = holding.connection
+    if holding.lost:  # never unlock on it: its session may be gone, or hang
+        connection.close()
+    else:
+        try:
+            connection.execute("DELETE FROM gate_tickets WHERE seq = %s", (holding.seq,))
+            connection.execute(
+                "SELECT pg_advisory_unlock(%s), pg_notify(%s, %s)", (key, channel, name)
+            )
+        except psycopg.Error as exc:
+            LOGGER.warning("gate %s: release failed (%s); closing its session", name, exc)
+            connection.close()
+    pool.putconn(connection)
+    return not connection.closed
