@@ -103,9 +103,10 @@ async def watch(
         alive_at = trio.current_time()
         why = ""
         while not why:
-            await trio.sleep(every)
+            deadline = alive_at + lost_after
+            await trio.sleep_until(min(trio.current_time() + every, deadline))
             answer = None
-            with trio.move_on_at(alive_at + lost_after):
+            with trio.move_on_at(deadline):
                 try:
                     answer = await trio.to_thread.run_sync(alive, abandon_on_cancel=True)
                 except psycopg.Error as exc:
@@ -117,7 +118,7 @@ async def watch(
                 alive_at = trio.current_time()
             elif answer is False:
                 why = "the session holding the slot is gone"
-            elif trio.current_time() >= alive_at + lost_after:
+            elif trio.current_time() >= deadline:
                 why = f"no word of the session holding the slot for {lost_after:g} s"
         LOGGER.warning("gate %s: %s; ending the chat that holds it", name, why)
         holding.lose(why)
@@ -159,8 +160,8 @@ def mark_held(connection: psycopg.Connection[Any], name: str, seq: int) -> tuple
     earlier holders that lost the slot while their replicas live on; those of dead
     replicas are dropped (nothing of theirs runs any more)."""
     start = connection.execute(
-        "UPDATE gate_tickets SET pid = -pid WHERE seq = %s RETURNING"
-        " (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())",
+        "WITH held AS (UPDATE gate_tickets SET pid = -pid WHERE seq = %s)"
+        " SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()",
         (seq,),
     ).fetchone()
     earlier = connection.execute(
