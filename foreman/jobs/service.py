@@ -235,7 +235,7 @@ class Jobs:
                     if claimed is not None:
                         await self._run_chat(claimed)
             except GateLost as exc:
-                LOGGER.warning("the chat job worker: %s; the job goes back to the queue", exc)
+                LOGGER.warning("chat job: gate lost (%s); it goes back to the queue", exc.reason)
 
     async def _run_chat(self, job: Job) -> None:
         self.chat_job, self._running_chat = job.id, job
