@@ -23,9 +23,10 @@ For each request, in this order (``docs/adr/0008-fast-data-plane.md``):
 foreman's own errors take the face's shape (:func:`foreman.dataplane.faces.error_answer`):
 Ollama's ``{"error": "..."}``, OpenAI's or Anthropic's on ``/v1/``. The key may also come
 as ``x-api-key`` on ``/v1/messages`` (the Anthropic SDK's way). When foreman's
-grace period ends (:meth:`Gateway.end_grace`), what is still running ends as
-well as it can: Ollama's 503 if nothing was sent yet, a final error line for
-an NDJSON stream.
+grace period ends (:meth:`Gateway.end_grace`), or foreman's own error cuts a chat (the
+cluster's gate lost, ``GateLost``), what is still running ends as well as it can: the
+face's 503 if nothing was sent yet, a final error line for an NDJSON stream, the face's
+error event for a Server-Sent Events stream.
 """
 
 from __future__ import annotations
@@ -262,33 +263,38 @@ class App:
                 error = ForemanError("foreman: internal error")
         if error is not None:
             exchange.outcome = "busy" if isinstance(error, GateFull) else "error"
-            if not exchange.response_started:
-                face = exchange.face
-                body, content_type = error_answer(face, error.status_code, error.message)
-                headers = [(b"content-type", content_type)]
-                headers += retry_after(error, self.gw.settings.poll_interval, face != NATIVE)
-                if isinstance(error, BodyTimeout | ReadingFull):
-                    headers.append(_CLOSE)  # the rest of the body is never read
-                if isinstance(error, ReadingFull):
-                    headers.append((b"retry-after", b"1"))
-                await respond(send, error.status_code, body, headers=headers + extra)
+            headers = retry_after(error, self.gw.settings.poll_interval, exchange.face != NATIVE)
+            if isinstance(error, BodyTimeout | ReadingFull):
+                headers.append(_CLOSE)  # the rest of the body is never read
+            if isinstance(error, ReadingFull):
+                headers.append((b"retry-after", b"1"))
+            await _end_with(exchange, send, error.status_code, error.message, headers + extra)
         elif exchange.shutdown and exchange.cancel_scope.cancelled_caught:
-            await self._end_at_shutdown(exchange, send, extra)
-
-    async def _end_at_shutdown(self, exchange: Exchange, send: Any, extra: Any) -> None:
-        """foreman's grace period cut this request: tell the client as well as it can be told."""
-        exchange.outcome = "shutdown"
-        if not exchange.response_started:
-            body, content_type = error_answer(exchange.face, 503, SHUTTING_DOWN)
+            exchange.outcome = "shutdown"  # foreman's grace period cut this request
             retry = (b"retry-after", str(SHUTDOWN_RETRY_AFTER).encode())
-            headers = [(b"content-type", content_type), retry, *extra]
-            await respond(send, 503, body, headers=headers)
-        elif exchange.ndjson and not exchange.response_complete:
-            line = error_body(SHUTTING_DOWN) + b"\n"
-            await send({"type": "http.response.body", "body": line, "more_body": False})
-        elif exchange.events and not exchange.response_complete:
-            event = stream_error(exchange.face, exchange.key, SHUTTING_DOWN)
-            await send({"type": "http.response.body", "body": event, "more_body": False})
+            await _end_with(exchange, send, 503, SHUTTING_DOWN, [retry, *extra])
+
+
+async def _end_with(
+    exchange: Exchange, send: Any, status: int, message: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """End an answer that foreman's error (``status``, ``message``) cut, as well as the
+    client can be told: the face's own error answer with ``headers`` if nothing was sent
+    yet; once a stream has begun, an error in the stream's own shape ends it (an NDJSON
+    ``{"error": message}`` line, as Ollama ends a stream that fails, or the face's
+    Server-Sent Events error: :func:`~foreman.dataplane.faces.stream_error`). Any other
+    body already begun is left cut short."""
+    if not exchange.response_started:
+        body, content_type = error_answer(exchange.face, status, message)
+        await respond(send, status, body, headers=[(b"content-type", content_type), *headers])
+    elif exchange.response_complete:
+        return
+    elif exchange.ndjson:
+        line = error_body(message) + b"\n"
+        await send({"type": "http.response.body", "body": line, "more_body": False})
+    elif exchange.events:
+        event = stream_error(exchange.face, exchange.key, message)
+        await send({"type": "http.response.body", "body": event, "more_body": False})
 
 
 async def _drained(receive: Any, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

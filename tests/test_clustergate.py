@@ -3,6 +3,7 @@ one PostgreSQL database, in one process; each "replica" has its own store and se
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -10,8 +11,9 @@ from typing import Any
 import pytest
 import trio
 
+from foreman.dataplane import clustergate
 from foreman.dataplane.clustergate import RECHECK, ClusterGate, ClusterGates
-from foreman.dataplane.errors import GateFull
+from foreman.dataplane.errors import GateFull, GateLost
 from foreman.store import open_store
 
 SERVER = "http://127.0.0.1:11434"
@@ -124,9 +126,10 @@ async def test_a_dead_replica_frees_the_slot_and_its_places(
         held = trio.Event()
 
         async def hold_forever() -> None:
-            async with doomed.hold():
-                held.set()
-                await trio.sleep_forever()
+            with contextlib.suppress(GateLost):  # its own watchdog may end it first
+                async with doomed.hold():
+                    held.set()
+                    await trio.sleep_forever()
 
         nursery.start_soon(hold_forever)
         await held.wait()
@@ -145,3 +148,115 @@ async def test_a_dead_replica_frees_the_slot_and_its_places(
             async with gate.hold():
                 waited = trio.current_time() - start
         assert waited < RECHECK * 3
+
+
+def kill_the_holder(pg_cluster: Any, url: str) -> None:
+    """End the session holding a gate's slot in ``url``'s database, from outside (as an
+    administrator, a failover or a lost network on PostgreSQL's side ends it)."""
+    pg_cluster.admin(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+        f" AND database = (SELECT oid FROM pg_database WHERE datname = '{url.rsplit('/', 1)[1]}')"
+    )
+
+
+async def test_a_holder_whose_session_is_killed_ends_its_chat_before_the_next_one_starts(
+    url: str, pg_cluster: Any
+) -> None:
+    async with trio.open_nursery() as nursery, replicas(nursery, url, 2) as (first, second):
+        a, b = first.new(SERVER), second.new(SERVER)
+        running, most, held = 0, 0, trio.Event()
+        ended: dict[str, float] = {}
+
+        async def chat(gate: ClusterGate, name: str) -> None:
+            nonlocal running, most
+            async with gate.hold():
+                running += 1
+                most = max(most, running)
+                held.set()
+                try:
+                    await trio.sleep(60 if name == "a" else 0.05)
+                finally:
+                    running -= 1
+                    ended[name] = trio.current_time()
+
+        async def lost_chat() -> None:
+            with pytest.raises(GateLost, match="database session"):
+                await chat(a, "a")
+
+        async with trio.open_nursery() as chats:
+            chats.start_soon(lost_chat)
+            await held.wait()
+            chats.start_soon(chat, b, "b")
+            await until(lambda: b.statistics().waiting)
+            killed = trio.current_time()
+            kill_the_holder(pg_cluster, url)
+            with trio.fail_after(RECHECK * 4):
+                await until(lambda: "b" in ended)
+        assert most == 1  # b's chat began only once a's had ended
+        assert ended["a"] - killed < RECHECK * 3
+
+
+class Network:
+    """A TCP proxy in front of PostgreSQL that can be cut as a partition cuts it: from
+    :meth:`cut` on, bytes go nowhere either way and no connection is closed."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.cut_off = port, False
+        self.scope = trio.CancelScope()
+
+    async def serve(self, *, task_status: Any) -> None:
+        with self.scope:
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            task_status.started(listeners[0].socket.getsockname()[1])
+            await trio.serve_listeners(self._proxy, listeners)
+
+    def cut(self) -> None:
+        self.cut_off = True
+
+    async def _proxy(self, client: trio.SocketStream) -> None:
+        async with client, await trio.open_tcp_stream("127.0.0.1", self.port) as server:
+            async with trio.open_nursery() as pumps:
+                pumps.start_soon(self._pump, client, server)
+                pumps.start_soon(self._pump, server, client)
+
+    async def _pump(self, source: trio.SocketStream, sink: trio.SocketStream) -> None:
+        while data := await source.receive_some():
+            if not self.cut_off:
+                await sink.send_all(data)
+
+
+async def test_a_holder_cut_off_from_the_database_ends_its_chat_within_recheck_plus_lost_after(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(clustergate, "LOST_AFTER", 2.0)  # a quicker test; 4 s in production
+    host, database = url.rsplit("/", 1)
+    network = Network(int(host.rsplit(":", 1)[1]))
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(network.serve)
+        proxied = f"{host.rsplit(':', 1)[0]}:{port}/{database}"
+        async with replicas(nursery, proxied, 1) as (replica,):
+            gate, held, ended = replica.new(SERVER), trio.Event(), []
+
+            async def chat() -> None:
+                with pytest.raises(GateLost, match="no word"):
+                    async with gate.hold():
+                        held.set()
+                        try:
+                            await trio.sleep(60)
+                        finally:
+                            ended.append(trio.current_time())
+
+            async with trio.open_nursery() as chats:
+                chats.start_soon(chat)
+                await held.wait()
+                await trio.sleep(RECHECK * 1.5)  # the session was found alive at least once
+                network.cut()
+                cut = trio.current_time()
+                try:
+                    with trio.fail_after(RECHECK + clustergate.LOST_AFTER + 1):
+                        while not ended:  # noqa: ASYNC110
+                            await trio.sleep(0.01)
+                finally:
+                    network.scope.cancel()  # the sessions behind the cut end: all can stop
+            assert ended[0] - cut <= RECHECK + clustergate.LOST_AFTER
+            assert ended[0] - cut >= clustergate.LOST_AFTER - RECHECK  # on no word, not at once

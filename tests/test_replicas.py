@@ -3,6 +3,8 @@ its own (its own store pool, gates, workers) in front of one stand-in."""
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -17,6 +19,7 @@ from foreman.jobs.replicas import RENEW
 from foreman.standins.ollama import StandIn
 
 from .conftest import Foreman, chat_body, open_foreman, reads_for_unknown_keys
+from .test_clustergate import kill_the_holder
 from .test_jobs import Receiver
 
 
@@ -264,3 +267,46 @@ async def test_a_job_cancelled_through_another_replica_stops_where_it_runs(
         await trio.sleep(0.5)
         assert (await runner.client.get(f"/jobs/{job_id}")).json()["state"] == "cancelled"
         assert receiver.states(job_id) == ["queued", "running", "cancelled"]
+
+
+async def test_a_chat_whose_slot_is_lost_mid_stream_ends_with_one_error_line(
+    nursery: trio.Nursery, url: str, pg_cluster: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    standin = StandIn(token_rate=20.0, reply_tokens=1000)  # 50 s of reply
+    async with replicas(nursery, standin, url, 1) as ((fm,), _):
+        caplog.set_level(logging.INFO, logger="foreman.access")
+        with trio.fail_after(10):
+            async with fm.client.stream("POST", "/api/chat", json=chat_body()) as response:
+                assert response.status_code == 200
+                lines = []
+                async for line in response.aiter_lines():
+                    lines.append(json.loads(line))
+                    if len(lines) == 2:
+                        kill_the_holder(pg_cluster, url)
+        assert lines[-1]["error"].startswith("foreman lost the gate's database session")
+        assert len(lines) > 2 and not any("error" in line or line["done"] for line in lines[:-1])
+        await trio.sleep(0.2)
+        assert standin.chats_in_flight == 0  # the upstream request was aborted
+        (chat,) = [r for r in caplog.records if getattr(r, "path", "") == "/api/chat"]
+        assert chat.outcome == "error"  # type: ignore[attr-defined]
+        retried = await fm.client.post("/api/chat", json=chat_body(options={"num_predict": 2}))
+        assert retried.status_code == 200, retried.text  # the slot is free again
+
+
+async def test_a_job_whose_slot_is_lost_goes_back_to_the_queue_and_succeeds_later(
+    nursery: trio.Nursery, url: str, pg_cluster: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    standin = StandIn(token_rate=20.0, reply_tokens=20)  # a second of reply
+    async with replicas(nursery, standin, url, 1) as ((fm,), _):
+        assert fm.gw.jobs is not None
+        body = {"endpoint": "chat", "request": chat_body(stream=False)}
+        job_id = (await fm.client.post("/jobs", json=body)).json()["id"]
+        with trio.fail_after(10):
+            while not standin.chats_in_flight:  # noqa: ASYNC110
+                await trio.sleep(0.02)
+            kill_the_holder(pg_cluster, url)
+            job = await succeeded(fm, job_id)
+        assert job["attempts"] == 1  # the lost run did not count
+        assert standin.chats_total == 2 and standin.max_chats_in_flight == 1
+        lost = [r for r in caplog.records if "goes back to the queue" in r.getMessage()]
+        assert [r.levelno for r in lost if r.name == "foreman.jobs"] == [logging.WARNING]

@@ -6,7 +6,10 @@ The same interface as :class:`~foreman.dataplane.gate.Gate` (``hold(body_bytes, 
 
 - **The slot** is a session-level advisory lock (``pg_try_advisory_lock``) taken on a
   connection the holder keeps for the length of the chat. PostgreSQL frees it when that
-  session ends, so a replica killed while holding it frees it with its connection.
+  session ends, so a replica killed while holding it frees it with its connection. A
+  replica cut off from the database while its chat still runs ends that chat itself
+  (:mod:`~foreman.dataplane.gatewatch`, :class:`~.errors.GateLost`) before PostgreSQL frees
+  the lock; the next holder waits until a chat whose slot was lost has ended.
 - **The line** is ``gate_tickets``: one row per waiter, numbered on arrival, tied to the
   replica's listening session (its ``pg_backend_pid()`` and start). Rows of a session that
   no longer exists are not counted: a dead replica's places are dropped with it.
@@ -22,11 +25,13 @@ The same interface as :class:`~foreman.dataplane.gate.Gate` (``hold(body_bytes, 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -34,10 +39,20 @@ import psycopg_pool
 import trio
 
 from ..store.postgres import PostgresStore, connect
-from .errors import ForemanError, GateFull
+from . import gatewatch
+from .errors import ForemanError, GateFull, GateLost
 from .gate import GateStatistics, Lane
+from .gatewatch import LIVE, LOST_AFTER, Holding
 
-__all__ = ["CHANNEL", "RECHECK", "ClusterGate", "ClusterGates", "GateUnavailable", "lock_key"]
+__all__ = [
+    "CHANNEL",
+    "LOST_AFTER",
+    "RECHECK",
+    "ClusterGate",
+    "ClusterGates",
+    "GateUnavailable",
+    "lock_key",
+]
 
 LOGGER = logging.getLogger("foreman.gate")
 
@@ -45,21 +60,22 @@ CHANNEL = "foreman_gate"
 RECHECK = 1.0  # seconds: how soon a dead replica's slot or places are noticed
 #: TCP keepalives on the sessions that hold a slot or a place, on both ends: a replica cut
 #: off by the network (no FIN, no RST) loses them after about 5 + 2 * 3 = 11 s, not hours.
+#: Keepalives probe an idle connection only: ``tcp_user_timeout`` (ms) also drops, within
+#: 10 s, one whose data goes unacknowledged (a reply or a NOTIFY sent into the partition on
+#: the server, a watchdog's question on the client), which would otherwise hold the slot,
+#: or a worker thread, for the ~15 minutes of TCP's retransmissions.
 KEEPALIVES = {
     "keepalives": 1,
     "keepalives_idle": 5,
     "keepalives_interval": 2,
     "keepalives_count": 3,
-    "options": "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3",
+    "tcp_user_timeout": 10000,
+    "options": "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2"
+    " -c tcp_keepalives_count=3 -c tcp_user_timeout=10000",
 }
 
-#: SQL: ticket ``t`` belongs to a session that still exists.
-_LIVE = (
-    "EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = t.pid"
-    " AND extract(epoch FROM a.backend_start)::float8 = t.since)"
-)
 _FIRST = (
-    f"SELECT seq FROM gate_tickets t WHERE gate = %s AND {_LIVE}"
+    f"SELECT seq FROM gate_tickets t WHERE gate = %s AND {LIVE}"
     " ORDER BY lane = 'batch', seq LIMIT 1"
 )
 
@@ -105,11 +121,15 @@ class ClusterGate:
     @asynccontextmanager
     async def hold(self, body_bytes: int = 0, lane: Lane = "interactive") -> AsyncIterator[float]:
         """Wait for the cluster's slot in ``lane``, hold it for the body, yield the seconds
-        waited (as :meth:`Gate.hold`).
+        waited (as :meth:`Gate.hold`). While the body runs, a watchdog checks every
+        :data:`RECHECK` seconds that the session holding the slot still exists
+        (:mod:`foreman.dataplane.gatewatch`); when it is gone, or gives no word for
+        :data:`LOST_AFTER` seconds, the body is cancelled.
 
         Raises:
             GateFull: the cluster's interactive line is full, or this replica's bytes are.
             GateUnavailable: the database does not answer.
+            GateLost: the slot was lost while the body ran, and the body was cancelled.
         """
         start = trio.current_time()
         if lane == "interactive" and self._waiting_bytes + body_bytes > self.max_waiting_bytes:
@@ -117,20 +137,30 @@ class ClusterGate:
         if not self._gates.listening:  # a ticket needs a live session: fail at once
             raise GateUnavailable("no session with the database")
         try:
-            connection = await self._queue(lane, body_bytes)
+            holding = await self._queue(lane, body_bytes)
         except (sqlite3.Error, psycopg.Error) as exc:  # psycopg_pool's PoolTimeout too
             raise GateUnavailable(str(exc).splitlines()[0] if str(exc) else "no answer") from exc
         self._held = True
+        self._gates.watch(self, holding)
         try:
-            yield trio.current_time() - start
+            with holding.body:
+                if holding.fences:  # an earlier holder lost the slot: its chat ends first
+                    running = partial(gatewatch.still_running, self._gates.pool, holding.fences)
+                    await gatewatch.wait_out(running, RECHECK / 10, RECHECK + LOST_AFTER)
+                    self._gates.forget(holding.fences)
+                yield trio.current_time() - start
         finally:
+            holding.watching.cancel()
             self._held = False
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._gates.release, connection, self)
+                await self._gates.let_go(self, holding)
             self.wake()
+        if holding.body.cancelled_caught:
+            await trio.lowlevel.checkpoint_if_cancelled()  # a cancellation from outside wins
+            raise GateLost(holding.lost)
 
-    async def _queue(self, lane: Lane, body_bytes: int) -> psycopg.Connection[Any]:
-        """Take a ticket and wait for the slot; returns the connection holding it."""
+    async def _queue(self, lane: Lane, body_bytes: int) -> Holding:
+        """Take a ticket and wait for the slot; returns the hold."""
         while True:
             seq = await self._gates.store.call(self._gates.enter, self, lane)
             if seq is None:
@@ -138,22 +168,22 @@ class ClusterGate:
             self._waiters[seq] = lane
             if lane == "interactive":
                 self._waiting_bytes += body_bytes
-            connection = None
+            taken = None
             try:
-                connection = await self._wait_turn(seq)
+                taken = await self._wait_turn(seq)
             finally:
                 del self._waiters[seq]
                 if lane == "interactive":
                     self._waiting_bytes -= body_bytes
-                if not isinstance(connection, psycopg.Connection):  # cancelled, failed, lost
+                if not isinstance(taken, tuple):  # cancelled, failed, lost
                     with trio.CancelScope(shield=True):
                         await self._gates.leave(self, seq)
-            if isinstance(connection, psycopg.Connection):
-                return connection
+            if isinstance(taken, tuple):
+                return Holding(seq, *taken)
             await trio.sleep(RECHECK)  # our session was lost (the database restarted): again
 
     async def _wait_turn(self, seq: int) -> Any:
-        """The connection holding the slot, or False when the ticket was lost."""
+        """What :meth:`ClusterGates.try_take` took, or False when the ticket was lost."""
         while True:
             changed = self._changed
             first = min(self._waiters, key=lambda s: (self._waiters[s] == "batch", s))
@@ -193,7 +223,8 @@ class ClusterGates:
         self.session = (0, 0.0)  # the listening session's pid and start
         self.listening = False  # that session is open
         self._orphans: dict[int, ClusterGate] = {}  # tickets we failed to remove
-        self._locks = psycopg_pool.ConnectionPool(
+        self._nursery: trio.Nursery  # run()'s: watchdogs, tickets to remove
+        self.pool = psycopg_pool.ConnectionPool(
             store.url,
             min_size=0,
             max_size=16,
@@ -216,7 +247,7 @@ class ClusterGates:
         """Insert a ticket; None when the cluster's interactive line is full."""
         if lane == "interactive":
             waiting = db.execute(
-                f"SELECT COUNT(*) FROM gate_tickets t WHERE gate = ? AND lane = ? AND {_LIVE}",
+                f"SELECT COUNT(*) FROM gate_tickets t WHERE gate = ? AND lane = ? AND {LIVE}",
                 (gate.name, lane),
             ).fetchone()[0]
             if waiting >= gate.max_waiting:
@@ -228,39 +259,52 @@ class ClusterGates:
             (gate.name, lane, self.replica, pid, since),
         ).fetchone()[0]
 
-    def try_take(self, gate: ClusterGate, seq: int) -> psycopg.Connection[Any] | bool | None:
+    def try_take(self, gate: ClusterGate, seq: int) -> tuple[Any, ...] | bool | None:
         """Take the slot if ``seq`` is the cluster's first live ticket and the lock is free:
-        the connection now holding it; None to wait; False if the ticket is lost."""
-        connection = self._locks.getconn()
+        the arguments of a :class:`Holding` but ``seq``; None to wait; False if the ticket
+        is lost."""
+        connection = self.pool.getconn()
         try:
             first = connection.execute(_FIRST, (gate.name,)).fetchone()
             if first is not None and first[0] == seq:
                 taken = connection.execute("SELECT pg_try_advisory_lock(%s)", (gate.key,))
                 if taken.fetchone()[0]:
-                    connection.execute("DELETE FROM gate_tickets WHERE seq = %s", (seq,))
-                    return connection
-                self._locks.putconn(connection)
+                    return (connection, *gatewatch.mark_held(connection, gate.name, seq))
+                self.pool.putconn(connection)
                 return None
             mine = connection.execute(
-                f"SELECT EXISTS (SELECT 1 FROM gate_tickets t WHERE seq = %s AND {_LIVE})",
+                f"SELECT EXISTS (SELECT 1 FROM gate_tickets t WHERE seq = %s AND {LIVE})",
                 (seq,),
             ).fetchone()[0]
-            self._locks.putconn(connection)
+            self.pool.putconn(connection)
             return None if mine else False
         except BaseException:
-            self._locks.putconn(connection)
+            connection.close()  # it may hold the lock now: closing frees it
+            self.pool.putconn(connection)
             raise
 
-    def release(self, connection: psycopg.Connection[Any], gate: ClusterGate) -> None:
-        """Free the slot and tell the other replicas; a connection that fails is closed,
-        which frees the lock all the same."""
+    async def let_go(self, gate: ClusterGate, holding: Holding) -> None:
+        """End a hold (:func:`~.gatewatch.release`, in a worker thread); a held ticket it
+        leaves behind is dropped by :meth:`forget`."""
+        release = partial(gatewatch.release, self.pool, holding, gate.key, CHANNEL, gate.name)
+        if not await trio.to_thread.run_sync(release):
+            self.forget([holding.seq])
+
+    def forget(self, tickets: list[int]) -> None:
+        """Drop these held tickets from the gates' own nursery, so that a database that
+        hangs holds no chat up (best effort: one left behind costs its next holder at most
+        RECHECK + LOST_AFTER seconds)."""
+        with contextlib.suppress(RuntimeError):  # the nursery is closed: foreman stops
+            self._nursery.start_soon(gatewatch.drop, self.pool, tickets)
+
+    def watch(self, gate: ClusterGate, holding: Holding) -> None:
+        """Start the watchdog of ``holding`` (:func:`~.gatewatch.watch`)."""
+        alive = partial(gatewatch.session_alive, self.pool, holding.session)
         try:
-            connection.execute("SELECT pg_advisory_unlock(%s)", (gate.key,))
-            connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, gate.name))
-        except psycopg.Error as exc:
-            LOGGER.warning("gate %s: release failed (%s); closing its session", gate.name, exc)
-            connection.close()
-        self._locks.putconn(connection)
+            dog = partial(gatewatch.watch, holding, gate.name, alive, RECHECK, LOST_AFTER)
+            self._nursery.start_soon(dog)
+        except RuntimeError:  # the nursery is closed: foreman stops, and no chat runs unwatched
+            holding.lose("foreman is stopping")
 
     async def leave(self, gate: ClusterGate, seq: int) -> None:
         """Give a place up (cancelled, refused or lost); retried later if the store fails."""
@@ -291,39 +335,48 @@ class ClusterGates:
     async def run(
         self, *, task_status: trio.TaskStatus[Callable[[str], Any]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Listen for the cluster's hand-overs and wake this replica's waiters; never returns.
+        """Listen for the cluster's hand-overs and wake this replica's waiters, and run the
+        holders' watchdogs; never returns.
 
         ``task_status.started(self.new)`` once the listening session is open.
+
+        Raises:
+            sqlite3.OperationalError: no listening session could be opened at the start.
         """
-        await trio.to_thread.run_sync(self._locks.open)
-        started = False
+        await trio.to_thread.run_sync(self.pool.open)
         try:
+            try:
+                listener = await trio.to_thread.run_sync(self._listen)
+            except psycopg.Error as exc:
+                raise sqlite3.OperationalError(str(exc)) from exc
+            async with trio.open_nursery() as self._nursery:
+                task_status.started(self.new)
+                await self._keep_listening(listener)
+        finally:
+            self.listening = False
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.pool.close)
+
+    async def _keep_listening(self, listener: psycopg.Connection[Any]) -> None:
+        while True:
+            self.listening = True
+            try:
+                await self._serve(listener)
+            except psycopg.Error as exc:
+                self.listening = False
+                LOGGER.warning("gate: listening session lost (%s)", exc)
+                for gate in self.gates.values():
+                    gate.wake()  # their tickets died with the session: they take new ones
+            finally:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(listener.close)
             while True:
                 try:
                     listener = await trio.to_thread.run_sync(self._listen)
+                    break
                 except psycopg.Error as exc:
-                    if not started:
-                        raise sqlite3.OperationalError(str(exc)) from exc
                     LOGGER.warning("gate: cannot listen (%s); retrying", exc)
                     await trio.sleep(RECHECK)
-                    continue
-                self.listening = True
-                if not started:
-                    started = True
-                    task_status.started(self.new)
-                try:
-                    await self._serve(listener)
-                except psycopg.Error as exc:
-                    self.listening = False
-                    LOGGER.warning("gate: listening session lost (%s)", exc)
-                    for gate in self.gates.values():
-                        gate.wake()  # their tickets died with the session: they take new ones
-                finally:
-                    with trio.CancelScope(shield=True):
-                        await trio.to_thread.run_sync(listener.close)
-        finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._locks.close)
 
     async def _serve(self, listener: psycopg.Connection[Any]) -> None:
         looked = trio.current_time()

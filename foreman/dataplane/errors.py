@@ -18,8 +18,10 @@ Hierarchy::
     ├── BodyTooLarge            413   a request body over FOREMAN_MAX_BODY
     ├── CannotEmbed             400   an embed routed to a backend without embeddings
     ├── WrongFace               400   a route of a face the routed backend does not speak
-    └── GateFull                503   too many chats (or bytes) already waiting at the gate,
-                                      or foreman's grace period ended while one waited
+    ├── GateFull                503   too many chats (or bytes) already waiting at the gate,
+    │                                 or foreman's grace period ended while one waited
+    └── GateLost                503   the cluster's gate: the database session holding the
+                                      slot was lost mid-chat, so the chat was ended
 
 Classification of transport failures happens once, in :func:`classify`, by exception
 type (never by matching error text). HTTP error *statuses* from the target are
@@ -35,6 +37,7 @@ __all__ = [
     "CannotEmbed",
     "ForemanError",
     "GateFull",
+    "GateLost",
     "ModelNotFound",
     "TargetBroken",
     "TargetError",
@@ -177,6 +180,21 @@ class GateFull(ForemanError):
 
     def __init__(self) -> None:
         super().__init__("server busy, please try again.  maximum pending requests exceeded")
+
+
+class GateLost(ForemanError):
+    """503: the cluster's gate (several replicas, ADR 21) lost the database session that
+    held the slot while the chat ran, so foreman ended the chat before another replica
+    could start one on the same Ollama server. ``reason`` says how it was lost."""
+
+    status_code = 503
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(
+            "foreman lost the gate's database session during the chat, please try again"
+            + (f" ({reason})" if reason else "")
+        )
+        self.reason = reason
 
 
 def classify(exc: httpx2.HTTPError, target: str, *, kind: str = "ollama target") -> TargetError:

@@ -30,7 +30,7 @@ import trio
 
 from ..backends.ollama.inventory import Inventory
 from ..backends.ollama.target import Target
-from ..dataplane.errors import TargetError, TargetStatus
+from ..dataplane.errors import GateLost, TargetError, TargetStatus
 from ..dataplane.gate import Gate
 from ..settings import Settings
 from ..store import REPLICA, Store, StoreUnavailable
@@ -221,19 +221,28 @@ class Jobs:
                 return job
 
     async def _chat_worker(self) -> None:
-        """Run chat and generate jobs one at a time, through the gate's lanes."""
+        """Run chat and generate jobs one at a time, through the gate's lanes.
+
+        A job whose slot of the cluster's gate was lost while it ran (:class:`GateLost`:
+        its chat was cancelled) goes back to the queue, its attempt not spent (:meth:`_run`).
+        """
         while True:
             job = await self._wait_for(CHATS)
-            async with self.gate.hold(lane=job.priority):  # type: ignore[arg-type]
-                # the best job now, which may not be the one waited for
-                job = await self.store.call(records.claim_next, CHATS, *self._claim)
-                if job is None:
-                    continue
-                self.chat_job, self._running_chat = job.id, job
-                try:
-                    await self._run(job)
-                finally:
-                    self.chat_job = self._running_chat = None
+            try:
+                async with self.gate.hold(lane=job.priority):  # type: ignore[arg-type]
+                    # the best job now, which may not be the one waited for
+                    claimed = await self.store.call(records.claim_next, CHATS, *self._claim)
+                    if claimed is not None:
+                        await self._run_chat(claimed)
+            except GateLost as exc:
+                LOGGER.warning("chat job: gate lost (%s); it goes back to the queue", exc.reason)
+
+    async def _run_chat(self, job: Job) -> None:
+        self.chat_job, self._running_chat = job.id, job
+        try:
+            await self._run(job)
+        finally:
+            self.chat_job = self._running_chat = None
 
     async def _embed_worker(self) -> None:
         """Run embed jobs, ``FOREMAN_EMBED_JOB_CONCURRENCY`` at a time, beside the gate."""
