@@ -287,6 +287,7 @@ async def test_webhooks_are_signed_retried_in_order_and_survive_a_restart(
         ),
     ],
 )
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # refused before the store
 async def test_a_bad_submission_is_refused_as_the_sync_path_would(
     fm: Foreman, autojump_clock: trio.abc.Clock, body: dict, status: int, error: str
 ) -> None:
