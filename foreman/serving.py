@@ -50,6 +50,14 @@ MAX_HEAD = 64 * 1024
 _REASONS = {status.value: status.phrase.encode("ascii") for status in http.HTTPStatus}
 
 
+class _NoRunningOn(logging.Filter):
+    """Drops hypercorn's "Running on <url> (CTRL + C to quit)": foreman logs "serving on
+    <url>, target <url>" once every address is bound."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Running on ")
+
+
 def hypercorn_config(settings: Settings) -> Config:
     """hypercorn's configuration for ``settings``: bind ``listen``, TLS, the grace period."""
     config = Config()
@@ -62,7 +70,9 @@ def hypercorn_config(settings: Settings) -> Config:
     config.h11_max_incomplete_size = MAX_HEAD
     config.include_server_header = False  # Ollama sends none
     config.accesslog = None  # foreman writes its own (foreman.access)
-    config.errorlog = logging.getLogger("foreman.server")  # through foreman's handlers
+    config.errorlog = errorlog = logging.getLogger("foreman.server")  # foreman's handlers
+    if not any(isinstance(f, _NoRunningOn) for f in errorlog.filters):
+        errorlog.addFilter(_NoRunningOn())  # foreman's own "serving on" line says it
     config.alpn_protocols = ["http/1.1"]
     config.write_timeout = settings.client_timeout  # foreman.connections reads it
     if settings.tls_cert:

@@ -211,8 +211,11 @@ def test_the_demo_prints_its_hints_once_it_listens_and_they_work(tmp_path: Path)
         assert response.status_code == 200 and "llama3.2" in response.text
     finally:
         demo.send_signal(signal.SIGTERM)
-        demo.communicate(timeout=20)
+        rest = demo.communicate(timeout=20)[1]
     assert demo.returncode == 0
+    said = "".join(hints) + rest  # one line says where foreman listens, not hypercorn's too
+    assert said.count(f"serving on http://127.0.0.1:{port}") == 1, said
+    assert f"Running on http://127.0.0.1:{port}" not in said, said
 
 
 def test_version_comes_from_one_place() -> None:
