@@ -1,5 +1,6 @@
 """The job queue's tasks: the batch worker, the embed worker, and the janitor; the
-webhook sender is in :mod:`foreman.jobs.webhooks`.
+webhook sender is in :mod:`foreman.jobs.webhooks`, one job's run at the target and its
+artifacts in :mod:`foreman.jobs.execution`.
 
 The shape (``docs/adr/0010-the-queue.md``)::
 
@@ -16,10 +17,8 @@ shutdown (the job then goes back to ``queued`` when foreman starts again).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import secrets
 import time
 from functools import partial
@@ -30,14 +29,13 @@ import trio
 
 from ..backends.ollama.inventory import Inventory
 from ..backends.ollama.target import Target
-from ..dataplane.errors import GateLost, TargetError, TargetStatus
+from ..dataplane.errors import GateLost
 from ..dataplane.gate import Gate
 from ..settings import Settings
 from ..store import REPLICA, Store, StoreUnavailable
-from ..store.private import write_private
 from ..tasks import supervised
 from . import records
-from .assemble import StreamError, assemble
+from .execution import Artifacts, execute
 from .records import Job
 from .replicas import LEASE, LOOK_AGAIN, keep_leases
 from .webhooks import send_webhooks
@@ -78,7 +76,7 @@ class Jobs:
         self.settings = settings
         self.shared = store.shared  # other replicas run jobs too (foreman.jobs.replicas)
         self._claim: tuple[Any, ...] = (REPLICA, LEASE) if self.shared else ()
-        self.artifact_dir = os.path.join(self.settings.data_path, "artifacts")
+        self.artifacts = Artifacts(store, settings.data_path, shared=self.shared)
         self.running: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
         self.depths = {"interactive": 0, "batch": 0}
         self.chat_job: str | None = None  # the chat or generate job holding the slot now
@@ -282,7 +280,9 @@ class Jobs:
         outcome: tuple[str, dict[str, Any]] | None = None
         try:
             with scope:
-                outcome = await self._execute(job)
+                outcome = await execute(
+                    job, self.target, self.inventory, self.settings, self.artifacts
+                )
         except (OSError, StoreUnavailable) as exc:
             if isinstance(exc, OSError):
                 self.store.failed(f"cannot write job artifacts: {exc}")
@@ -326,60 +326,6 @@ class Jobs:
             except StoreUnavailable:
                 continue
 
-    async def _execute(self, job: Job) -> tuple[str, dict[str, Any]]:
-        """Send the job's request to the target; returns (next state, column changes)."""
-        target, settings = self.target, self.settings
-        body = json.loads(job.request)
-        streams = job.endpoint != "embed" and body.get("stream") is not False
-        request = target.request(
-            "POST",
-            f"/api/{job.endpoint}".encode(),
-            headers=[(b"content-type", b"application/json")],
-            content=job.request,
-        )
-        timeout = settings.idle_timeout if streams else settings.response_timeout
-        try:
-            response = await target.send(request, header_timeout=timeout)
-            try:
-                content = b"".join([chunk async for chunk in target.chunks(response)])
-            finally:
-                with trio.CancelScope(shield=True):
-                    await response.aclose()
-        except TargetStatus as exc:
-            return "failed", {"error": str(exc)}
-        except TargetError as exc:
-            self.inventory.kick()
-            LOGGER.warning(
-                "job %s: the target went away (%s); it goes back to the queue", job.id, exc
-            )
-            return "queued", {}
-        if response.status_code == 503:  # Ollama's own queue is full: later
-            return "queued", {}
-        if response.status_code != 200:
-            return "failed", {"error": _error_text(content, response.status_code)}
-        if streams:
-            try:
-                whole = assemble(job.endpoint, content)
-            except StreamError as exc:
-                await self._artifact(job, "stream.ndjson", "application/x-ndjson", content)
-                return "failed", {"error": str(exc)}
-            await self._artifact(job, "stream.ndjson", "application/x-ndjson", content)
-            content = whole
-        await self._artifact(job, "response.json", "application/json; charset=utf-8", content)
-        return "succeeded", {}
-
-    async def _artifact(self, job: Job, name: str, content_type: str, data: bytes) -> None:
-        if self.shared:  # every replica serves it: in the row, not in this one's directory
-            await self.store.call(
-                records.add_artifact, job.id, name, content_type, len(data), "", data
-            )
-            return
-        relative = os.path.join("artifacts", job.id, name)
-        path = os.path.join(self.settings.data_path, relative)
-
-        await trio.to_thread.run_sync(write_private, path, data)  # 0600, whatever the umask
-        await self.store.call(records.add_artifact, job.id, name, content_type, len(data), relative)
-
     # --- retention ---------------------------------------------------------------------
 
     async def _janitor(self) -> None:
@@ -390,22 +336,6 @@ class Jobs:
                 records.purge_finished, self.now() - self.settings.job_retention
             )
             if paths:
-                await trio.to_thread.run_sync(self._remove, paths)
+                await trio.to_thread.run_sync(self.artifacts.remove, paths)
                 LOGGER.info("janitor: removed %d artifacts of old jobs", len(paths))
             await trio.sleep(period)
-
-    def _remove(self, paths: list[str]) -> None:
-        for relative in paths:
-            path = os.path.join(self.settings.data_path, relative)
-            try:
-                os.remove(path)
-                os.rmdir(os.path.dirname(path))
-            except OSError:
-                pass  # already gone, or the directory still has another artifact
-
-
-def _error_text(body: bytes, status: int) -> str:
-    try:
-        return str(json.loads(body)["error"])
-    except (ValueError, KeyError, TypeError):
-        return f"the target answered {status}"
