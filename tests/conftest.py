@@ -9,10 +9,12 @@ the default clock.
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,7 @@ import trio.testing
 
 from foreman import Gateway, Settings, create_app, open_gateway
 from foreman.app import App
+from foreman.logs import configure_logging
 from foreman.standins.ollama import ASGIStreamTransport, StandIn
 
 from .postgres import Cluster, PostgresMissing, start_cluster
@@ -188,3 +191,17 @@ async def reads_for_unknown_keys(fm: Foreman, count: int = 20) -> tuple[int, int
         return flooded, reads - flooded
     finally:
         users.reload = reload  # type: ignore[method-assign]
+
+
+@contextmanager
+def captured_logs(form: str) -> Iterator[io.StringIO]:
+    """foreman's logging in ``form`` (``text`` or ``json``), into a string for the test;
+    the root logger as it was afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    stream = io.StringIO()
+    configure_logging("INFO", form, stream)
+    try:
+        yield stream
+    finally:
+        root.handlers[:], root.level = handlers, level

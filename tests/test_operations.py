@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import ssl
 from collections.abc import Iterator
 from functools import partial
@@ -17,10 +16,9 @@ import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
 from foreman import run
-from foreman.logs import configure_logging
 from foreman.standins.ollama import StandIn
 
-from .conftest import Foreman, chat_body, open_foreman, settings
+from .conftest import Foreman, captured_logs, chat_body, open_foreman, settings
 
 
 async def scrape(fm: Foreman, **headers: str) -> dict[tuple[str, tuple], float]:
@@ -101,15 +99,9 @@ async def test_every_answer_carries_a_request_id(
 
 @pytest.fixture
 def json_logs() -> Iterator[io.StringIO]:
-    """foreman's JSON logging, into a string for the test."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    stream = io.StringIO()
-    configure_logging("INFO", "json", stream)
-    try:
+    """foreman's json logging, into a string for the test."""
+    with captured_logs("json") as stream:
         yield stream
-    finally:
-        root.handlers[:], root.level = handlers, level
 
 
 async def test_json_logs_parse_line_by_line_and_never_hold_a_token(

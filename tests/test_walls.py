@@ -5,7 +5,6 @@ outbound address policy and the gate per machine in ``tests/test_outbound.py``."
 from __future__ import annotations
 
 import io
-import logging
 import os
 import sqlite3
 import stat
@@ -16,12 +15,11 @@ from typing import Any
 import pytest
 import trio
 
-from foreman.logs import configure_logging
 from foreman.standins.ollama import StandIn
 from foreman.store import open_store
 
 from .asgi import call
-from .conftest import chat_body, open_foreman
+from .conftest import captured_logs, chat_body, open_foreman
 from .test_jobs import wait_state
 from .test_outbound import ADMIN, user
 
@@ -29,14 +27,8 @@ from .test_outbound import ADMIN, user
 @pytest.fixture
 def text_logs() -> Iterator[io.StringIO]:
     """foreman's text logging, into a string for the test."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    stream = io.StringIO()
-    configure_logging("INFO", "text", stream)
-    try:
+    with captured_logs("text") as stream:
         yield stream
-    finally:
-        root.handlers[:], root.level = handlers, level
 
 
 async def test_text_logs_cannot_be_forged_with_control_characters(
