@@ -210,9 +210,9 @@ class App:
                 # what the Anthropic SDK and Claude Code send (ANTHROPIC_API_KEY)
                 if face_of(route_key(path)) == ANTHROPIC:
                     authorization = b"Bearer " + headers.api_key
-            user = self.users.authenticate(authorization)
-            if user is None and authorization:  # a key made a moment ago (here or elsewhere)?
-                user = await self.users.authenticate_fresh(authorization)
+            # a key this process does not know yet (made a moment ago, here or on another
+            # replica) makes it read the users once more
+            user = await self.users.authenticate_fresh(authorization)
             if user is None and path.startswith("/admin/api/"):  # the pages' own calls
                 session = await self.sessions.find(cookie_value(headers.cookie))
                 if session is not None:

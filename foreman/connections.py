@@ -139,17 +139,23 @@ MMAP_THRESHOLD = 1 << 20
 def return_big_buffers() -> bool:
     """Fix glibc's mmap threshold at 1 MiB, so that every buffer from 1 MiB up is its own
     mapping, returned to the system when freed; True if it could (glibc only)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
-        return False
+    mallopt = getattr(_load_libc(), "mallopt", None)
+    return mallopt is not None and bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
 _libc: Any = None
+
+
+def _load_libc() -> Any:
+    """The C library (loaded once: finding it runs ``ldconfig``), or False."""
+    global _libc
+    if _libc is None:
+        name = ctypes.util.find_library("c")
+        try:
+            _libc = ctypes.CDLL(name) if name else False
+        except OSError:
+            _libc = False
+    return _libc
 
 
 def trim_memory() -> None:
@@ -157,11 +163,7 @@ def trim_memory() -> None:
     that held a body), then give the heap's free pages back to the system (glibc's
     ``malloc_trim``; elsewhere only the collection). Bodies arrive in 64 KiB pieces, below
     the mmap threshold: once a large one is freed its pages sit free inside the heap."""
-    global _libc
     gc.collect()
-    if _libc is None:
-        name = ctypes.util.find_library("c")
-        _libc = ctypes.CDLL(name) if name else False
-    trim = getattr(_libc, "malloc_trim", None)
+    trim = getattr(_load_libc(), "malloc_trim", None)
     if trim is not None:
         trim(0)

@@ -79,8 +79,7 @@ class Jobs:
         self.artifacts = Artifacts(store, settings.data_path, shared=self.shared)
         self.running: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
         self.depths = {"interactive": 0, "batch": 0}
-        self.chat_job: str | None = None  # the chat or generate job holding the slot now
-        self._running_chat: Job | None = None  # that job (whose owner may see its id)
+        self._running_chat: Job | None = None  # the chat or generate job holding the slot
         #: jobs ended by this process, by state (``/metrics``)
         self.finished = {"succeeded": 0, "failed": 0, "cancelled": 0}
         self._changed = trio.Event()  # the queue changed: workers look again
@@ -88,6 +87,11 @@ class Jobs:
         self.webhook_transport = webhook_transport
         self._epoch = time.time() - trio.current_time()  # see now(); built inside trio
         self._nursery: trio.Nursery | None = None
+
+    @property
+    def chat_job(self) -> str | None:
+        """The id of the chat or generate job holding the slot now, if any."""
+        return None if self._running_chat is None else self._running_chat.id
 
     def now(self) -> float:
         """Wall-clock seconds since the Unix epoch, read off trio's clock.
@@ -236,11 +240,11 @@ class Jobs:
                 LOGGER.warning("chat job: gate lost (%s); it goes back to the queue", exc.reason)
 
     async def _run_chat(self, job: Job) -> None:
-        self.chat_job, self._running_chat = job.id, job
+        self._running_chat = job
         try:
             await self._run(job)
         finally:
-            self.chat_job = self._running_chat = None
+            self._running_chat = None
 
     async def _embed_worker(self) -> None:
         """Run embed jobs, ``FOREMAN_EMBED_JOB_CONCURRENCY`` at a time, beside the gate."""

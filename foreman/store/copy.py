@@ -19,7 +19,8 @@ import click
 import trio
 
 from ..settings import default_data_dir
-from ..terminal import fail
+from ..terminal import data_dir_option, fail
+from . import is_database_url
 
 __all__ = ["TABLES", "copy_store", "store"]
 
@@ -104,13 +105,7 @@ def store() -> None:
 
 
 @store.command()
-@click.option(
-    "--data-dir",
-    envvar="FOREMAN_DATA_DIR",
-    show_envvar=True,
-    metavar="DIR",
-    help="The data directory holding foreman.db (default: the platform's user data directory).",
-)
+@data_dir_option
 @click.option("--to", "url", required=True, metavar="URL", help="postgresql://… to copy into.")
 @click.option(
     "--secret-key",
@@ -126,7 +121,7 @@ def copy(data_dir: str | None, url: str, secret_key: str) -> None:
     source = os.path.join(directory, "foreman.db")
     if not os.path.exists(source):
         fail(f"no store at {source}")
-    if not url.startswith(("postgresql://", "postgres://")):
+    if not is_database_url(url):
         fail("--to: expected a postgresql:// URL")
     import psycopg
 

@@ -223,11 +223,6 @@ class PostgresStore(Faults):
                 continue
             self.recovered()
 
-    def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
-        """A dedicated connection outside the pool (blocking; the caller closes it)."""
-        with _translated():
-            return connect(self.url, **kwargs)
-
 
 def _migrate(connection: psycopg.Connection[Any]) -> int:
     with connection.transaction():

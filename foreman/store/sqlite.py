@@ -104,7 +104,7 @@ class SQLiteStore(Faults):
             try:
                 await trio.to_thread.run_sync(self._probe, limiter=self._limiter)
             except (OSError, sqlite3.Error) as exc:
-                self.problem.value = f"store {os.path.basename(self.path)}: {exc}"
+                self.failed(str(exc))  # already faulty: a new reason, not a new log line
             else:
                 self._gone = False
                 self.recovered()
