@@ -463,6 +463,19 @@ async def test_the_add_form_names_every_wrong_field_at_once_in_plain_words(
         assert missing.status_code == 422 and "An Ollama backend needs its URL." in missing.text
 
 
+async def test_the_add_form_checks_the_configured_limits_with_the_other_fields(
+    nursery: trio.Nursery, standin: StandIn
+) -> None:
+    async with open_foreman(nursery, standin, token=ADMIN_KEY, max_name_length=8) as fm:
+        async with browser(fm) as client:
+            csrf = await sign_in(client, ADMIN_KEY)
+            data = {"name": "abcdefghij", "type": "ollama", "endpoint": "ftp://x"}  # 10 > 8
+            bad = await client.post("/admin/backends", data={**data, "csrf_token": csrf})
+            assert bad.status_code == 422
+            # both at once: the name's limit is FOREMAN_MAX_NAME_LENGTH's, not the default
+            assert 'id="error-name"' in bad.text and 'id="error-endpoint"' in bad.text
+
+
 async def test_a_signed_in_readers_unknown_page_keeps_the_navigation(closed: Foreman) -> None:
     async with browser(closed) as client:
         await sign_in(client, ADMIN_KEY)

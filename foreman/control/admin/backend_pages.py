@@ -101,13 +101,15 @@ async def backends_live(session: Session) -> Any:
 
 
 def _field_errors(fields: dict[str, Any]) -> dict[str, str]:
-    """Every field of an add form that is wrong on its own (the rules stop at the first)."""
+    """Every field of an add form that is wrong on its own (the rules stop at the first),
+    within the limits the API applies (``FOREMAN_MAX_*``)."""
     errors = {}
+    limits = services().manager.limits
     for field, value in fields.items():
         if field == "endpoint" and value is None:
             continue
         try:
-            registry.validate({field: value}, creating=False)
+            registry.validate({field: value}, creating=False, limits=limits)
         except FieldError as exc:
             errors[exc.field] = exc.problem
     return errors
