@@ -33,10 +33,10 @@ from .responses import json_response
 
 __all__ = ["CONTROL_PATHS", "brief", "create_control_app", "health", "is_control", "is_page"]
 
-#: Paths the control plane serves, and everything under ``/jobs/`` and ``/admin/``;
-#: every other path belongs to the data plane.
 #: Seconds a client is told to wait (``Retry-After``) when the store cannot save.
 STORE_RETRY_AFTER = 5
+#: Paths the control plane serves, and everything under ``/jobs/`` and ``/admin/``;
+#: every other path belongs to the data plane.
 CONTROL_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/jobs", "/admin"})
 CONTROL_PREFIXES = ("/jobs/", "/admin/")
 
