@@ -20,7 +20,6 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-import httpcore2
 import httpx2
 import trio
 
